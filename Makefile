@@ -1,0 +1,39 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install run demo test lint format clean migration loadtest bench
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/paycode serve --demo --host $(HOST) --port $(PORT)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Regenerates the single initial migration from the models while the schema is young.
+migration: install
+	rm -f models/migrations/versions/0001_initial.py
+	rm -f /tmp/paycode-migration.db
+	PAYCODE_DATABASE_URL=sqlite:////tmp/paycode-migration.db $(VENV)/bin/alembic -c models/alembic.ini revision --autogenerate --rev-id 0001 -m initial
+	$(VENV)/bin/ruff format models/migrations
+	$(VENV)/bin/ruff check --fix models/migrations
+
+clean:
+	rm -rf $(VENV) paycode.db paycode.db-wal paycode.db-shm

@@ -1,0 +1,147 @@
+"""The ``paycode`` command: serve, demo, deposit, migrate, verify, watch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from app.settings import Settings, SettingsError, from_env
+
+SETTING_FLAGS = {
+    "database_url": "PAYCODE_DATABASE_URL",
+    "broker_url": "PAYCODE_BROKER_URL",
+    "public_url": "PAYCODE_PUBLIC_URL",
+    "currency": "PAYCODE_CURRENCY",
+    "admin_token": "PAYCODE_ADMIN_TOKEN",
+}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for name, env in SETTING_FLAGS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"overrides {env}")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Environment first, then flags on top; flags are also written back to the environment so
+    worker processes started by uvicorn see the same settings."""
+    for name, env in SETTING_FLAGS.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            os.environ[env] = value
+    settings = from_env()
+    overrides = {k: getattr(args, k, None) for k in ("host", "port", "workers")}
+    return settings.with_overrides(**overrides).validate()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from models import migrate
+
+    settings = settings_from(args)
+    if settings.public_url_setting is None:
+        os.environ["PAYCODE_PUBLIC_URL"] = settings.public_url
+    migrate.upgrade(settings.database_url)
+    if args.demo:
+        from app.demo import seed_and_print
+
+        seed_and_print(settings)
+    uvicorn.run(
+        "app.main:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=10,
+        log_level=os.environ.get("PAYCODE_LOG_LEVEL", "info").lower(),
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app.demo import seed_and_print
+    from models import migrate
+
+    settings = settings_from(args)
+    migrate.upgrade(settings.database_url)
+    seed_and_print(settings)
+    return 0
+
+
+def cmd_deposit(args: argparse.Namespace) -> int:
+    from app.services.deposits import deposit_now
+
+    settings = settings_from(args)
+    try:
+        amount = int(args.amount)
+    except ValueError:
+        print("AMOUNT must be an integer number of minor units (1250 = 12.50)", file=sys.stderr)
+        return 2
+    view = deposit_now(settings, args.handle, amount)
+    print(f"deposited {view['amount']} {view['currency']} minor units to {view['handle']}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from models import migrate
+
+    settings = settings_from(args)
+    if args.downgrade:
+        migrate.downgrade(settings.database_url, args.revision or "base")
+    else:
+        migrate.upgrade(settings.database_url, args.revision or "head")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paycode", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--workers", type=int, default=None)
+    serve.add_argument("--demo", action="store_true", help="seed the demo accounts first")
+    _add_setting_flags(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+    demo = commands.add_parser("demo", help="seed a shop owner, two clerks and a customer")
+    demo.add_argument("--host", default=None)
+    demo.add_argument("--port", type=int, default=None)
+    _add_setting_flags(demo)
+    demo.set_defaults(handler=cmd_demo)
+
+    deposit = commands.add_parser("deposit", help="fund an account (minor units)")
+    deposit.add_argument("handle")
+    deposit.add_argument("amount")
+    _add_setting_flags(deposit)
+    deposit.set_defaults(handler=cmd_deposit)
+
+    mig = commands.add_parser("migrate", help="apply the database migrations")
+    mig.add_argument("--revision", default=None)
+    mig.add_argument("--downgrade", action="store_true")
+    _add_setting_flags(mig)
+    mig.set_defaults(handler=cmd_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from models.errors import DomainError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except SettingsError as exc:
+        print(f"paycode: {exc}", file=sys.stderr)
+        return 2
+    except DomainError as exc:
+        print(f"paycode: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

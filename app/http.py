@@ -1,0 +1,112 @@
+"""Request plumbing shared by every route: bodies, query parameters, pagination, responses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from models.clock import parse_rfc3339
+from models.errors import Invalid, Malformed, PayloadTooLarge
+
+MAX_BODY = 64 * 1024
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+T = TypeVar("T")
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The JSON object of the body: 413 past 64 KiB, 400 if not UTF-8 JSON, 422 if not an object."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise PayloadTooLarge("request body is larger than 64 KiB")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise PayloadTooLarge("request body is larger than 64 KiB")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Malformed("request body is not valid UTF-8 JSON") from exc
+    if not isinstance(body, dict):
+        raise Invalid("request body must be a JSON object", field=None)
+    return body
+
+
+def query_int(
+    request: Request, name: str, *, default: int | None, low: int, high: int
+) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise Invalid(f"{name} must be an integer", field=name) from exc
+    if not low <= value <= high:
+        raise Invalid(f"{name} must be between {low} and {high}", field=name)
+    return value
+
+
+def query_choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw not in choices:
+        raise Invalid(f"{name} must be one of {', '.join(choices)}", field=name)
+    return raw
+
+
+def query_time(request: Request, name: str) -> Any:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return parse_rfc3339(raw)
+    except ValueError as exc:
+        raise Invalid(f"{name} must be an RFC 3339 time", field=name) from exc
+
+
+def page_params(request: Request) -> tuple[int, str | None]:
+    limit = query_int(request, "limit", default=DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
+    assert limit is not None
+    cursor = request.query_params.get("cursor") or None
+    if cursor is not None and len(cursor) > 100:
+        raise Invalid("cursor is not valid", field="cursor")
+    return limit, cursor
+
+
+def page(items: list[Any], limit: int, cursor_of: Callable[[Any], str]) -> dict[str, Any]:
+    """A list body from up to limit+1 fetched rows: the extra row only says there is more."""
+    more = len(items) > limit
+    items = items[:limit]
+    return {"data": items, "next_cursor": cursor_of(items[-1]) if more and items else None}
+
+
+def ok(body: Any, status: int = 200) -> Response:
+    return JSONResponse(body, status_code=status)
+
+
+def no_content() -> Response:
+    return Response(status_code=204)
+
+
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking database unit of work off the event loop: one thread hop per request."""
+    return await run_in_threadpool(partial(fn, *args, **kwargs))
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"

@@ -1,0 +1,83 @@
+"""create_app(): the routes list, the exception handlers and the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount
+
+from app import errors
+from app.http import in_thread
+from app.routes import accounts as accounts_routes
+from app.routes import admin as admin_routes
+from app.routes import agencies as agencies_routes
+from app.settings import Settings, from_env
+from app.state import AppState
+from models import errors as domain_errors
+from models import migrate
+from models.db import Database
+from realtime.hub import Hub
+
+log = logging.getLogger("paycode")
+
+
+async def database_unavailable(_request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable: %s", exc.__class__.__name__)
+    response = errors.error_response(
+        503, "unavailable", "the database is unavailable; retry with the same Idempotency-Key"
+    )
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+async def concurrent_conflict(_request: Request, exc: Exception) -> Response:
+    # A unique key lost a race the service's own checks could not see coming.
+    log.info("integrity conflict: %s", exc.__class__.__name__)
+    return errors.error_response(409, "conflict", "a concurrent request changed this; retry")
+
+
+def api_routes() -> list[BaseRoute]:
+    return [*accounts_routes.routes, *admin_routes.routes, *agencies_routes.routes]
+
+
+def create_app(settings: Settings | None = None, *, migrate_schema: bool = True) -> Starlette:
+    settings = (settings or from_env()).validate()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if migrate_schema:
+            await in_thread(migrate.upgrade, settings.database_url)
+        db = Database(settings.database_url)
+        hub = Hub()
+        await hub.start()
+        app.state.paycode = AppState(settings=settings, db=db, hub=hub)
+        try:
+            yield
+        finally:
+            await hub.stop()
+            db.dispose()
+
+    return Starlette(
+        routes=[Mount("/api/v1", routes=api_routes())],
+        exception_handlers={
+            domain_errors.DomainError: errors.domain_error_handler,
+            HTTPException: errors.http_error_handler,
+            OperationalError: database_unavailable,
+            InterfaceError: database_unavailable,
+            IntegrityError: concurrent_conflict,
+            Exception: errors.unexpected_error_handler,
+        },
+        lifespan=lifespan,
+    )
+
+
+def app_from_env() -> Starlette:
+    """Factory for uvicorn workers: settings come from the environment set by ``paycode serve``."""
+    return create_app(migrate_schema=False)

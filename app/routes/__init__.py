@@ -1,0 +1,1 @@
+"""HTTP routes. Each module exposes ``routes``: a list that app/main.py mounts."""

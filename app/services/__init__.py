@@ -1,0 +1,1 @@
+"""Use cases: each opens one transaction, applies the model rules, commits, then publishes."""

@@ -1,0 +1,69 @@
+"""Settings, read once and typed (spec §1). Flags win over the environment."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DEFAULT_DATABASE_URL = "sqlite:///./paycode.db"
+
+
+class SettingsError(ValueError):
+    """A setting is unusable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = "memory://"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    public_url_setting: str | None = None
+    currency: str = "CNY"
+    admin_token: str | None = None
+    receipt_key: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def public_url(self) -> str:
+        base = self.public_url_setting or f"http://{self.host}:{self.port}"
+        return base.rstrip("/")
+
+    @property
+    def broker_scheme(self) -> str:
+        return self.broker_url.split("://", 1)[0].lower()
+
+    def validate(self) -> Settings:
+        if not re.fullmatch(r"[A-Z]{3}", self.currency):
+            raise SettingsError("PAYCODE_CURRENCY must be an ISO 4217 code such as CNY or EUR")
+        if self.broker_scheme not in ("memory", "redis", "rediss"):
+            raise SettingsError("PAYCODE_BROKER_URL must be memory:// or redis://host:port/db")
+        if self.workers < 1:
+            raise SettingsError("--workers must be at least 1")
+        if self.workers > 1 and self.broker_scheme == "memory":
+            raise SettingsError(
+                "--workers > 1 needs a shared broker: the memory:// broker reaches only the "
+                "sockets of its own process, so confirmations would be lost between workers. "
+                "Set PAYCODE_BROKER_URL=redis://host:6379/0."
+            )
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise SettingsError("PAYCODE_ADMIN_TOKEN must be at least 16 characters")
+        return self
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def from_env(environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    return Settings(
+        database_url=env.get("PAYCODE_DATABASE_URL") or DEFAULT_DATABASE_URL,
+        broker_url=env.get("PAYCODE_BROKER_URL") or "memory://",
+        public_url_setting=env.get("PAYCODE_PUBLIC_URL") or None,
+        currency=(env.get("PAYCODE_CURRENCY") or "CNY").upper(),
+        admin_token=env.get("PAYCODE_ADMIN_TOKEN") or None,
+        receipt_key=env.get("PAYCODE_RECEIPT_KEY") or None,
+    )

@@ -1,0 +1,36 @@
+"""What one running app holds: its settings, its database and its realtime hub."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+
+from app.settings import Settings
+from models.db import Database
+from models.events import Published
+from realtime.hub import Hub
+
+log = logging.getLogger("paycode.publish")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    hub: Hub
+
+    async def publish(self, events: Iterable[Published]) -> None:
+        """Hand committed events to the hub. A failure here loses nothing: the outbox relay
+        publishes what the broker did not take, and sockets replay from the outbox."""
+        for item in events:
+            try:
+                await self.hub.publish(item.account_id, item.seq, item.event)
+            except Exception:
+                log.warning("publish failed for %s seq %s", item.account_id, item.seq)
+
+
+def state_of(conn: HTTPConnection) -> AppState:
+    return conn.app.state.paycode  # type: ignore[no-any-return]

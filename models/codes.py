@@ -1,0 +1,55 @@
+"""Collection codes (C3, C7, C8): static and dynamic, their tokens and typed short codes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, Column, String, update
+from sqlmodel import Field, Session, SQLModel
+
+from models.clock import utcnow
+
+STATIC = "static"
+DYNAMIC = "dynamic"
+ACTIVE = "active"
+PAID = "paid"
+EXPIRED = "expired"
+CANCELLED = "cancelled"
+REVOKED = "revoked"
+
+
+class Code(SQLModel, table=True):
+    __tablename__ = "code"
+    __table_args__ = (
+        CheckConstraint("amount IS NULL OR amount > 0", name="ck_code_amount_positive"),
+        CheckConstraint("kind IN ('static', 'dynamic')", name="ck_code_kind"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    agency_id: str = Field(foreign_key="agency.id", index=True, max_length=40)
+    payee_id: str = Field(foreign_key="account.id", index=True, max_length=40)
+    agent_id: str = Field(foreign_key="account.id", index=True, max_length=40)
+    created_by_id: str = Field(foreign_key="account.id", max_length=40)
+    kind: str = Field(max_length=10)
+    status: str = Field(default=ACTIVE, max_length=12)
+    label: str | None = Field(default=None, max_length=100)
+    amount: int | None = Field(default=None)
+    items: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    memo: str | None = Field(default=None, max_length=500)
+    token: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
+    short_code: str = Field(sa_column=Column(String(10), unique=True, nullable=False))
+    expires_at: datetime | None = Field(default=None)
+    created_at: datetime = Field(default_factory=utcnow)
+    paid_payment_id: str | None = Field(default=None, max_length=40)
+
+
+def revoke_unpaid_of_agency(session: Session, agency_id: str) -> None:
+    """A revoked agency's unpaid codes stop accepting payments at once."""
+    session.exec(
+        update(Code)  # type: ignore[arg-type]
+        .where(Code.agency_id == agency_id, Code.status == ACTIVE)  # type: ignore[arg-type]
+        .values(status=REVOKED)
+    )
