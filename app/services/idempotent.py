@@ -1,0 +1,88 @@
+"""Run a write unit of work under an ``Idempotency-Key`` (spec §2).
+
+The key is claimed inside the operation's own transaction, so the stored response and the
+effect commit together or not at all. A concurrent request with the same key blocks on the
+claim (PostgreSQL's unique key, SQLite's write lock); if it lost the race it retries and reads
+the winner's response. Domain errors (4xx) are stored too, in a transaction of their own, so a
+replay answers exactly what the first request got; 5xx are never stored, so a retry after an
+outage runs afresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from app.errors import error_body, status_of
+from app.state import AppState
+from models import idempotency
+from models.errors import DomainError
+from models.events import Published
+
+
+@dataclass
+class Result:
+    status_code: int
+    body: Any
+    events: list[Published] = field(default_factory=list)
+    error: DomainError | None = None
+
+
+Operation = Callable[[Session], tuple[int, Any, list[Published]]]
+
+
+def run(
+    state: AppState,
+    account_id: str,
+    scope: str,
+    key: str | None,
+    request_body: Any,
+    operation: Operation,
+) -> Result:
+    if key is None:
+        with state.db.write() as session:
+            status_code, body, events = operation(session)
+            return Result(status_code, body, events)
+    fingerprint = idempotency.request_fingerprint(request_body)
+    for attempt in range(3):
+        try:
+            return _run_once(state, account_id, scope, key, fingerprint, operation)
+        except IntegrityError:
+            # Lost the race for the key (or another unique key): the retry sees the winner's
+            # stored response; a genuine conflict fails again and surfaces on the last try.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _run_once(
+    state: AppState,
+    account_id: str,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    operation: Operation,
+) -> Result:
+    try:
+        with state.db.write() as session:
+            stored = idempotency.begin(session, account_id, scope, key, fingerprint)
+            if stored is not None:
+                return Result(stored.status_code, stored.body)
+            status_code, body, events = operation(session)
+            idempotency.finish(session, account_id, scope, key, status_code, body)
+            return Result(status_code, body, events)
+    except DomainError as exc:
+        if exc.code == "idempotency_key_reused":
+            raise
+        status_code = status_of(exc)
+        body = error_body(exc.code, exc.message, exc.field)
+        with state.db.write() as session:
+            stored = idempotency.begin(session, account_id, scope, key, fingerprint)
+            if stored is not None:
+                return Result(stored.status_code, stored.body)
+            idempotency.finish(session, account_id, scope, key, status_code, body)
+        return Result(status_code, body, error=exc)
