@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, CheckConstraint, Column, String, update
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Field, Session, SQLModel, select
 
+from models import shortcodes
 from models.clock import utcnow
 
 STATIC = "static"
@@ -53,3 +54,41 @@ def revoke_unpaid_of_agency(session: Session, agency_id: str) -> None:
         .where(Code.agency_id == agency_id, Code.status == ACTIVE)  # type: ignore[arg-type]
         .values(status=REVOKED)
     )
+
+
+def effective_status(code: Code, now: datetime | None = None) -> str:
+    """Stored status, except that an active code past its expiry reads as expired."""
+    if code.status == ACTIVE and code.expires_at is not None:
+        expires_at = code.expires_at
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        if expires_at <= (now or utcnow()):
+            return EXPIRED
+    return code.status
+
+
+def resolve(session: Session, typed: str) -> Code | None:
+    """The code a payer names: its URL token, or its short code as a person would type it."""
+    if not isinstance(typed, str) or not typed or len(typed) > 200:
+        return None
+    by_token = session.exec(select(Code).where(Code.token == typed)).first()
+    if by_token is not None:
+        return by_token
+    canonical = shortcodes.normalize(typed)
+    if canonical is None:
+        return None
+    return session.exec(select(Code).where(Code.short_code == canonical)).first()
+
+
+def lock(session: Session, code_id: str) -> Code:
+    """Re-read the code under a row lock (PostgreSQL) so its status is decided once."""
+    query = select(Code).where(Code.id == code_id)
+    if session.get_bind().dialect.name != "sqlite":
+        query = query.with_for_update()
+    return session.exec(query.execution_options(populate_existing=True)).one()
+
+
+def mark_paid(session: Session, code: Code, payment_id: str) -> None:
+    code.status = PAID
+    code.paid_payment_id = payment_id
+    session.add(code)
