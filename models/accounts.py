@@ -10,7 +10,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import CheckConstraint, Column, Index, String
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, String
 from sqlmodel import Field, Session, SQLModel, select
 
 from models.clock import rfc3339, utcnow
@@ -44,7 +44,7 @@ class Account(SQLModel, table=True):
     display_name: str = Field(max_length=100)
     password_hash: str | None = Field(default=None, max_length=200)
     kind: str = Field(default=USER, max_length=16)
-    balance: int = Field(default=0)
+    balance: int = Field(default=0, sa_type=BigInteger)
     last_seq: int = Field(default=0)
     created_at: datetime = Field(default_factory=utcnow)
 

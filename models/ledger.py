@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Index, func
+from sqlalchemy import BigInteger, CheckConstraint, Index, func
 from sqlmodel import Field, Session, SQLModel, select
 
 from models.accounts import Account, funding_account, get_by_handle, lock_accounts
@@ -29,7 +29,7 @@ class LedgerEntry(SQLModel, table=True):
     txn_id: str = Field(index=True, max_length=40)
     kind: str = Field(max_length=20)
     account_id: str = Field(foreign_key="account.id", max_length=40)
-    amount: int
+    amount: int = Field(sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -39,7 +39,7 @@ class Deposit(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=40)
     account_id: str = Field(foreign_key="account.id", index=True, max_length=40)
-    amount: int
+    amount: int = Field(sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow)
 
 
