@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Column, String, update
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, String, update
 from sqlmodel import Field, Session, SQLModel, select
 
 from models import shortcodes
@@ -35,7 +35,7 @@ class Code(SQLModel, table=True):
     kind: str = Field(max_length=10)
     status: str = Field(default=ACTIVE, max_length=12)
     label: str | None = Field(default=None, max_length=100)
-    amount: int | None = Field(default=None)
+    amount: int | None = Field(default=None, sa_type=BigInteger)
     items: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )

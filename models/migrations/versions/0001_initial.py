@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 02:13:36.311224
+Create Date: 2026-11-27 02:16:27.557624
 """
 
 from collections.abc import Sequence
@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("display_name", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
         sa.Column("password_hash", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-        sa.Column("balance", sa.Integer(), nullable=False),
+        sa.Column("balance", sa.BigInteger(), nullable=False),
         sa.Column("last_seq", sa.Integer(), nullable=False),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.CheckConstraint(
@@ -89,7 +89,7 @@ def upgrade() -> None:
         "deposit",
         sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
         sa.Column("account_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-        sa.Column("amount", sa.Integer(), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.CheckConstraint("amount > 0", name="ck_deposit_amount_positive"),
         sa.ForeignKeyConstraint(
@@ -162,7 +162,7 @@ def upgrade() -> None:
         sa.Column("txn_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
         sa.Column("account_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-        sa.Column("amount", sa.Integer(), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.CheckConstraint("amount <> 0", name="ck_ledger_entry_nonzero"),
         sa.ForeignKeyConstraint(
@@ -185,7 +185,7 @@ def upgrade() -> None:
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=12), nullable=False),
         sa.Column("label", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
-        sa.Column("amount", sa.Integer(), nullable=True),
+        sa.Column("amount", sa.BigInteger(), nullable=True),
         sa.Column("items", sa.JSON(), nullable=False),
         sa.Column("memo", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
         sa.Column("token", sa.String(length=64), nullable=False),
