@@ -9,15 +9,17 @@ from collections.abc import AsyncIterator
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
-from app import errors
+from app import errors, observability
 from app.http import in_thread
 from app.routes import accounts as accounts_routes
 from app.routes import admin as admin_routes
 from app.routes import agencies as agencies_routes
+from app.routes import ops as ops_routes
 from app.settings import Settings, from_env
 from app.state import AppState
 from models import errors as domain_errors
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if migrate_schema:
             await in_thread(migrate.upgrade, settings.database_url)
+        observability.forget_dead_workers()
         db = Database(settings.database_url)
         hub = Hub()
         await hub.start()
@@ -61,11 +64,14 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         try:
             yield
         finally:
+            # uvicorn has already closed this process's WebSockets with 1012 by now.
             await hub.stop()
             db.dispose()
+            observability.process_exiting()
 
     return Starlette(
-        routes=[Mount("/api/v1", routes=api_routes())],
+        routes=[Mount("/api/v1", routes=api_routes()), *ops_routes.routes],
+        middleware=[Middleware(observability.ObservabilityMiddleware)],
         exception_handlers={
             domain_errors.DomainError: errors.domain_error_handler,
             HTTPException: errors.http_error_handler,

@@ -1,0 +1,389 @@
+"""The dials of a running process: Prometheus metrics, request ids, one JSON log line a request.
+
+Metrics live in prometheus-client's default registry. One ``paycode serve --workers N`` runs
+N processes behind one port, so ``paycode serve`` points PROMETHEUS_MULTIPROC_DIR at a fresh
+directory and ``/metrics`` then sums every worker's files (prometheus-client multiprocess mode).
+Separate instances (compose replicas, ``make cluster``) are scraped one by one, each on its
+own address. See docs/OPERATIONS.md.
+
+Code outside ``app/`` (the realtime hub) must not import this module; the app hands it the
+plain callbacks of :data:`REALTIME_HOOKS` instead.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.routing import Mount
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# --- metrics ----------------------------------------------------------------------------------
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+HTTP_REQUESTS = Counter(
+    "paycode_http_requests",
+    "HTTP requests answered, by route template and status.",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "paycode_http_request_duration_seconds",
+    "Time from the request's arrival to the end of its response body.",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+PAYMENTS = Counter("paycode_payments", "Payments committed, by how they were made.", ["kind"])
+REFUNDS = Counter("paycode_refunds", "Refunds committed.")
+WEBSOCKETS_OPEN = Gauge(
+    "paycode_websockets_open",
+    "WebSockets open now (handshake done, not yet closed).",
+    multiprocess_mode="livesum",
+)
+PUSH_LATENCY = Histogram(
+    "paycode_push_latency_seconds",
+    "Time from an event's commit to its frame being written to a socket.",
+    buckets=(0.0005, *LATENCY_BUCKETS),
+)
+BROKER_RECONNECTS = Counter(
+    "paycode_broker_reconnects", "Times the broker connection was lost and made again."
+)
+RELAY_LAG = Gauge(
+    "paycode_outbox_relay_lag_seconds",
+    "Age of the oldest committed event the outbox relay has not published yet (0 when caught up).",
+    multiprocess_mode="livemax",
+)
+
+UNMATCHED = "unmatched"
+
+
+def record_payment(kind: str) -> None:
+    """One committed payment; ``kind`` is static, dynamic or direct."""
+    PAYMENTS.labels(kind=kind if kind in ("static", "dynamic", "direct") else "other").inc()
+
+
+def record_refund() -> None:
+    REFUNDS.inc()
+
+
+def record_committed(events: Iterable[Any]) -> None:
+    """Count payments and refunds from one unit of work's committed events.
+
+    Each payment writes ``payment.succeeded`` to payer, payee and agent, so a payment is counted
+    once per distinct id in the batch; a refund once per distinct (payment, refunded amount)."""
+    payments: dict[str, str] = {}
+    refunds: set[tuple[str, Any]] = set()
+    for item in events:
+        event = getattr(item, "event", item)
+        data = event.get("data") or {}
+        if not isinstance(data, dict) or "id" not in data:
+            continue
+        if event.get("type") == "payment.succeeded":
+            payments[str(data["id"])] = str(data.get("code_kind") or "direct")
+        elif event.get("type") == "payment.refunded":
+            refunds.add((str(data["id"]), data.get("refunded_amount")))
+    for kind in payments.values():
+        record_payment(kind)
+    for _ in refunds:
+        record_refund()
+
+
+def websocket_opened() -> None:
+    WEBSOCKETS_OPEN.inc()
+
+
+def websocket_closed() -> None:
+    WEBSOCKETS_OPEN.dec()
+
+
+def frame_pushed(committed_at: datetime | str | float | None) -> None:
+    """A live event's frame was written to a socket; ``committed_at`` is the event's
+    ``created_at`` (datetime, RFC 3339 text or epoch seconds). Replayed frames are not pushes:
+    call this for live frames only, or the histogram measures the client's absence."""
+    if committed_at is None:
+        return
+    if isinstance(committed_at, str):
+        try:
+            committed_at = datetime.fromisoformat(committed_at.replace("Z", "+00:00"))
+        except ValueError:
+            return
+    if isinstance(committed_at, datetime):
+        if committed_at.tzinfo is None:
+            committed_at = committed_at.replace(tzinfo=UTC)
+        committed_at = committed_at.timestamp()
+    PUSH_LATENCY.observe(max(0.0, time.time() - float(committed_at)))
+
+
+def broker_reconnected() -> None:
+    BROKER_RECONNECTS.inc()
+
+
+def set_relay_lag(seconds: float) -> None:
+    RELAY_LAG.set(max(0.0, seconds))
+
+
+# Plain callables for code that may not import app/ (realtime/): the app passes these in.
+REALTIME_HOOKS: dict[str, Callable[..., None]] = {
+    "socket_opened": websocket_opened,
+    "socket_closed": websocket_closed,
+    "frame_pushed": frame_pushed,
+    "broker_reconnected": broker_reconnected,
+    "relay_lag": set_relay_lag,
+}
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def prepare_multiprocess_dir(workers: int, base: str | None = None) -> str | None:
+    """Before uvicorn starts N workers: give them one fresh metrics directory to share.
+
+    An operator's own PROMETHEUS_MULTIPROC_DIR is kept (emptied of stale files); a single
+    process needs none and scrapes its own memory."""
+    existing = multiprocess_dir()
+    if workers <= 1 and existing is None:
+        return None
+    if existing is None:
+        import tempfile
+
+        existing = tempfile.mkdtemp(prefix="paycode-metrics-", dir=base)
+        os.environ[MULTIPROC_ENV] = existing
+    path = Path(existing)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return existing
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of workers that died without a clean exit (SIGKILL), so the open
+    WebSocket count does not keep a dead process's sockets."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return
+    from prometheus_client import multiprocess
+
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid_text = path.stem.rsplit("_", 1)[-1]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            multiprocess.mark_process_dead(int(pid_text), directory)
+
+
+def process_exiting() -> None:
+    directory = multiprocess_dir()
+    if directory is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid(), directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def metrics_text() -> tuple[bytes, str]:
+    """The Prometheus exposition of this process, or of all workers in multiprocess mode."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+# --- request ids and logs ---------------------------------------------------------------------
+
+REQUEST_ID_HEADER = "x-request-id"
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "paycode_request_id", default=None
+)
+access_log = logging.getLogger("paycode.access")
+
+
+def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The caller's X-Request-ID when it is a plain token, else a fresh one: a header that
+    could smuggle log lines or unbounded text is replaced, not echoed."""
+    for name, value in headers:
+        if name.lower() == b"x-request-id":
+            try:
+                text = value.decode("ascii")
+            except UnicodeDecodeError:
+                break
+            if _SANE_REQUEST_ID.fullmatch(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template ("/api/v1/codes/{code_id}"), never the raw path: bounded
+    label values for Prometheus, and no tokens or short codes in logs."""
+    route = scope.get("route")
+    if route is None:
+        return UNMATCHED
+    root = str(scope.get("root_path", ""))
+    app_root = str(scope.get("app_root_path", ""))
+    prefix = root[len(app_root) :] if root.startswith(app_root) else root
+    if isinstance(route, Mount):
+        return f"{prefix}/{{path}}"
+    return f"{prefix}{getattr(route, 'path', '')}" or UNMATCHED
+
+
+class ObservabilityMiddleware:
+    """Pure ASGI: ids, metrics and the access log line for HTTP; WebSocket scopes get an id and
+    pass straight through (wrapping their messages would slow every frame)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            token = request_id_var.set(request_id_from(scope.get("headers", [])))
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                request_id_var.reset(token)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        request_id = request_id_from(scope.get("headers", []))
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        header_value = request_id.encode("ascii")
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
+                headers.append((b"x-request-id", header_value))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except BaseException:
+            status = 500
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            method = str(scope.get("method", ""))
+            route = route_template(scope)
+            HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
+            HTTP_LATENCY.labels(method=method, route=route).observe(elapsed)
+            access_log.info(
+                "request",
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+            request_id_var.reset(token)
+
+
+# Whatever a message carries, these never reach a log file in the clear.
+_SCRUBBERS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+"), r"\1***"),
+    (
+        re.compile(
+            r"(?i)(\"?\b(?:password|passwd|token|authorization|secret|admin_token)\b\"?"
+            r"\s*[:=]\s*\"?)[^\s\"',;}]+"
+        ),
+        r"\1***",
+    ),
+    (re.compile(r"(?i)(://[^:/@\s]+:)[^@/\s]+@"), r"\1***@"),
+    (re.compile(r"(/c/|/scan/)([A-Za-z0-9_-]{0,4})[A-Za-z0-9_-]*"), r"\1\2***"),
+    (re.compile(r"\b([0-9A-Za-z]{4})-[0-9A-Za-z]{4}-[0-9A-Za-z]{2}\b"), r"\1-****-**"),
+]
+
+
+def scrub(text: str) -> str:
+    for pattern, replacement in _SCRUBBERS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, request id, and any extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": scrub(record.getMessage()),
+        }
+        request_id = request_id_var.get()
+        if request_id is not None:
+            line["request_id"] = request_id
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                line[key] = scrub(value) if isinstance(value, str) else value
+        if record.exc_info:
+            line["exception"] = scrub(self.formatException(record.exc_info))
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+def log_config(level: str = "info") -> dict[str, Any]:
+    """uvicorn's ``log_config``: JSON lines on stderr; uvicorn's own access log is off because
+    its lines carry raw paths (tokens in /c/{token}) and the middleware logs each request."""
+    level = level.upper()
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "app.observability.JsonFormatter"}},
+        "handlers": {"stderr": handler},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "uvicorn.error": {"level": level},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            "paycode": {"handlers": ["stderr"], "level": level, "propagate": False},
+        },
+        "root": {"handlers": ["stderr"], "level": "WARNING"},
+    }
