@@ -19,7 +19,12 @@ from app.http import in_thread
 from app.routes import accounts as accounts_routes
 from app.routes import admin as admin_routes
 from app.routes import agencies as agencies_routes
+from app.routes import events as events_routes
 from app.routes import ops as ops_routes
+from app.routes import payments as payments_routes
+from app.routes import receipts as receipts_routes
+from app.routes import reports as reports_routes
+from app.services import payments as payments_service
 from app.settings import Settings, from_env
 from app.state import AppState
 from models import errors as domain_errors
@@ -46,7 +51,15 @@ async def concurrent_conflict(_request: Request, exc: Exception) -> Response:
 
 
 def api_routes() -> list[BaseRoute]:
-    return [*accounts_routes.routes, *admin_routes.routes, *agencies_routes.routes]
+    return [
+        *accounts_routes.routes,
+        *admin_routes.routes,
+        *agencies_routes.routes,
+        *payments_routes.routes,
+        *reports_routes.routes,
+        *events_routes.routes,
+        *receipts_routes.routes,
+    ]
 
 
 def create_app(settings: Settings | None = None, *, migrate_schema: bool = True) -> Starlette:
@@ -61,6 +74,8 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         hub = Hub()
         await hub.start()
         app.state.paycode = AppState(settings=settings, db=db, hub=hub)
+        # The receipt signing key exists from the first start, not the first payment.
+        await in_thread(payments_service.prepare, app.state.paycode)
         try:
             yield
         finally:

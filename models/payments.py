@@ -1,1 +1,476 @@
-"""(being written)"""
+"""Payments (C2, C4, C5, C6) and refunds: one transaction each, balanced ledger legs, an event
+per involved account, and the invariants the database itself enforces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, Index, func, text
+from sqlmodel import Field, Session, SQLModel, select
+
+from models import codes
+from models.accounts import Account, get_by_handle, lock_accounts, party
+from models.agencies import ACTIVE as AGENCY_ACTIVE
+from models.agencies import PENDING as AGENCY_PENDING
+from models.agencies import REVOKED as AGENCY_REVOKED
+from models.agencies import Agency
+from models.clock import rfc3339, utcnow
+from models.errors import Conflict, Forbidden, Invalid, NotFound
+from models.events import CODE_PAID, PAYMENT_REFUNDED, PAYMENT_SUCCEEDED, Published, append
+from models.ids import new_id
+from models.ledger import post
+from models.money import parse_amount
+from models.receipts import Signer
+
+SUCCEEDED = "succeeded"
+PARTIALLY_REFUNDED = "partially_refunded"
+REFUNDED = "refunded"
+STATUSES = (SUCCEEDED, PARTIALLY_REFUNDED, REFUNDED)
+ROLES = ("payer", "payee", "agent")
+MAX_MEMO = 500
+
+
+class Payment(SQLModel, table=True):
+    __tablename__ = "payment"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="ck_payment_amount_positive"),
+        CheckConstraint(
+            "refunded_amount >= 0 AND refunded_amount <= amount", name="ck_payment_refunded_range"
+        ),
+        CheckConstraint(
+            "status IN ('succeeded', 'partially_refunded', 'refunded')", name="ck_payment_status"
+        ),
+        CheckConstraint("payer_id <> payee_id", name="ck_payment_not_self"),
+        # A dynamic code is paid at most once, whatever the application code does.
+        Index(
+            "uq_payment_dynamic_code",
+            "code_id",
+            unique=True,
+            sqlite_where=text("code_kind = 'dynamic'"),
+            postgresql_where=text("code_kind = 'dynamic'"),
+        ),
+        Index("ix_payment_payer", "payer_id", "id"),
+        Index("ix_payment_payee", "payee_id", "id"),
+        Index("ix_payment_agent", "agent_id", "id"),
+        Index("ix_payment_code", "code_id", "id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    status: str = Field(default=SUCCEEDED, max_length=20)
+    amount: int = Field(sa_type=BigInteger)
+    refunded_amount: int = Field(default=0, sa_type=BigInteger)
+    payer_id: str = Field(foreign_key="account.id", max_length=40)
+    payee_id: str = Field(foreign_key="account.id", max_length=40)
+    agent_id: str | None = Field(default=None, foreign_key="account.id", max_length=40)
+    agency_id: str | None = Field(default=None, foreign_key="agency.id", max_length=40)
+    code_id: str | None = Field(default=None, foreign_key="code.id", max_length=40)
+    code_kind: str | None = Field(default=None, max_length=10)
+    code_label: str | None = Field(default=None, max_length=100)
+    items: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    memo: str | None = Field(default=None, max_length=MAX_MEMO)
+    receipt: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Refund(SQLModel, table=True):
+    __tablename__ = "refund"
+    __table_args__ = (CheckConstraint("amount > 0", name="ck_refund_amount_positive"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    payment_id: str = Field(foreign_key="payment.id", index=True, max_length=40)
+    amount: int = Field(sa_type=BigInteger)
+    reason: str | None = Field(default=None, max_length=MAX_MEMO)
+    created_by_id: str = Field(foreign_key="account.id", max_length=40)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a payment needs from the running deployment."""
+
+    currency: str
+    public_url: str
+    signer: Signer
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def payment_view(payment: Payment, parties: dict[str, Account], currency: str) -> dict[str, Any]:
+    return {
+        "id": payment.id,
+        "status": payment.status,
+        "amount": payment.amount,
+        "refunded_amount": payment.refunded_amount,
+        "currency": currency,
+        "payer": party(parties[payment.payer_id]),
+        "payee": party(parties[payment.payee_id]),
+        "agent": party(parties[payment.agent_id]) if payment.agent_id else None,
+        "code_id": payment.code_id,
+        "code_kind": payment.code_kind,
+        "code_label": payment.code_label,
+        "items": list(payment.items),
+        "memo": payment.memo,
+        "created_at": rfc3339(payment.created_at),
+        "receipt": dict(payment.receipt),
+    }
+
+
+def refund_view(refund: Refund) -> dict[str, Any]:
+    return {
+        "id": refund.id,
+        "payment_id": refund.payment_id,
+        "amount": refund.amount,
+        "reason": refund.reason,
+        "created_at": rfc3339(refund.created_at),
+    }
+
+
+def parties_of(session: Session, payments: list[Payment]) -> dict[str, Account]:
+    """Every party of a page of payments in one query (no N+1)."""
+    ids = {i for p in payments for i in (p.payer_id, p.payee_id, p.agent_id) if i}
+    if not ids:
+        return {}
+    rows = session.exec(select(Account).where(Account.id.in_(sorted(ids)))).all()  # type: ignore[union-attr]
+    return {row.id: row for row in rows}
+
+
+def views(session: Session, payments: list[Payment], currency: str) -> list[dict[str, Any]]:
+    parties = parties_of(session, payments)
+    return [payment_view(p, parties, currency) for p in payments]
+
+
+# --- paying -----------------------------------------------------------------------------------
+
+
+def _optional_text(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_MEMO:
+        raise Invalid(f"{field} must be a string of at most {MAX_MEMO} characters", field=field)
+    return value.strip() or None
+
+
+def _refuse_unusable(code: codes.Code, agency: Agency | None) -> None:
+    status = codes.effective_status(code)
+    if status == codes.PAID:
+        raise Conflict("this code has been paid already", code="code_already_paid")
+    if status == codes.EXPIRED:
+        raise Conflict("this code has expired", code="code_expired")
+    if status == codes.CANCELLED:
+        raise Conflict("this code was cancelled", code="code_cancelled")
+    if status == codes.REVOKED:
+        raise Conflict("the agency of this code was revoked", code="agency_revoked")
+    if status != codes.ACTIVE:
+        raise Conflict("this code is not active", code="code_not_active")
+    if agency is not None and agency.status == AGENCY_REVOKED:
+        raise Conflict("the agency of this code was revoked", code="agency_revoked")
+    if agency is not None and agency.status == AGENCY_PENDING:
+        raise Conflict("the agency of this code is not active yet", code="agency_not_active")
+    if agency is not None and agency.status != AGENCY_ACTIVE:
+        raise Conflict("the agency of this code is not active", code="agency_not_active")
+
+
+def _code_amount(code: codes.Code, given: int | None) -> int:
+    if code.amount is not None:
+        if given is not None and given != code.amount:
+            raise Invalid(
+                "this code fixes the amount; the amount given differs",
+                code="amount_mismatch",
+                field="amount",
+            )
+        return code.amount
+    if given is None:
+        raise Invalid("this code needs the amount to pay", code="amount_required", field="amount")
+    return given
+
+
+@dataclass
+class _Plan:
+    payee_id: str
+    amount: int
+    code: codes.Code | None = None
+    agency_id: str | None = None
+
+
+def _plan(session: Session, payer_id: str, body: dict[str, Any]) -> _Plan:
+    has_code = body.get("code") is not None
+    has_payee = body.get("payee") is not None
+    if has_code == has_payee:
+        raise Invalid("give exactly one of code or payee", field="code")
+    given = parse_amount(body["amount"]) if body.get("amount") is not None else None
+    if has_payee:
+        payee = get_by_handle(session, body["payee"], field="payee")
+        if given is None:
+            raise Invalid("amount is required", code="amount_required", field="amount")
+        return _Plan(payee.id, given)
+    if not isinstance(body["code"], str):
+        raise Invalid("code must be a code token or short code", field="code")
+    code = codes.resolve(session, body["code"])
+    if code is None:
+        raise NotFound("no such code", field="code")
+    _refuse_unusable(code, session.get(Agency, code.agency_id))
+    return _Plan(code.payee_id, _code_amount(code, given), code, code.agency_id)
+
+
+def _receipt_facts(payment: Payment, parties: dict[str, Account], currency: str) -> dict[str, Any]:
+    return {
+        "payment_id": payment.id,
+        "amount": payment.amount,
+        "currency": currency,
+        "payer": parties[payment.payer_id].handle,
+        "payee": parties[payment.payee_id].handle,
+        "agent": parties[payment.agent_id].handle if payment.agent_id else None,
+        "code_id": payment.code_id,
+        "created_at": rfc3339(payment.created_at),
+    }
+
+
+def pay(
+    session: Session, payer_id: str, body: dict[str, Any], ctx: Context
+) -> tuple[dict[str, Any], list[Published]]:
+    """Move money from the caller to a payee, by code or directly, in the caller's transaction.
+
+    Checks first (cheap reads), then locks the accounts in ascending id order, re-reads the
+    code under its lock and decides its status once, then writes everything."""
+    memo = _optional_text(body, "memo")
+    plan = _plan(session, payer_id, body)
+    if plan.payee_id == payer_id:
+        raise Invalid("the payee cannot pay itself", code="self_payment", field="payee")
+    code = plan.code
+    agent_id = code.agent_id if code is not None else None
+    locked = lock_accounts(session, {payer_id, plan.payee_id} | ({agent_id} if agent_id else set()))
+    if code is not None:
+        code = codes.lock(session, code.id)
+        # Another transaction may have paid, cancelled or revoked it while we waited.
+        _refuse_unusable(code, None)
+    payer, payee = locked[payer_id], locked[plan.payee_id]
+    now = utcnow()
+    payment = Payment(
+        id=new_id("pay"),
+        amount=plan.amount,
+        payer_id=payer.id,
+        payee_id=payee.id,
+        agent_id=agent_id,
+        agency_id=plan.agency_id,
+        code_id=code.id if code else None,
+        code_kind=code.kind if code else None,
+        code_label=code.label if code else None,
+        items=list(code.items) if code else [],
+        memo=memo if memo is not None or code is None else code.memo,
+        receipt={},
+        created_at=now,
+    )
+    post(session, "payment", payment.id, [(payer, -plan.amount), (payee, plan.amount)])
+    payment.receipt = ctx.signer.sign(_receipt_facts(payment, locked, ctx.currency))
+    session.add(payment)
+    view = payment_view(payment, locked, ctx.currency)
+    recipients = sorted({payer.id, payee.id} | ({agent_id} if agent_id else set()))
+    events = [append(session, locked[i], PAYMENT_SUCCEEDED, view) for i in recipients]
+    if code is not None and code.kind == codes.DYNAMIC:
+        codes.mark_paid(session, code, payment.id)
+        code_body = codes.code_view(
+            code, locked, public_url=ctx.public_url, currency=ctx.currency, now=now
+        )
+        for account_id in sorted({code.agent_id, code.payee_id}):
+            events.append(append(session, locked[account_id], CODE_PAID, code_body))
+    return view, events
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def get_visible(session: Session, caller_id: str, payment_id: str) -> Payment:
+    """A payment its payer, payee or agent asks for; anyone else is told it does not exist."""
+    payment = session.get(Payment, payment_id) if len(payment_id) <= 40 else None
+    if payment is None or caller_id not in (payment.payer_id, payment.payee_id, payment.agent_id):
+        raise NotFound("no such payment")
+    return payment
+
+
+@dataclass(frozen=True)
+class Filters:
+    role: str | None = None
+    agent: str | None = None
+    code_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _filtered(session: Session, caller_id: str, filters: Filters) -> Any:
+    """The query of the payments the caller may see, narrowed by the filters; None if the
+    filters name an agent that does not exist (so nothing can match)."""
+    query = select(Payment)
+    if filters.role == "payer":
+        query = query.where(Payment.payer_id == caller_id)
+    elif filters.role == "payee":
+        query = query.where(Payment.payee_id == caller_id)
+    elif filters.role == "agent":
+        query = query.where(Payment.agent_id == caller_id)
+    else:
+        query = query.where(
+            (Payment.payer_id == caller_id)
+            | (Payment.payee_id == caller_id)
+            | (Payment.agent_id == caller_id)
+        )
+    if filters.agent is not None:
+        agent = session.exec(
+            select(Account.id).where(Account.handle == filters.agent.strip().lower())
+        ).first()
+        if agent is None:
+            return None
+        query = query.where(Payment.agent_id == agent)
+    if filters.code_id is not None:
+        query = query.where(Payment.code_id == filters.code_id)
+    if filters.since is not None:
+        query = query.where(Payment.created_at >= filters.since)
+    if filters.until is not None:
+        query = query.where(Payment.created_at < filters.until)
+    return query
+
+
+def list_visible(
+    session: Session, caller_id: str, filters: Filters, limit: int, cursor: str | None
+) -> list[Payment]:
+    """Newest first; up to limit+1 rows so the caller can tell there is a next page."""
+    query = _filtered(session, caller_id, filters)
+    if query is None:
+        return []
+    if cursor is not None:
+        query = query.where(Payment.id < cursor)
+    return list(session.exec(query.order_by(Payment.id.desc()).limit(limit + 1)).all())  # type: ignore[attr-defined]
+
+
+def report_by_agent(
+    session: Session,
+    payee_id: str,
+    since: datetime | None,
+    until: datetime | None,
+) -> list[dict[str, Any]]:
+    """The payee's books per agent and code (C5): count, gross, refunded, net; direct
+    payments, which went through no agent, are not in it."""
+    query = (
+        select(
+            Payment.agent_id,
+            Payment.code_id,
+            func.count(),
+            func.sum(Payment.amount),
+            func.sum(Payment.refunded_amount),
+        )
+        .where(Payment.payee_id == payee_id, Payment.agent_id.is_not(None))  # type: ignore[union-attr]
+        .group_by(Payment.agent_id, Payment.code_id)
+    )
+    if since is not None:
+        query = query.where(Payment.created_at >= since)
+    if until is not None:
+        query = query.where(Payment.created_at < until)
+    groups = list(session.exec(query).all())
+    agent_ids = sorted({g[0] for g in groups})
+    code_ids = sorted({g[1] for g in groups if g[1]})
+    agents = (
+        {a.id: a for a in session.exec(select(Account).where(Account.id.in_(agent_ids))).all()}  # type: ignore[union-attr]
+        if agent_ids
+        else {}
+    )
+    labels = (
+        dict(
+            session.exec(
+                select(codes.Code.id, codes.Code.label).where(codes.Code.id.in_(code_ids))
+            ).all()
+        )  # type: ignore[union-attr]
+        if code_ids
+        else {}
+    )
+    rows = []
+    for agent_id, code_id, count, gross, refunded in groups:
+        rows.append(
+            {
+                "agent": party(agents[agent_id]),
+                "code_id": code_id,
+                "label": labels.get(code_id),
+                "count": int(count),
+                "gross": int(gross),
+                "refunded": int(refunded),
+                "net": int(gross) - int(refunded),
+            }
+        )
+    rows.sort(key=lambda r: (r["agent"]["handle"], r["label"] or "", r["code_id"] or ""))
+    return rows
+
+
+# --- refunds ----------------------------------------------------------------------------------
+
+
+def _may_refund(session: Session, caller_id: str, payment: Payment) -> bool:
+    if caller_id == payment.payee_id:
+        return True
+    if caller_id != payment.agent_id or payment.agency_id is None:
+        return False
+    agency = session.get(Agency, payment.agency_id)
+    return agency is not None and agency.status == AGENCY_ACTIVE and agency.can_refund
+
+
+def refund(
+    session: Session, caller_id: str, payment_id: str, body: dict[str, Any], currency: str
+) -> tuple[dict[str, Any], list[Published]]:
+    """Give money back to the payer, in full or in part; the payee's balance pays for it."""
+    payment = get_visible(session, caller_id, payment_id)
+    if not _may_refund(session, caller_id, payment):
+        raise Forbidden("only the payee, or an agent allowed to refund, can refund this payment")
+    given = parse_amount(body["amount"]) if body.get("amount") is not None else None
+    reason = _optional_text(body, "reason")
+    parties = {payment.payer_id, payment.payee_id} | (
+        {payment.agent_id} if payment.agent_id else set()
+    )
+    locked = lock_accounts(session, parties)
+    # Every refund of this payment locks its payee first, so this re-read is the latest.
+    payment = session.exec(
+        select(Payment).where(Payment.id == payment.id).execution_options(populate_existing=True)
+    ).one()
+    remaining = payment.amount - payment.refunded_amount
+    amount = remaining if given is None else given
+    if amount > remaining or amount <= 0:
+        raise Conflict(
+            f"refunds would exceed the payment; {remaining} can still be refunded",
+            code="refund_exceeds_payment",
+            field="amount",
+        )
+    record = Refund(
+        id=new_id("ref"),
+        payment_id=payment.id,
+        amount=amount,
+        reason=reason,
+        created_by_id=caller_id,
+    )
+    post(
+        session,
+        "refund",
+        record.id,
+        [(locked[payment.payee_id], -amount), (locked[payment.payer_id], amount)],
+    )
+    payment.refunded_amount += amount
+    payment.status = REFUNDED if payment.refunded_amount == payment.amount else PARTIALLY_REFUNDED
+    session.add(payment)
+    session.add(record)
+    view = payment_view(payment, locked, currency)
+    events = [append(session, locked[i], PAYMENT_REFUNDED, view) for i in sorted(parties)]
+    return refund_view(record), events
+
+
+def refund_sums(session: Session) -> dict[str, int]:
+    """Per payment, what its refund rows add up to (for the books check)."""
+    rows = session.exec(
+        select(Refund.payment_id, func.sum(Refund.amount)).group_by(Refund.payment_id)
+    )
+    return {payment_id: int(total) for payment_id, total in rows.all()}
+
+
+def find(session: Session, payment_id: Any) -> Payment | None:
+    if not isinstance(payment_id, str) or len(payment_id) > 40:
+        return None
+    return session.get(Payment, payment_id)

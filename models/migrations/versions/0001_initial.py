@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 02:16:27.557624
+Create Date: 2026-11-27 02:18:33.915461
 """
 
 from collections.abc import Sequence
@@ -48,6 +48,15 @@ def upgrade() -> None:
         batch_op.create_index("ix_login_failure_client_at", ["client", "created_at"], unique=False)
         batch_op.create_index("ix_login_failure_handle_at", ["handle", "created_at"], unique=False)
 
+    op.create_table(
+        "receipt_key",
+        sa.Column("key_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("public_key", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("private_key", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("retired_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("key_id"),
+    )
     op.create_table(
         "agency",
         sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
@@ -193,7 +202,15 @@ def upgrade() -> None:
         sa.Column("expires_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("paid_payment_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+        sa.CheckConstraint("kind = 'static' OR amount IS NOT NULL", name="ck_code_dynamic_amount"),
         sa.CheckConstraint("kind IN ('static', 'dynamic')", name="ck_code_kind"),
+        sa.CheckConstraint(
+            "status != 'paid' OR (kind = 'dynamic' AND paid_payment_id IS NOT NULL)",
+            name="ck_code_paid_dynamic",
+        ),
+        sa.CheckConstraint(
+            "status IN ('active', 'paid', 'cancelled', 'revoked')", name="ck_code_status"
+        ),
         sa.CheckConstraint("amount IS NULL OR amount > 0", name="ck_code_amount_positive"),
         sa.ForeignKeyConstraint(
             ["agency_id"],
@@ -217,17 +234,115 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("code", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_code_agency_id"), ["agency_id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_code_agent_id"), ["agent_id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_code_payee_id"), ["payee_id"], unique=False)
+        batch_op.create_index("ix_code_agent_id_id", ["agent_id", "id"], unique=False)
+        batch_op.create_index("ix_code_payee_id_id", ["payee_id", "id"], unique=False)
+
+    op.create_table(
+        "payment",
+        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("refunded_amount", sa.BigInteger(), nullable=False),
+        sa.Column("payer_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("payee_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("agent_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+        sa.Column("agency_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+        sa.Column("code_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+        sa.Column("code_kind", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=True),
+        sa.Column("code_label", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
+        sa.Column("items", sa.JSON(), nullable=False),
+        sa.Column("memo", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
+        sa.Column("receipt", sa.JSON(), nullable=False),
+        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.CheckConstraint(
+            "status IN ('succeeded', 'partially_refunded', 'refunded')", name="ck_payment_status"
+        ),
+        sa.CheckConstraint("amount > 0", name="ck_payment_amount_positive"),
+        sa.CheckConstraint("payer_id <> payee_id", name="ck_payment_not_self"),
+        sa.CheckConstraint(
+            "refunded_amount >= 0 AND refunded_amount <= amount", name="ck_payment_refunded_range"
+        ),
+        sa.ForeignKeyConstraint(
+            ["agency_id"],
+            ["agency.id"],
+        ),
+        sa.ForeignKeyConstraint(
+            ["agent_id"],
+            ["account.id"],
+        ),
+        sa.ForeignKeyConstraint(
+            ["code_id"],
+            ["code.id"],
+        ),
+        sa.ForeignKeyConstraint(
+            ["payee_id"],
+            ["account.id"],
+        ),
+        sa.ForeignKeyConstraint(
+            ["payer_id"],
+            ["account.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("payment", schema=None) as batch_op:
+        batch_op.create_index("ix_payment_agent", ["agent_id", "id"], unique=False)
+        batch_op.create_index("ix_payment_code", ["code_id", "id"], unique=False)
+        batch_op.create_index("ix_payment_payee", ["payee_id", "id"], unique=False)
+        batch_op.create_index("ix_payment_payer", ["payer_id", "id"], unique=False)
+        batch_op.create_index(
+            "uq_payment_dynamic_code",
+            ["code_id"],
+            unique=True,
+            sqlite_where=sa.text("code_kind = 'dynamic'"),
+            postgresql_where=sa.text("code_kind = 'dynamic'"),
+        )
+
+    op.create_table(
+        "refund",
+        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("payment_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
+        sa.Column("created_by_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.CheckConstraint("amount > 0", name="ck_refund_amount_positive"),
+        sa.ForeignKeyConstraint(
+            ["created_by_id"],
+            ["account.id"],
+        ),
+        sa.ForeignKeyConstraint(
+            ["payment_id"],
+            ["payment.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("refund", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_refund_payment_id"), ["payment_id"], unique=False)
 
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("refund", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_refund_payment_id"))
+
+    op.drop_table("refund")
+    with op.batch_alter_table("payment", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_payment_dynamic_code",
+            sqlite_where=sa.text("code_kind = 'dynamic'"),
+            postgresql_where=sa.text("code_kind = 'dynamic'"),
+        )
+        batch_op.drop_index("ix_payment_payer")
+        batch_op.drop_index("ix_payment_payee")
+        batch_op.drop_index("ix_payment_code")
+        batch_op.drop_index("ix_payment_agent")
+
+    op.drop_table("payment")
     with op.batch_alter_table("code", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_code_payee_id"))
-        batch_op.drop_index(batch_op.f("ix_code_agent_id"))
+        batch_op.drop_index("ix_code_payee_id_id")
+        batch_op.drop_index("ix_code_agent_id_id")
         batch_op.drop_index(batch_op.f("ix_code_agency_id"))
 
     op.drop_table("code")
@@ -262,6 +377,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_agency_agent_id"))
 
     op.drop_table("agency")
+    op.drop_table("receipt_key")
     with op.batch_alter_table("login_failure", schema=None) as batch_op:
         batch_op.drop_index("ix_login_failure_handle_at")
         batch_op.drop_index("ix_login_failure_client_at")

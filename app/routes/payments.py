@@ -1,0 +1,150 @@
+"""Spec §7: payments, refunds and the payee's CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from app.auth import require_user
+from app.http import in_thread, ok, page, page_params, query_choice, query_time, read_json
+from app.services import payments as service
+from app.state import state_of
+from models.errors import Invalid
+from models.idempotency import validate_key
+from models.payments import ROLES, Filters
+
+CSV_HEADER = [
+    "id",
+    "created_at",
+    "status",
+    "amount",
+    "refunded_amount",
+    "currency",
+    "payer",
+    "payee",
+    "agent",
+    "code_id",
+    "code_label",
+    "memo",
+]
+# A spreadsheet would run a cell starting with one of these as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _idempotency_key(request: Request) -> str | None:
+    return validate_key(request.headers.get("idempotency-key"))
+
+
+def _filters(request: Request) -> Filters:
+    params = request.query_params
+    agent = params.get("agent") or None
+    code_id = params.get("code_id") or None
+    for name, value in (("agent", agent), ("code_id", code_id)):
+        if value is not None and len(value) > 100:
+            raise Invalid(f"{name} is too long", field=name)
+    return Filters(
+        role=query_choice(request, "role", ROLES),
+        agent=agent,
+        code_id=code_id,
+        since=query_time(request, "from"),
+        until=query_time(request, "to"),
+    )
+
+
+async def create_payment(request: Request) -> Response:
+    who = await require_user(request)
+    key = _idempotency_key(request)
+    body = await read_json(request)
+    state = state_of(request)
+    result = await in_thread(service.pay, state, who.account_id, key, body)
+    await state.publish(result.events)
+    return ok(result.body, result.status_code)
+
+
+async def get_payment(request: Request) -> Response:
+    who = await require_user(request)
+    payment_id = request.path_params["payment_id"]
+    return ok(await in_thread(service.get, state_of(request), who.account_id, payment_id))
+
+
+async def list_payments(request: Request) -> Response:
+    who = await require_user(request)
+    filters = _filters(request)
+    limit, cursor = page_params(request)
+    rows = await in_thread(
+        service.list_visible, state_of(request), who.account_id, filters, limit, cursor
+    )
+    return ok(page(rows, limit, lambda row: row["id"]))
+
+
+async def create_refund(request: Request) -> Response:
+    who = await require_user(request)
+    key = _idempotency_key(request)
+    body = await read_json(request)
+    state = state_of(request)
+    payment_id = request.path_params["payment_id"]
+    result = await in_thread(service.refund, state, who.account_id, payment_id, key, body)
+    await state.publish(result.events)
+    return ok(result.body, result.status_code)
+
+
+def _text_cell(value: str | None) -> str:
+    if not value:
+        return ""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _csv_line(row: dict[str, Any]) -> list[Any]:
+    return [
+        row["id"],
+        row["created_at"],
+        row["status"],
+        row["amount"],
+        row["refunded_amount"],
+        row["currency"],
+        row["payer"]["handle"],
+        row["payee"]["handle"],
+        row["agent"]["handle"] if row["agent"] else "",
+        row["code_id"] or "",
+        _text_cell(row["code_label"]),
+        _text_cell(row["memo"]),
+    ]
+
+
+def _csv_chunks(pages: Iterator[list[dict[str, Any]]]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(CSV_HEADER)
+    for rows in pages:
+        writer.writerows(_csv_line(row) for row in rows)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
+
+
+async def export_csv(request: Request) -> Response:
+    who = await require_user(request)
+    filters = _filters(request)
+    pages = service.csv_rows(state_of(request), who.account_id, filters)
+    return StreamingResponse(
+        _csv_chunks(pages),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="payments.csv"'},
+    )
+
+
+routes = [
+    # Before /payments/{payment_id}, so the export is never read as a payment id.
+    Route("/payments.csv", export_csv, methods=["GET"]),
+    Route("/payments", create_payment, methods=["POST"]),
+    Route("/payments", list_payments, methods=["GET"]),
+    Route("/payments/{payment_id}", get_payment, methods=["GET"]),
+    Route("/payments/{payment_id}/refunds", create_refund, methods=["POST"]),
+]

@@ -1,0 +1,153 @@
+"""Payments (spec §7), refunds, the payee's books and signed receipts: each call is one unit
+of work; money-moving ones go through the Idempotency-Key runner."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session
+
+from app.services import idempotent
+from app.settings import Settings
+from app.state import AppState
+from models import payments, receipts
+from models.events import Published
+
+# A rotation made by another process reaches this one within this many seconds; until then
+# it keeps signing with the previous key, whose receipts stay valid.
+SIGNER_TTL = 60.0
+_signers: dict[tuple[str, str | None], tuple[float, receipts.Signer]] = {}
+_signers_lock = threading.Lock()
+
+
+def prepare(state: AppState) -> receipts.Signer:
+    """Make sure a signing key exists (generated at first start) and load it."""
+    with state.db.write() as session:
+        signer = receipts.current_signer(session, state.settings.receipt_key)
+    with _signers_lock:
+        _signers[_signer_key(state)] = (time.monotonic(), signer)
+    return signer
+
+
+def _signer_key(state: AppState) -> tuple[str, str | None]:
+    return (state.db.url, state.settings.receipt_key)
+
+
+def _signer(state: AppState, session: Session) -> receipts.Signer:
+    key = _signer_key(state)
+    cached = _signers.get(key)
+    if cached is not None and time.monotonic() - cached[0] < SIGNER_TTL:
+        return cached[1]
+    signer = receipts.current_signer(session, state.settings.receipt_key)
+    with _signers_lock:
+        _signers[key] = (time.monotonic(), signer)
+    return signer
+
+
+def pay(
+    state: AppState, caller_id: str, key: str | None, body: dict[str, Any]
+) -> idempotent.Result:
+    def operation(session: Session) -> tuple[int, Any, list[Published]]:
+        ctx = payments.Context(
+            currency=state.settings.currency,
+            public_url=state.settings.public_url,
+            signer=_signer(state, session),
+        )
+        view, events = payments.pay(session, caller_id, body, ctx)
+        return 201, view, events
+
+    return idempotent.run(state, caller_id, "payments", key, body, operation)
+
+
+def refund(
+    state: AppState, caller_id: str, payment_id: str, key: str | None, body: dict[str, Any]
+) -> idempotent.Result:
+    def operation(session: Session) -> tuple[int, Any, list[Published]]:
+        view, events = payments.refund(
+            session, caller_id, payment_id, body, state.settings.currency
+        )
+        return 201, view, events
+
+    # The payment is part of the scope, so one key may refund two payments independently.
+    scope = f"refund:{payment_id[:50]}"
+    return idempotent.run(state, caller_id, scope, key, body, operation)
+
+
+def get(state: AppState, caller_id: str, payment_id: str) -> dict[str, Any]:
+    with state.db.read() as session:
+        payment = payments.get_visible(session, caller_id, payment_id)
+        return payments.views(session, [payment], state.settings.currency)[0]
+
+
+def list_visible(
+    state: AppState,
+    caller_id: str,
+    filters: payments.Filters,
+    limit: int,
+    cursor: str | None,
+) -> list[dict[str, Any]]:
+    with state.db.read() as session:
+        rows = payments.list_visible(session, caller_id, filters, limit, cursor)
+        return payments.views(session, rows, state.settings.currency)
+
+
+CSV_PAGE = 500
+
+
+def csv_rows(
+    state: AppState, caller_id: str, filters: payments.Filters
+) -> Iterator[list[dict[str, Any]]]:
+    """Every matching payment, newest first, a page per read transaction so a large export
+    never holds one long transaction open."""
+    cursor: str | None = None
+    while True:
+        rows = list_visible(state, caller_id, filters, CSV_PAGE, cursor)
+        more = len(rows) > CSV_PAGE
+        rows = rows[:CSV_PAGE]
+        if rows:
+            yield rows
+        if not more or not rows:
+            return
+        cursor = rows[-1]["id"]
+
+
+def report(
+    state: AppState, caller_id: str, since: datetime | None, until: datetime | None
+) -> list[dict[str, Any]]:
+    with state.db.read() as session:
+        return payments.report_by_agent(session, caller_id, since, until)
+
+
+def receipt_keys(state: AppState) -> list[dict[str, Any]]:
+    with state.db.read() as session:
+        return [receipts.key_view(row) for row in receipts.list_keys(session)]
+
+
+def verify_receipt(state: AppState, receipt: Any) -> dict[str, Any]:
+    """Valid only if a known key signed it AND it is the receipt of a payment of this
+    platform: a signed receipt is shown to whoever holds it, so its payment is too."""
+    with state.db.read() as session:
+        facts = receipts.verified_facts(session, receipt)
+        payment = payments.find(session, facts.get("payment_id")) if facts else None
+        if payment is None or payment.receipt.get("payload") != receipt.get("payload"):
+            return {"valid": False, "payment": None}
+        return {
+            "valid": True,
+            "payment": payments.views(session, [payment], state.settings.currency)[0],
+        }
+
+
+def rotate_receipt_key_now(settings: Settings) -> dict[str, Any]:
+    """The CLI's rotation: a new signing key; every server picks it up within SIGNER_TTL."""
+    from models.db import Database
+
+    db = Database(settings.database_url, pool_size=1)
+    try:
+        with db.write() as session:
+            return receipts.key_view(receipts.rotate(session))
+    finally:
+        db.dispose()
