@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 
@@ -48,16 +49,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from app.demo import seed_and_print
 
         seed_and_print(settings)
-    uvicorn.run(
-        "app.main:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        ws_per_message_deflate=False,
-        timeout_graceful_shutdown=10,
-        log_level=os.environ.get("PAYCODE_LOG_LEVEL", "info").lower(),
-    )
+    from app import observability
+
+    # Workers are spawned afresh and read this directory from the environment at import.
+    metrics_dir = observability.prepare_multiprocess_dir(settings.workers)
+    log_level = os.environ.get("PAYCODE_LOG_LEVEL", "info").lower()
+    try:
+        uvicorn.run(
+            "app.main:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            ws_per_message_deflate=False,
+            # SIGTERM: stop accepting, close WebSockets with 1012, let requests finish, exit.
+            timeout_graceful_shutdown=10,
+            log_level=log_level,
+            log_config=observability.log_config(log_level),
+            access_log=False,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

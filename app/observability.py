@@ -148,9 +148,8 @@ def set_relay_lag(seconds: float) -> None:
 
 
 # Plain callables for code that may not import app/ (realtime/): the app passes these in.
+# The open-socket gauge needs no hook: the middleware sees every accept and every end.
 REALTIME_HOOKS: dict[str, Callable[..., None]] = {
-    "socket_opened": websocket_opened,
-    "socket_closed": websocket_closed,
     "frame_pushed": frame_pushed,
     "broker_reconnected": broker_reconnected,
     "relay_lag": set_relay_lag,
@@ -162,23 +161,25 @@ def multiprocess_dir() -> str | None:
 
 
 def prepare_multiprocess_dir(workers: int, base: str | None = None) -> str | None:
-    """Before uvicorn starts N workers: give them one fresh metrics directory to share.
+    """Before uvicorn starts N workers: give them one metrics directory to share. Returns the
+    directory if it made one (the caller removes it at exit), else None.
 
-    An operator's own PROMETHEUS_MULTIPROC_DIR is kept (emptied of stale files); a single
-    process needs none and scrapes its own memory."""
+    An operator's own PROMETHEUS_MULTIPROC_DIR is kept but emptied of a previous run's files;
+    a single process needs none and scrapes its own memory."""
     existing = multiprocess_dir()
-    if workers <= 1 and existing is None:
+    if existing is not None:
+        path = Path(existing)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
         return None
-    if existing is None:
-        import tempfile
+    if workers <= 1:
+        return None
+    import tempfile
 
-        existing = tempfile.mkdtemp(prefix="paycode-metrics-", dir=base)
-        os.environ[MULTIPROC_ENV] = existing
-    path = Path(existing)
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        stale.unlink(missing_ok=True)
-    return existing
+    created = tempfile.mkdtemp(prefix="paycode-metrics-", dir=base)
+    os.environ[MULTIPROC_ENV] = created
+    return created
 
 
 def forget_dead_workers() -> None:
@@ -265,19 +266,15 @@ def route_template(scope: Scope) -> str:
 
 
 class ObservabilityMiddleware:
-    """Pure ASGI: ids, metrics and the access log line for HTTP; WebSocket scopes get an id and
-    pass straight through (wrapping their messages would slow every frame)."""
+    """Pure ASGI: ids, metrics and the access log line for HTTP; for WebSockets an id and the
+    open-socket gauge (accepted until the handler returns), frames otherwise untouched."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            token = request_id_var.set(request_id_from(scope.get("headers", [])))
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                request_id_var.reset(token)
+            await self._websocket(scope, receive, send)
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -314,12 +311,31 @@ class ObservabilityMiddleware:
             access_log.info(
                 "request",
                 extra={
+                    "request_id": request_id,
                     "method": method,
                     "route": route,
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 2),
                 },
             )
+            request_id_var.reset(token)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = request_id_var.set(request_id_from(scope.get("headers", [])))
+        accepted = False
+
+        async def send_counting(message: Message) -> None:
+            nonlocal accepted
+            if not accepted and message["type"] == "websocket.accept":
+                accepted = True
+                websocket_opened()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counting)
+        finally:
+            if accepted:
+                websocket_closed()
             request_id_var.reset(token)
 
 
@@ -345,7 +361,12 @@ def scrub(text: str) -> str:
     return text
 
 
-_RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# uvicorn adds color_message, an ANSI-coloured copy of the message.
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
