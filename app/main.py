@@ -19,6 +19,7 @@ from app.http import in_thread
 from app.routes import accounts as accounts_routes
 from app.routes import admin as admin_routes
 from app.routes import agencies as agencies_routes
+from app.routes import codes as codes_routes
 from app.routes import events as events_routes
 from app.routes import ops as ops_routes
 from app.routes import payments as payments_routes
@@ -55,6 +56,7 @@ def api_routes() -> list[BaseRoute]:
         *accounts_routes.routes,
         *admin_routes.routes,
         *agencies_routes.routes,
+        *codes_routes.routes,
         *payments_routes.routes,
         *reports_routes.routes,
         *events_routes.routes,

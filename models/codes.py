@@ -1,23 +1,47 @@
-"""Collection codes (C3, C7, C8): static and dynamic, their tokens and typed short codes."""
+"""Collection codes (C3, C7, C8, C10): issuance for an active agency, static and dynamic, their
+tokens and typed short codes, expiry, cancellation, and the views a party and a payer see."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import secrets
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, String, update
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, Index, String, or_, update
 from sqlmodel import Field, Session, SQLModel, select
 
 from models import shortcodes
-from models.clock import utcnow
+from models.accounts import Account, party
+from models.agencies import ACTIVE as AGENCY_ACTIVE
+from models.agencies import PENDING as AGENCY_PENDING
+from models.agencies import Agency
+from models.clock import rfc3339, utcnow
+from models.errors import Conflict, Invalid, NotFound
+from models.events import Published
+from models.ids import new_id
+from models.money import MAX_AMOUNT, parse_amount
 
 STATIC = "static"
 DYNAMIC = "dynamic"
+KINDS = (STATIC, DYNAMIC)
 ACTIVE = "active"
 PAID = "paid"
 EXPIRED = "expired"
 CANCELLED = "cancelled"
 REVOKED = "revoked"
+STATUSES = (ACTIVE, PAID, EXPIRED, CANCELLED, REVOKED)
+
+MIN_EXPIRES_IN = 60
+MAX_EXPIRES_IN = 86_400
+DYNAMIC_DEFAULT_EXPIRES_IN = 900
+MAX_ITEMS = 100
+MAX_ITEM_NAME = 200
+MAX_QUANTITY = 10**6
+MAX_LABEL = 100
+MAX_MEMO = 500
+# 24 random bytes = 192 bits, URL-safe: far past guessing, short enough for a dense QR code.
+TOKEN_BYTES = 24
+_SHORT_CODE_ATTEMPTS = 8
 
 
 class Code(SQLModel, table=True):
@@ -25,12 +49,24 @@ class Code(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint("amount IS NULL OR amount > 0", name="ck_code_amount_positive"),
         CheckConstraint("kind IN ('static', 'dynamic')", name="ck_code_kind"),
+        CheckConstraint(
+            "status IN ('active', 'paid', 'cancelled', 'revoked')", name="ck_code_status"
+        ),
+        # A dynamic code fixes its amount (C8); only a dynamic code is ever used up.
+        CheckConstraint("kind = 'static' OR amount IS NOT NULL", name="ck_code_dynamic_amount"),
+        CheckConstraint(
+            "status != 'paid' OR (kind = 'dynamic' AND paid_payment_id IS NOT NULL)",
+            name="ck_code_paid_dynamic",
+        ),
+        # The lists are "my codes as agent/payee, newest first": served by these two.
+        Index("ix_code_agent_id_id", "agent_id", "id"),
+        Index("ix_code_payee_id_id", "payee_id", "id"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
     agency_id: str = Field(foreign_key="agency.id", index=True, max_length=40)
-    payee_id: str = Field(foreign_key="account.id", index=True, max_length=40)
-    agent_id: str = Field(foreign_key="account.id", index=True, max_length=40)
+    payee_id: str = Field(foreign_key="account.id", max_length=40)
+    agent_id: str = Field(foreign_key="account.id", max_length=40)
     created_by_id: str = Field(foreign_key="account.id", max_length=40)
     kind: str = Field(max_length=10)
     status: str = Field(default=ACTIVE, max_length=12)
@@ -45,6 +81,9 @@ class Code(SQLModel, table=True):
     expires_at: datetime | None = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow)
     paid_payment_id: str | None = Field(default=None, max_length=40)
+
+
+# --- state ------------------------------------------------------------------------------------
 
 
 def revoke_unpaid_of_agency(session: Session, agency_id: str) -> None:
@@ -92,3 +131,312 @@ def mark_paid(session: Session, code: Code, payment_id: str) -> None:
     code.status = PAID
     code.paid_payment_id = payment_id
     session.add(code)
+
+
+def refuse_unless_active(code: Code, now: datetime | None = None) -> None:
+    """The 409 that says why a code cannot be used (or cancelled) any more."""
+    status = effective_status(code, now)
+    if status == PAID:
+        raise Conflict("this code has been paid already", code="code_already_paid")
+    if status == EXPIRED:
+        raise Conflict("this code has expired", code="code_expired")
+    if status == CANCELLED:
+        raise Conflict("this code was cancelled", code="code_cancelled")
+    if status == REVOKED:
+        raise Conflict("the agency of this code was revoked", code="agency_revoked")
+    if status != ACTIVE:
+        raise Conflict("this code is not active", code="code_not_active")
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def url_of(code: Code, public_url: str) -> str:
+    """The QR content: the payer page a phone camera opens."""
+    return f"{public_url.rstrip('/')}/c/{code.token}"
+
+
+def code_view(
+    code: Code,
+    parties: dict[str, Account],
+    *,
+    public_url: str,
+    currency: str,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The Code object of spec §6, for the agent and the payee."""
+    return {
+        "id": code.id,
+        "kind": code.kind,
+        "status": effective_status(code, now),
+        "agency_id": code.agency_id,
+        "agent": party(parties[code.agent_id]),
+        "payee": party(parties[code.payee_id]),
+        "label": code.label,
+        "amount": code.amount,
+        "currency": currency,
+        "items": list(code.items),
+        "memo": code.memo,
+        "token": code.token,
+        "short_code": shortcodes.display(code.short_code),
+        "url": url_of(code, public_url),
+        "expires_at": rfc3339(code.expires_at),
+        "created_at": rfc3339(code.created_at),
+        "paid_payment_id": code.paid_payment_id,
+    }
+
+
+def scan_view(
+    code: Code, parties: dict[str, Account], *, currency: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """What a payer sees before paying (C8): who is paid, through whom, for what."""
+    return {
+        "kind": code.kind,
+        "status": effective_status(code, now),
+        "payee": party(parties[code.payee_id]),
+        "agent": party(parties[code.agent_id]),
+        "label": code.label,
+        "amount": code.amount,
+        "currency": currency,
+        "items": list(code.items),
+        "memo": code.memo,
+        "expires_at": rfc3339(code.expires_at),
+    }
+
+
+def parties_of(session: Session, codes: list[Code]) -> dict[str, Account]:
+    ids = sorted({i for code in codes for i in (code.payee_id, code.agent_id)})
+    if not ids:
+        return {}
+    rows = session.exec(select(Account).where(Account.id.in_(ids))).all()  # type: ignore[union-attr]
+    return {row.id: row for row in rows}
+
+
+def view(session: Session, code: Code, *, public_url: str, currency: str) -> dict[str, Any]:
+    return code_view(code, parties_of(session, [code]), public_url=public_url, currency=currency)
+
+
+# --- issuance (C3, C8, C10) -------------------------------------------------------------------
+
+
+def _integer(value: Any, field: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f"{field} must be an integer", field=field)
+    if not low <= value <= high:
+        raise Invalid(f"{field} must be between {low} and {high}", field=field)
+    return value
+
+
+def _text(value: Any, field: str, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise Invalid(f"{field} must be a string of at most {limit} characters", field=field)
+    return value.strip() or None
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_ITEMS:
+        raise Invalid(f"items must be a list of 1-{MAX_ITEMS} items", field="items")
+    items = []
+    for index, item in enumerate(value):
+        field = f"items[{index}]"
+        if not isinstance(item, dict):
+            raise Invalid(f"{field} must be an object", field=field)
+        name = item.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_ITEM_NAME:
+            raise Invalid(
+                f"{field}.name must be 1-{MAX_ITEM_NAME} characters", field=f"{field}.name"
+            )
+        items.append(
+            {
+                "name": name.strip(),
+                "quantity": _integer(item.get("quantity"), f"{field}.quantity", 1, MAX_QUANTITY),
+                "unit_amount": _integer(
+                    item.get("unit_amount"), f"{field}.unit_amount", 0, MAX_AMOUNT
+                ),
+            }
+        )
+    return items
+
+
+def _amount(kind: str, body: dict[str, Any], items: list[dict[str, Any]]) -> int | None:
+    given = body.get("amount")
+    if given is not None:
+        given = parse_amount(given)
+    if items:
+        total = sum(item["quantity"] * item["unit_amount"] for item in items)
+        if not 1 <= total <= MAX_AMOUNT:
+            raise Invalid(f"the items must add up to between 1 and {MAX_AMOUNT}", field="items")
+        if given is not None and given != total:
+            raise Invalid(
+                f"amount {given} is not the sum of the items ({total})",
+                code="amount_mismatch",
+                field="amount",
+            )
+        return total
+    if given is None and kind == DYNAMIC:
+        raise Invalid(
+            "a dynamic code needs an amount or items", code="amount_required", field="amount"
+        )
+    return given
+
+
+def _expires_in(kind: str, value: Any) -> int | None:
+    if value is None:
+        return DYNAMIC_DEFAULT_EXPIRES_IN if kind == DYNAMIC else None
+    return _integer(value, "expires_in", MIN_EXPIRES_IN, MAX_EXPIRES_IN)
+
+
+def _issuing_agency(session: Session, caller_id: str, value: Any) -> Agency:
+    """The agency named in the body, locked so a concurrent revoke cannot miss the new code."""
+    if not isinstance(value, str) or not value or len(value) > 40:
+        raise Invalid("agency_id must be the id of an agency", field="agency_id")
+    query = select(Agency).where(Agency.id == value)
+    if session.get_bind().dialect.name != "sqlite":
+        # Revoke updates this row before it revokes the codes, so holding it here orders the
+        # two: either this code exists when revoke's update runs, or we see the revocation.
+        query = query.with_for_update()
+    agency = session.exec(query.execution_options(populate_existing=True)).first()
+    if agency is None or caller_id not in (agency.payee_id, agency.agent_id):
+        raise NotFound("no such agency", field="agency_id")
+    if agency.status == AGENCY_PENDING:
+        raise Conflict("the payee has not accepted this agency yet", code="agency_not_active")
+    if agency.status != AGENCY_ACTIVE:
+        raise Conflict("this agency was revoked", code="agency_revoked")
+    return agency
+
+
+def _fresh_short_code(session: Session) -> str:
+    # 32^9 possibilities make a clash rare; checking first keeps it from ever reaching the user.
+    for _ in range(_SHORT_CODE_ATTEMPTS):
+        candidate = shortcodes.generate()
+        taken = session.exec(select(Code.id).where(Code.short_code == candidate)).first()
+        if taken is None:
+            return candidate
+    raise RuntimeError("could not find a free short code")
+
+
+def issue(
+    session: Session,
+    caller: Account,
+    body: dict[str, Any],
+    *,
+    public_url: str,
+    currency: str,
+    now: datetime | None = None,
+) -> tuple[dict[str, Any], list[Published]]:
+    """Generate a code for an active agency, asked for by its payee or its agent (C10).
+
+    The body is checked whole before the agency is looked at, so a bad request is 422 whoever
+    asks. No event is written: the code comes back to the client that asked for it."""
+    kind = body.get("kind")
+    if kind not in KINDS:
+        raise Invalid("kind must be static or dynamic", field="kind")
+    label = _text(body.get("label"), "label", MAX_LABEL)
+    memo = _text(body.get("memo"), "memo", MAX_MEMO)
+    items = _items(body.get("items"))
+    amount = _amount(kind, body, items)
+    expires_in = _expires_in(kind, body.get("expires_in"))
+    if "agency_id" not in body:
+        raise Invalid("agency_id is required", field="agency_id")
+    agency = _issuing_agency(session, caller.id, body["agency_id"])
+    created_at = now or utcnow()
+    code = Code(
+        id=new_id("cod"),
+        agency_id=agency.id,
+        payee_id=agency.payee_id,
+        agent_id=agency.agent_id,
+        created_by_id=caller.id,
+        kind=kind,
+        status=ACTIVE,
+        label=label,
+        amount=amount,
+        items=items,
+        memo=memo,
+        token=secrets.token_urlsafe(TOKEN_BYTES),
+        short_code=_fresh_short_code(session),
+        expires_at=(created_at + timedelta(seconds=expires_in) if expires_in is not None else None),
+        created_at=created_at,
+    )
+    session.add(code)
+    session.flush()
+    return view(session, code, public_url=public_url, currency=currency), []
+
+
+# --- the parties' operations ------------------------------------------------------------------
+
+
+def get_visible(session: Session, caller_id: str, code_id: str) -> Code:
+    """The code if the caller is its agent or payee; anyone else learns nothing (404)."""
+    code = session.get(Code, code_id) if len(code_id) <= 40 else None
+    if code is None or caller_id not in (code.payee_id, code.agent_id):
+        raise NotFound("no such code")
+    return code
+
+
+def cancel(
+    session: Session, caller_id: str, code_id: str, *, public_url: str, currency: str
+) -> tuple[dict[str, Any], list[Published]]:
+    """The agent or the payee withdraws a code that can still be paid."""
+    get_visible(session, caller_id, code_id)
+    code = lock(session, code_id)
+    refuse_unless_active(code)
+    code.status = CANCELLED
+    session.add(code)
+    session.flush()
+    return view(session, code, public_url=public_url, currency=currency), []
+
+
+def list_for(
+    session: Session,
+    caller_id: str,
+    role: str | None,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+    *,
+    public_url: str,
+    currency: str,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Up to limit+1 codes of the caller, newest first; status is the status a client sees."""
+    now = now or utcnow()
+    query = select(Code)
+    if role == "agent":
+        query = query.where(Code.agent_id == caller_id)
+    elif role == "payee":
+        query = query.where(Code.payee_id == caller_id)
+    else:
+        query = query.where(or_(Code.agent_id == caller_id, Code.payee_id == caller_id))
+    # Expiry is computed, not stored: an expired code is an active one past its time.
+    if status == EXPIRED:
+        query = query.where(
+            Code.status == ACTIVE,
+            Code.expires_at.is_not(None),  # type: ignore[union-attr]
+            Code.expires_at <= now,  # type: ignore[operator]
+        )
+    elif status == ACTIVE:
+        query = query.where(
+            Code.status == ACTIVE,
+            or_(Code.expires_at.is_(None), Code.expires_at > now),  # type: ignore[union-attr,operator]
+        )
+    elif status is not None:
+        query = query.where(Code.status == status)
+    if cursor is not None:
+        query = query.where(Code.id < cursor)
+    rows = list(session.exec(query.order_by(Code.id.desc()).limit(limit + 1)).all())  # type: ignore[attr-defined]
+    parties = parties_of(session, rows)
+    return [
+        code_view(row, parties, public_url=public_url, currency=currency, now=now) for row in rows
+    ]
+
+
+def scan(session: Session, typed: str, *, currency: str) -> dict[str, Any]:
+    """The payer's view of a code named by its token or its typed short code."""
+    code = resolve(session, typed)
+    if code is None:
+        raise NotFound("no such code")
+    return scan_view(code, parties_of(session, [code]), currency=currency)

@@ -86,3 +86,13 @@ class Api:
         response = self.post("/agencies", payee, json={"agent": agent.handle, **extra})
         assert response.status_code == 201, response.text
         return dict(response.json())
+
+    def code(
+        self, user: User, agency_id: str, kind: str = "dynamic", **body: Any
+    ) -> dict[str, Any]:
+        """Issue a collection code as user; a dynamic code without amount or items gets 1250."""
+        if kind == "dynamic" and "amount" not in body and "items" not in body:
+            body["amount"] = 1250
+        response = self.post("/codes", user, json={"agency_id": agency_id, "kind": kind, **body})
+        assert response.status_code == 201, response.text
+        return dict(response.json())

@@ -1,0 +1,40 @@
+"""The graphic codes of C7, rendered in memory: QR codes (segno) and Code 128 barcodes."""
+
+from __future__ import annotations
+
+import io
+
+import segno
+from barcode import Code128
+from barcode.writer import SVGWriter
+
+MIN_SCALE = 1
+MAX_SCALE = 40
+DEFAULT_SCALE = 8
+
+
+def _qr(content: str) -> segno.QRCode:
+    # Always a full QR code (never Micro QR, which phone cameras do not read), with error
+    # correction M so a printed code survives some wear.
+    return segno.make_qr(content, error="m")
+
+
+def qr_svg(content: str, scale: int = DEFAULT_SCALE) -> bytes:
+    buffer = io.BytesIO()
+    _qr(content).save(buffer, kind="svg", scale=scale, border=4)
+    return buffer.getvalue()
+
+
+def qr_png(content: str, scale: int = DEFAULT_SCALE) -> bytes:
+    buffer = io.BytesIO()
+    _qr(content).save(buffer, kind="png", scale=scale, border=4)
+    return buffer.getvalue()
+
+
+def barcode_svg(text: str) -> bytes:
+    """Code 128 of the text, with the text printed under the bars for the eye."""
+    buffer = io.BytesIO()
+    Code128(text, writer=SVGWriter()).write(
+        buffer, options={"module_width": 0.3, "module_height": 12.0, "quiet_zone": 4.0}
+    )
+    return buffer.getvalue()
