@@ -109,6 +109,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from models.verify import check_database
+
+    settings = settings_from(args)
+    problems = check_database(settings.database_url)
+    for problem in problems:
+        print(f"FAIL {problem}")
+    if problems:
+        print(f"paycode verify: the books are wrong ({len(problems)} problems)", file=sys.stderr)
+        return 1
+    print("ok: ledger balanced, balances match the ledger, money conserved, events gapless")
+    return 0
+
+
+def cmd_rotate_receipt_key(args: argparse.Namespace) -> int:
+    from app.services.payments import rotate_receipt_key_now
+
+    key = rotate_receipt_key_now(settings_from(args))
+    print(f"new receipt signing key {key['key_id']}; older keys still verify their receipts")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paycode", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--downgrade", action="store_true")
     _add_setting_flags(mig)
     mig.set_defaults(handler=cmd_migrate)
+
+    verify = commands.add_parser("verify", help="check the books; non-zero exit if wrong")
+    _add_setting_flags(verify)
+    verify.set_defaults(handler=cmd_verify)
+
+    rotate = commands.add_parser("rotate-receipt-key", help="sign new receipts with a new key")
+    _add_setting_flags(rotate)
+    rotate.set_defaults(handler=cmd_rotate_receipt_key)
     return parser
 
 

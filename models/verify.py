@@ -138,3 +138,20 @@ def check(session: Session) -> list[str]:
     for _name, rule in CHECKS:
         problems.extend(rule(session)[:MAX_REPORTED])
     return problems
+
+
+def check_database(database_url: str) -> list[str]:
+    """Check the books of a database from one consistent snapshot, so payments committing
+    meanwhile never show up as half-applied."""
+    from models.db import Database
+
+    db = Database(database_url, pool_size=1)
+    try:
+        engine = db.reader
+        if not db.is_sqlite:
+            engine = engine.execution_options(isolation_level="REPEATABLE READ")  # type: ignore[assignment]
+        # SQLite: one deferred read transaction in WAL mode is one snapshot already.
+        with Session(engine) as session, session.begin():
+            return check(session)
+    finally:
+        db.dispose()

@@ -1,0 +1,88 @@
+"""A real ``paycode serve`` process on a free port, for tests that need true parallel
+requests over sockets rather than an in-process client."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from tests.services import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 30.0
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+@contextmanager
+def running_server(
+    database_url: str, admin_token: str, *, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Start ``paycode serve`` against the database; yield its base URL; stop it after."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PAYCODE_DATABASE_URL": database_url,
+        "PAYCODE_ADMIN_TOKEN": admin_token,
+        "PAYCODE_BROKER_URL": "memory://",
+        "PAYCODE_LOG_LEVEL": "warning",
+        **(extra_env or {}),
+    }
+    # A file, not a pipe: a pipe nobody reads would block the server once full.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_ready(process, base_url, log)
+            yield base_url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+
+def _wait_ready(process: subprocess.Popen[bytes], base_url: str, log: IO[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+            raise ServerFailed(f"server exited with {process.returncode}:\n{output}")
+        try:
+            if httpx.get(f"{base_url}/api/v1/receipts/keys", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise ServerFailed(f"server at {base_url} not ready within {READY_TIMEOUT} s")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``paycode`` command in a process of its own, as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
