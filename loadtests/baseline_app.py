@@ -1,0 +1,28 @@
+"""The machine's ceiling for one HTTP request: a bare Starlette JSON POST endpoint.
+
+Served by the same uvicorn settings as ``paycode serve`` so that the ratio of paycode's
+payments/s to this endpoint's requests/s says how much the product itself costs.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+async def echo(request: Request) -> Response:
+    body = json.loads(await request.body())
+    return JSONResponse({"ok": True, "amount": body.get("amount")}, status_code=201)
+
+
+async def healthz(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+app = Starlette(
+    routes=[Route("/echo", echo, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])]
+)

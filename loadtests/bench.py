@@ -1,0 +1,242 @@
+"""The headline numbers in one run: this machine's ceilings, then paycode on each
+configuration, then idle WebSockets — written as JSON, a Markdown table and PNG plots.
+
+    python -m loadtests.bench            # full run, ~8 minutes on 2 cores
+    python -m loadtests.bench --quick    # a few seconds per phase, for smoke tests
+
+The harness starts and stops every server itself on free ports of 127.0.0.1. This process is
+the load generator: it shares the cores with the server, so its CPU share is reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from loadtests import ceilings, idle, profiling, report, servers, shop
+from loadtests.sales import Floor, offered, saturate
+
+SHARES = (0.25, 0.5, 0.75)
+CONFIGS = {
+    # name: (database, broker, workers)
+    "sqlite-memory": ("sqlite", "memory", 1),
+    "sqlite-redis": ("sqlite", "redis", 1),
+    "postgresql-redis-2": ("postgresql", "redis", 2),
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+class CpuWatch:
+    """CPU seconds of the server tree and of this client process over one phase."""
+
+    def __init__(self, server: servers.Server) -> None:
+        self.server = server
+        self.me = psutil.Process()
+
+    def __enter__(self) -> CpuWatch:
+        self.wall = time.perf_counter()
+        self.server_cpu = self.server.cpu_seconds()
+        times = self.me.cpu_times()
+        self.client_cpu = times.user + times.system
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        wall = time.perf_counter() - self.wall
+        times = self.me.cpu_times()
+        cores = os.cpu_count() or 1
+        self.shares = {
+            # Share of the whole machine (all cores), so the two add up to at most 100%.
+            "server_cpu_share": (self.server.cpu_seconds() - self.server_cpu) / wall / cores,
+            "client_cpu_share": (times.user + times.system - self.client_cpu) / wall / cores,
+        }
+
+
+@contextlib.contextmanager
+def backing(database: str, broker: str, logs: Path) -> Iterator[tuple[str, str]]:
+    with contextlib.ExitStack() as stack:
+        if database == "sqlite":
+            db_url = f"sqlite:///{logs / f'paycode-{time.monotonic_ns()}.db'}"
+        else:
+            db_url = stack.enter_context(servers.pg_database())
+        broker_url = (
+            stack.enter_context(servers.redis_server(logs)) if broker == "redis" else "memory://"
+        )
+        yield db_url, broker_url
+
+
+async def run_config(name: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    database, broker, workers = CONFIGS[name]
+    with backing(database, broker, logs) as (db_url, broker_url):
+        server = servers.start_paycode(db_url, broker_url, workers, logs)
+        try:
+            floor_shop = await shop.build(server.host, server.port, args.counters)
+            floor = Floor(server.host, server.port, floor_shop)
+            await floor.open()
+            try:
+                await saturate(floor, args.warmup)
+                with CpuWatch(server) as cpu:
+                    saturation = await saturate(floor, args.seconds)
+                saturation.update(cpu.shares)
+                rates = []
+                for share in SHARES:
+                    rate = max(1.0, share * saturation["payments_per_s"])
+                    result = await offered(floor, rate, args.rate_seconds)
+                    rates.append({"share": share, **result})
+                profile = None
+                if args.profile:
+                    profile = await profile_phase(floor, server, name, args.seconds, logs)
+                faults = floor.seq_faults()
+            finally:
+                await floor.close()
+        finally:
+            server.stop()
+    return {
+        "name": name,
+        "database": database,
+        "broker": broker,
+        "workers": workers,
+        "counters": args.counters,
+        "devices_per_account": 2,
+        "saturation": saturation,
+        "rates": rates,
+        "seq_faults": faults,
+        "profile": profile,
+    }
+
+
+async def profile_phase(
+    floor: Floor, server: servers.Server, name: str, seconds: float, logs: Path
+) -> dict[str, Any] | None:
+    """A separate saturation run under py-spy, so sampling never colours the measured one."""
+    pid = server.worker_pids()[0]
+    raw = logs / f"profile-{name}.txt"
+    sampler = profiling.start(pid, seconds, raw)
+    if sampler is None:
+        return None
+    await saturate(floor, seconds)
+    await asyncio.to_thread(sampler.wait, seconds + 30)
+    return profiling.top(raw) if raw.exists() else None
+
+
+async def measure_ceilings(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    base = servers.start_baseline(logs)
+    try:
+        await ceilings.http_ceiling(base.host, base.port, min(2.0, args.warmup))
+        found["http"] = await ceilings.http_ceiling(base.host, base.port, args.seconds)
+    finally:
+        base.stop()
+    found["sqlite"] = await asyncio.to_thread(ceilings.sqlite_ceiling, args.seconds)
+    if "postgresql-redis-2" in args.configs:
+        with servers.pg_database() as url:
+            found["asyncpg"] = await ceilings.asyncpg_ceiling(url, args.seconds)
+    return found
+
+
+async def run_idle(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    server = servers.start_paycode(f"sqlite:///{logs / 'paycode-idle.db'}", "memory://", 1, logs)
+    try:
+        return await idle.idle_sockets(server, args.sockets)
+    finally:
+        server.stop()
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="paycode-bench-") as tmp:
+        logs = Path(tmp)
+        results: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": machine(),
+            "settings": {k: v for k, v in vars(args).items() if k != "func"},
+            "ceilings": await measure_ceilings(args, logs),
+            "configs": [],
+        }
+        for name in args.configs:
+            print(f"bench: {name}", file=sys.stderr, flush=True)
+            results["configs"].append(await run_config(name, args, logs))
+        if args.sockets:
+            print(f"bench: {args.sockets} idle sockets", file=sys.stderr, flush=True)
+            results["idle"] = await run_idle(args, logs)
+    results["bars"] = report.bars(results)
+    return results
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="loadtests.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a few seconds per phase")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None)
+    parser.add_argument("--counters", type=int, default=None, help="K counters (tills)")
+    parser.add_argument("--seconds", type=float, default=None, help="saturation phase length")
+    parser.add_argument("--rate-seconds", type=float, default=None, help="each fixed-rate phase")
+    parser.add_argument("--warmup", type=float, default=None)
+    parser.add_argument("--sockets", type=int, default=None, help="idle WebSockets (0: skip)")
+    parser.add_argument("--profile", action="store_true", help="sample the server with py-spy")
+    parser.add_argument("--out", default="docs/bench", help="where JSON, Markdown and PNGs go")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "configs": ["sqlite-memory"] if quick else list(CONFIGS),
+        "counters": 4 if quick else 32,
+        "seconds": 2.0 if quick else 20.0,
+        "rate_seconds": 1.5 if quick else 15.0,
+        "warmup": 0.5 if quick else 3.0,
+        "sockets": 100 if quick else 10_000,
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if "postgresql-redis-2" in args.configs and not servers.pg_available():
+        parser.error(f"PostgreSQL is not reachable at {servers.PG_ADMIN_URL}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    servers.raise_nofile()
+    try:
+        import uvloop
+
+        results = uvloop.run(main_async(args))
+    except ImportError:
+        results = asyncio.run(main_async(args))
+    out = Path(args.out)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = report.markdown(results)
+    (out / "results.md").write_text(table)
+    if not args.no_plots:
+        report.plots(results, out)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

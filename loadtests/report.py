@@ -1,0 +1,289 @@
+"""A run's results as the bars of the issue, a Markdown report and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+BAR_SHARE_OF_HTTP = 0.25
+BAR_SHARE_OF_ASYNCPG = 0.70
+BAR_P99_MS = 20.0
+BAR_P999_MS = 50.0
+BAR_SOCKETS = 10_000
+BAR_KIB_PER_SOCKET = 30.0
+
+
+def _config(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((c for c in results["configs"] if c["name"] == name), None)
+
+
+def _at_half(config: dict[str, Any]) -> dict[str, Any] | None:
+    return next((r for r in config["rates"] if r["share"] == 0.5), None)
+
+
+def bars(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each bar of the issue with its target, what this run measured, and whether it is met."""
+    out: list[dict[str, Any]] = []
+    ceilings = results["ceilings"]
+    one = _config(results, "sqlite-memory")
+    if one and "http" in ceilings:
+        sat = one["saturation"]
+        target = BAR_SHARE_OF_HTTP * ceilings["http"]["rate"]
+        delivered = sat["missing_confirmations"] == 0 and not sat["errors"]
+        out.append(
+            {
+                "bar": "SQLite+memory, 1 process: payments/s >= 25% of bare Starlette POST/s, "
+                "every confirmation delivered",
+                "target": f">= {target:.0f}/s",
+                "measured": f"{sat['payments_per_s']}/s "
+                f"({sat['payments_per_s'] / ceilings['http']['rate']:.1%}), "
+                f"missing {sat['missing_confirmations']}",
+                "met": sat["payments_per_s"] >= target and delivered,
+            }
+        )
+    for config in results["configs"]:
+        half = _at_half(config)
+        if half is None:
+            continue
+        lat = half["confirmation_every_device"]
+        p99, p999 = lat["p99_ms"], lat["p999_ms"]
+        out.append(
+            {
+                "bar": f"{config['name']}: confirmation p99 <= 20 ms, p99.9 <= 50 ms "
+                "at 50% of saturation",
+                "target": "p99 <= 20 ms, p99.9 <= 50 ms",
+                "measured": f"p99 {p99} ms, p99.9 {p999} ms ({lat['count']} payments)",
+                "met": p99 is not None
+                and p999 is not None
+                and p99 <= BAR_P99_MS
+                and p999 <= BAR_P999_MS,
+            }
+        )
+    pg = _config(results, "postgresql-redis-2")
+    if pg and "asyncpg" in ceilings:
+        rate = pg["saturation"]["payments_per_s"]
+        target = BAR_SHARE_OF_ASYNCPG * ceilings["asyncpg"]["rate"]
+        out.append(
+            {
+                "bar": "PostgreSQL+Redis, 2 processes: payments/s >= 70% of raw asyncpg tx/s",
+                "target": f">= {target:.0f}/s",
+                "measured": f"{rate}/s ({rate / ceilings['asyncpg']['rate']:.1%})",
+                "met": rate >= target,
+            }
+        )
+    idle = results.get("idle")
+    if idle:
+        storm_ok = (
+            idle.get("storm_caught_up") == idle["sockets"]
+            and idle.get("gaps") == 0
+            and idle.get("duplicates") == 0
+        )
+        out.append(
+            {
+                "bar": "10,000 idle WebSockets in one process at <= 30 KiB each; a reconnect "
+                "storm of all of them replayed gaplessly",
+                "target": f"{BAR_SOCKETS} sockets, <= {BAR_KIB_PER_SOCKET} KiB, all caught up",
+                "measured": f"{idle['sockets']} sockets, {idle['kib_per_socket']} KiB each, "
+                f"storm {idle.get('storm_seconds')} s, caught up {idle.get('storm_caught_up')}, "
+                f"gaps {idle.get('gaps')}",
+                "met": idle["sockets"] >= BAR_SOCKETS
+                and idle["kib_per_socket"] <= BAR_KIB_PER_SOCKET
+                and storm_ok,
+            }
+        )
+    return out
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join("" if c is None else str(c) for c in cells) + " |"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"Run {results['date']} on {m['nproc']} × {m['cpu']}, {m['memory_gib']} GiB, "
+        f"Python {m['python']}; client: one separate asyncio process on the same box.",
+        "",
+        "### Ceilings of this machine (same run)",
+        "",
+        _row(["path", "rate/s", "p50 ms", "p99 ms", "p99.9 ms"]),
+        _row(["---"] * 5),
+    ]
+    for ceiling in results["ceilings"].values():
+        lines.append(
+            _row(
+                [
+                    ceiling["name"],
+                    ceiling["rate"],
+                    ceiling["p50_ms"],
+                    ceiling["p99_ms"],
+                    ceiling["p999_ms"],
+                ]
+            )
+        )
+    http = results["ceilings"].get("http", {}).get("rate")
+    lines += [
+        "",
+        "### Saturation (closed loop: each counter issues a dynamic code, the payer pays it, "
+        "the counter waits for the confirmation on every device)",
+        "",
+        _row(
+            [
+                "config",
+                "counters",
+                "payments/s",
+                "÷ bare POST",
+                "code POST p50/p99 ms",
+                "payment POST p50/p99 ms",
+                "errors",
+                "missing",
+                "server CPU",
+                "client CPU",
+            ]
+        ),
+        _row(["---"] * 10),
+    ]
+    for c in results["configs"]:
+        s = c["saturation"]
+        lines.append(
+            _row(
+                [
+                    c["name"],
+                    c["counters"],
+                    s["payments_per_s"],
+                    f"{s['payments_per_s'] / http:.1%}" if http else "",
+                    f"{s['code_http']['p50_ms']} / {s['code_http']['p99_ms']}",
+                    f"{s['payment_http']['p50_ms']} / {s['payment_http']['p99_ms']}",
+                    sum(s["errors"].values()),
+                    s["missing_confirmations"],
+                    f"{s['server_cpu_share']:.0%}",
+                    f"{s['client_cpu_share']:.0%}",
+                ]
+            )
+        )
+    lines += [
+        "",
+        "### Confirmation latency: payment commit (its `created_at`) → frame on every device "
+        "of the agent and the payee",
+        "",
+        _row(
+            [
+                "config",
+                "share",
+                "offered/s",
+                "achieved/s",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "missing",
+                "late starts",
+            ]
+        ),
+        _row(["---"] * 10),
+    ]
+    for c in results["configs"]:
+        for r in c["rates"]:
+            lat = r["confirmation_every_device"]
+            lines.append(
+                _row(
+                    [
+                        c["name"],
+                        f"{r['share']:.0%}",
+                        r["offered_rate"],
+                        r["payments_per_s"],
+                        lat["p50_ms"],
+                        lat["p99_ms"],
+                        lat["p999_ms"],
+                        lat["max_ms"],
+                        r["missing_confirmations"],
+                        r["late_starts"],
+                    ]
+                )
+            )
+    idle = results.get("idle")
+    if idle:
+        lines += [
+            "",
+            "### Idle WebSockets on one process (SQLite + memory broker)",
+            "",
+            _row(
+                [
+                    "sockets",
+                    "connect s",
+                    "KiB/socket",
+                    "fan-out of 1 event s",
+                    "storm s",
+                    "caught up",
+                    "failed attempts",
+                    "gaps",
+                    "duplicates",
+                ]
+            ),
+            _row(["---"] * 9),
+            _row(
+                [
+                    idle["sockets"],
+                    idle["connect_seconds"],
+                    idle["kib_per_socket"],
+                    idle.get("fanout_seconds"),
+                    idle.get("storm_seconds"),
+                    idle.get("storm_caught_up"),
+                    idle.get("storm_failed_attempts"),
+                    idle.get("gaps"),
+                    idle.get("duplicates"),
+                ]
+            ),
+        ]
+    lines += ["", "### The bars", "", _row(["bar", "target", "measured", "met"])]
+    lines.append(_row(["---"] * 4))
+    for bar in results["bars"]:
+        lines.append(
+            _row([bar["bar"], bar["target"], bar["measured"], "yes" if bar["met"] else "**no**"])
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for c in results["configs"]:
+        xs = [r["offered_rate"] for r in c["rates"]]
+        for key, style in (("p50_ms", ":"), ("p99_ms", "-"), ("p999_ms", "--")):
+            ys = [r["confirmation_every_device"][key] for r in c["rates"]]
+            ax.plot(xs, ys, style, marker="o", label=f"{c['name']} {key[:-3]}")
+    ax.axhline(BAR_P99_MS, color="grey", linewidth=0.8)
+    ax.axhline(BAR_P999_MS, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("offered payments/s")
+    ax.set_ylabel("commit → every device, ms")
+    ax.set_yscale("log")
+    ax.set_title("Confirmation latency vs offered load")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = [ceiling["name"] for ceiling in results["ceilings"].values()]
+    rates = [ceiling["rate"] for ceiling in results["ceilings"].values()]
+    names += [f"paycode {c['name']}" for c in results["configs"]]
+    rates += [c["saturation"]["payments_per_s"] for c in results["configs"]]
+    ax.barh(
+        names, rates, color=["#999"] * len(results["ceilings"]) + ["#2a7"] * len(results["configs"])
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("per second (log)")
+    ax.set_title("Payments/s against this machine's ceilings")
+    fig.tight_layout()
+    path = out / "throughput.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written
