@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run demo test lint format clean migration loadtest bench
+.PHONY: install run demo test lint format clean migration loadtest bench cluster
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,12 @@ format: install
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# PROCESSES app processes on PostgreSQL + Redis behind nginx on CLUSTER_PORT (Ctrl-C stops all).
+PROCESSES ?= 3
+CLUSTER_PORT ?= 8080
+cluster: install
+	$(PY) -m app.cluster --processes $(PROCESSES) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
 
 # Regenerates the single initial migration from the models while the schema is young.
 migration: install
