@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,10 +16,11 @@ from typing import Any
 import pytest
 import zxingcpp
 from PIL import Image, ImageDraw
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from models import codes, shortcodes
+from models import accounts, agencies, codes, shortcodes
 from models.db import Database
+from models.errors import Conflict
 from tests.api import Api, User
 
 SHORT_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{2}$")
@@ -683,3 +685,92 @@ def test_an_empty_or_overlong_key_is_422(api: Api, shop: Any) -> None:
         assert error_of(response) == (422, "validation_error", "Idempotency-Key"), repr(key)
     assert api.post("/codes", agent, json=body, headers={"Idempotency-Key": "k" * 255}).is_success
     assert len(api.get("/codes", agent).json()["data"]) == 1
+
+
+# --- concurrency ------------------------------------------------------------------------------
+
+
+def test_a_code_issued_while_its_agency_is_revoked_is_revoked_too(database_url: str) -> None:
+    """Issue first, revoke racing it: the revoke waits for the issuing transaction and then
+    revokes the new code, so an active code never outlives its agency."""
+    db = Database(database_url, pool_size=2)
+    try:
+        with db.write() as session:
+            payee = accounts.sign_up(session, "racepayee", "Payee", "long enough")
+            agent = accounts.sign_up(session, "raceagent", "Agent", "long enough")
+            agency_view, _ = agencies.create(session, payee, {"agent": agent.handle})
+        agency_id = agency_view["id"]
+        revoked = threading.Event()
+
+        def revoke() -> None:
+            with db.write() as other:
+                agencies.revoke(other, payee.id, agency_id)
+                codes.revoke_unpaid_of_agency(other, agency_id)
+            revoked.set()
+
+        racer = threading.Thread(target=revoke)
+        with db.write() as session:
+            caller = session.get(accounts.Account, agent.id)
+            assert caller is not None
+            issued, _ = codes.issue(
+                session,
+                caller,
+                {"agency_id": agency_id, "kind": "static"},
+                public_url="http://testserver",
+                currency="CNY",
+            )
+            racer.start()
+            # The revoke must not get through while the code is still uncommitted.
+            assert not revoked.wait(0.5)
+        racer.join(30)
+        assert revoked.is_set()
+        with db.read() as session:
+            row = session.get(codes.Code, issued["id"])
+            assert row is not None and row.status == codes.REVOKED
+    finally:
+        db.dispose()
+
+
+def test_a_code_asked_for_while_its_agency_is_being_revoked_is_refused(database_url: str) -> None:
+    """Revoke first, issue racing it: the issue waits for the revoke to commit and then sees
+    the agency revoked (409 agency_revoked) instead of adding an active code to it
+    (PostgreSQL: issue locks the agency row; SQLite: writers are serialized)."""
+    db = Database(database_url, pool_size=2)
+    try:
+        with db.write() as session:
+            payee = accounts.sign_up(session, "racepayee", "Payee", "long enough")
+            agent = accounts.sign_up(session, "raceagent", "Agent", "long enough")
+            agency_view, _ = agencies.create(session, payee, {"agent": agent.handle})
+        agency_id = agency_view["id"]
+        outcome: list[BaseException | dict[str, Any]] = []
+
+        def issue() -> None:
+            try:
+                with db.write() as other:
+                    caller = other.get(accounts.Account, agent.id)
+                    assert caller is not None
+                    view, _ = codes.issue(
+                        other,
+                        caller,
+                        {"agency_id": agency_id, "kind": "static"},
+                        public_url="http://testserver",
+                        currency="CNY",
+                    )
+                    outcome.append(view)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        racer = threading.Thread(target=issue)
+        with db.write() as session:
+            agencies.revoke(session, payee.id, agency_id)
+            codes.revoke_unpaid_of_agency(session, agency_id)
+            racer.start()
+            racer.join(0.5)
+            assert racer.is_alive(), "the issue must wait for the revoke"
+        racer.join(30)
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], Conflict) and outcome[0].code == "agency_revoked"
+        with db.read() as session:
+            assert session.exec(select(codes.Code)).all() == []
+    finally:
+        db.dispose()
