@@ -22,9 +22,11 @@ from app.routes import agencies as agencies_routes
 from app.routes import codes as codes_routes
 from app.routes import events as events_routes
 from app.routes import ops as ops_routes
+from app.routes import pages as pages_routes
 from app.routes import payments as payments_routes
 from app.routes import receipts as receipts_routes
 from app.routes import reports as reports_routes
+from app.security_headers import SecurityHeaders
 from app.services import payments as payments_service
 from app.settings import Settings, from_env
 from app.state import AppState
@@ -87,8 +89,8 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             observability.process_exiting()
 
     return Starlette(
-        routes=[Mount("/api/v1", routes=api_routes()), *ops_routes.routes],
-        middleware=[Middleware(observability.ObservabilityMiddleware)],
+        routes=[Mount("/api/v1", routes=api_routes()), *ops_routes.routes, *pages_routes.routes],
+        middleware=[Middleware(observability.ObservabilityMiddleware), Middleware(SecurityHeaders)],
         exception_handlers={
             domain_errors.DomainError: errors.domain_error_handler,
             HTTPException: errors.http_error_handler,
