@@ -131,6 +131,19 @@ def cmd_rotate_receipt_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from realtime.watch import WatchError, run
+
+    base_url = args.url or os.environ.get("PAYCODE_PUBLIC_URL") or "http://127.0.0.1:8000"
+    try:
+        return run(
+            base_url, args.handle, password=args.password, token=args.token, after=args.after
+        )
+    except WatchError as exc:
+        print(f"paycode watch: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paycode", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = commands.add_parser("rotate-receipt-key", help="sign new receipts with a new key")
     _add_setting_flags(rotate)
     rotate.set_defaults(handler=cmd_rotate_receipt_key)
+
+    watch = commands.add_parser("watch", help="live feed of an account's events in the terminal")
+    watch.add_argument("handle")
+    watch.add_argument("--url", default=None, help="server base URL (default PAYCODE_PUBLIC_URL)")
+    watch.add_argument("--password", default=None, help="otherwise prompted for")
+    watch.add_argument("--token", default=None, help="a device token instead of logging in")
+    watch.add_argument("--after", type=int, default=None, help="replay events after this seq")
+    watch.set_defaults(handler=cmd_watch)
     return parser
 
 

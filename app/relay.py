@@ -1,0 +1,109 @@
+"""The outbox relay: what the broker did not carry still reaches every socket, within a second.
+
+An event can be committed and never published: the broker was down, the committing process
+died between commit and publish, or another process committed it (the ``paycode deposit``
+CLI). Rather than mark every event as published (a write on the payment's hot path), each
+instance reconciles its OWN sockets against the outbox: every tick it reads ``last_seq`` of
+the accounts it has sockets for (one indexed query, whatever the payment rate), and a socket
+still behind the ``last_seq`` seen one tick earlier re-reads the outbox from its last sent
+``seq``. The broker stays the fast path; the relay is the guarantee, and it works with the
+broker down. The same tick closes sockets of devices revoked through an instance whose
+broadcast was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from sqlmodel import select
+
+from app.http import in_thread
+from models.accounts import Account, Device
+from models.db import Database
+from realtime.hub import Hub
+
+log = logging.getLogger("paycode.relay")
+
+CHUNK = 500
+
+
+def read_marks(
+    db: Database, account_ids: list[str], device_ids: list[str]
+) -> tuple[dict[str, int], set[str]]:
+    """`last_seq` of each account, and which of the devices are revoked or gone."""
+    last_seqs: dict[str, int] = {}
+    alive: set[str] = set()
+    with db.read() as session:
+        for i in range(0, len(account_ids), CHUNK):
+            chunk = account_ids[i : i + CHUNK]
+            rows = session.exec(
+                select(Account.id, Account.last_seq).where(Account.id.in_(chunk))  # type: ignore[attr-defined]
+            ).all()
+            last_seqs.update({account_id: seq for account_id, seq in rows})
+        for i in range(0, len(device_ids), CHUNK):
+            chunk = device_ids[i : i + CHUNK]
+            rows = session.exec(
+                select(Device.id).where(
+                    Device.id.in_(chunk),  # type: ignore[attr-defined]
+                    Device.revoked_at.is_(None),  # type: ignore[union-attr]
+                )
+            ).all()
+            alive.update(rows)
+    return last_seqs, set(device_ids) - alive
+
+
+class Relay:
+    def __init__(self, db: Database, hub: Hub, *, interval: float = 0.5) -> None:
+        self.db = db
+        self.hub = hub
+        self.interval = interval
+        self._seen: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.resyncs = 0
+        self._last_tick = time.monotonic()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="paycode-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.tick()
+                self._last_tick = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("relay tick failed: %s", exc.__class__.__name__)
+            # How stale the relay's view is: grows while the database is unreachable.
+            self.hub.hook("relay_lag", time.monotonic() - self._last_tick)
+
+    async def tick(self) -> None:
+        positions = self.hub.positions()
+        devices = self.hub.devices()
+        if not positions and not devices:
+            self._seen = {}
+            return
+        last_seqs, revoked = await in_thread(read_marks, self.db, list(positions), list(devices))
+        # Compare with what the database said one tick ago: an event published normally
+        # has had a whole tick to arrive, so only lost ones cause a re-read.
+        now = self.hub.positions()
+        for account_id, committed in self._seen.items():
+            sent = now.get(account_id)
+            if sent is not None and sent < committed:
+                self.resyncs += self.hub.resync_account(account_id, committed)
+        self._seen = last_seqs
+        for device_id in revoked:
+            account_id = devices[device_id]
+            if self.hub.close_device(account_id, device_id):
+                log.info("closed sockets of revoked device %s", device_id)

@@ -1,0 +1,183 @@
+"""Spec §8: the WebSocket of live confirmations, ``GET /api/v1/ws``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from app.http import in_thread
+from app.state import AppState, state_of
+from models import accounts, events
+from models.db import Database
+from models.errors import Unauthorized
+from realtime import protocol
+from realtime.connection import Connection, FetchAfter
+from realtime.protocol import ProtocolError, Wire
+
+log = logging.getLogger("paycode.ws")
+
+HELLO_TIMEOUT = 10.0
+# How long a close may wait for a socket that stopped reading before the task gives up.
+CLOSE_WAIT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Greeting:
+    account_id: str
+    device_id: str
+    account: dict[str, Any]
+    last_seq: int
+
+
+def _greet(db: Database, token: str, currency: str) -> Greeting:
+    with db.read() as session:
+        account, device = accounts.authenticate(session, token)
+        view = accounts.account_view(account, currency)
+        return Greeting(account.id, device.id, view, account.last_seq)
+
+
+def _read_after(
+    db: Database, account_id: str, after: int, limit: int
+) -> list[tuple[int, dict[str, Any]]]:
+    with db.read() as session:
+        rows = events.list_after(session, account_id, after, limit)
+        return [(row.seq, events.event_body(row)) for row in rows]
+
+
+def outbox_reader(db: Database) -> FetchAfter:
+    async def fetch_after(account_id: str, after: int, limit: int) -> list[tuple[int, Any]]:
+        return await in_thread(_read_after, db, account_id, after, limit)
+
+    return fetch_after
+
+
+async def _receive(websocket: WebSocket) -> Wire:
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    if message.get("text") is not None:
+        return str(message["text"])
+    return bytes(message.get("bytes") or b"")
+
+
+def _sender(websocket: WebSocket, fmt: str) -> Any:
+    if fmt == protocol.MSGPACK:
+
+        async def send_bytes(wire: Wire) -> None:
+            await websocket.send_bytes(wire)  # type: ignore[arg-type]
+
+        return send_bytes
+
+    async def send_text(wire: Wire) -> None:
+        await websocket.send_text(wire)  # type: ignore[arg-type]
+
+    return send_text
+
+
+async def _await_hello(websocket: WebSocket, fmt: str) -> protocol.Hello:
+    """Frames until the hello; pings are answered and unknown types told off meanwhile."""
+    while True:
+        frame = protocol.decode(fmt, await _receive(websocket))
+        kind = frame["type"]
+        if kind == "hello":
+            return protocol.parse_hello(frame)
+        if kind == "ping":
+            reply = protocol.PONG
+        else:
+            reply = protocol.error("hello_required", "say hello first")
+        await _sender(websocket, fmt)(protocol.encode(fmt, reply))
+
+
+async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
+    # A socket that stopped reading can hold the close frame back; do not wait forever.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(websocket.close(code, reason[:120]), CLOSE_WAIT)
+
+
+async def _read_loop(websocket: WebSocket, conn: Connection, fmt: str) -> None:
+    while True:
+        try:
+            frame = protocol.decode(fmt, await _receive(websocket))
+        except ProtocolError as exc:
+            conn.close(exc.close_code, exc.reason)
+            return
+        kind = frame["type"]
+        if kind == "ping":
+            conn.send_control(protocol.encode(fmt, protocol.PONG))
+        elif kind == "hello":
+            reply = protocol.error("already_welcomed", "this connection already said hello")
+            conn.send_control(protocol.encode(fmt, reply))
+        else:
+            reply = protocol.error("unknown_type", f"unknown frame type {kind[:40]!r}")
+            conn.send_control(protocol.encode(fmt, reply))
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    state = state_of(websocket)
+    offered = list(websocket.scope.get("subprotocols") or [])
+    fmt = protocol.negotiate(offered)
+    await websocket.accept(subprotocol=fmt if fmt in offered else None)
+    timeout = float(state.settings.extra.get("ws_hello_timeout", HELLO_TIMEOUT))
+    try:
+        hello = await asyncio.wait_for(_await_hello(websocket, fmt), timeout)
+        greeting = await in_thread(_greet, state.db, hello.token, state.settings.currency)
+    except TimeoutError:
+        await _close(websocket, protocol.CLOSE_HELLO_TIMEOUT, "no hello within the time allowed")
+        return
+    except ProtocolError as exc:
+        await _close(websocket, exc.close_code, exc.reason)
+        return
+    except Unauthorized:
+        await _close(websocket, protocol.CLOSE_UNAUTHORIZED, "bad or revoked token")
+        return
+    except WebSocketDisconnect:
+        return
+    await _serve(websocket, state, fmt, hello, greeting)
+
+
+async def _serve(
+    websocket: WebSocket, state: AppState, fmt: str, hello: protocol.Hello, greeting: Greeting
+) -> None:
+    hub = state.hub
+    conn = Connection(
+        greeting.account_id,
+        greeting.device_id,
+        fmt,
+        _sender(websocket, fmt),
+        outbox_reader(state.db),
+        after=greeting.last_seq if hello.after is None else hello.after,
+        queue_limit=hub.queue_limit,
+        on_push=hub.hooks.get("frame_pushed"),
+    )
+    reader: asyncio.Task[None] | None = None
+    disconnected = False
+    async with hub.attach(conn):
+        try:
+            welcome = protocol.welcome(greeting.account, greeting.device_id, greeting.last_seq)
+            await _sender(websocket, fmt)(protocol.encode(fmt, welcome))
+            pump = conn.start()
+            reader = asyncio.create_task(_read_loop(websocket, conn, fmt))
+            await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done() and reader.exception() is not None:
+                disconnected = True
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            disconnected = True
+        finally:
+            if reader is not None and not reader.done():
+                reader.cancel()
+            conn.close(conn.close_code or protocol.CLOSE_NORMAL)
+            await conn.wait()
+            if reader is not None:
+                with contextlib.suppress(BaseException):
+                    await reader
+    if not disconnected:
+        await _close(websocket, conn.close_code or protocol.CLOSE_NORMAL, conn.close_reason)
+
+
+routes = [WebSocketRoute("/ws", websocket_endpoint)]

@@ -1,0 +1,122 @@
+"""The WebSocket protocol of spec §8: subprotocols, frames and close codes.
+
+An event is serialized at most once per wire format, however many sockets receive it: the hub
+wraps it in one `EventFrame` whose encodings are cached and handed, as the same object, to
+every socket.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+MSGPACK = "paycode.v1.msgpack"
+JSON = "paycode.v1.json"
+SUBPROTOCOLS = (MSGPACK, JSON)
+
+MAX_FRAME = 64 * 1024
+
+CLOSE_NORMAL = 1000
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_HELLO_TIMEOUT = 4408
+
+Wire = str | bytes
+
+
+class ProtocolError(Exception):
+    """A frame the server cannot accept; `close_code` says how the socket is closed."""
+
+    def __init__(self, close_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
+        self.reason = reason
+
+
+def negotiate(offered: list[str]) -> str:
+    """The subprotocol to speak: the client's first supported choice, else JSON (the default
+    when none is asked). Returns the name; whether to echo it is `echoed`'s business."""
+    for name in offered:
+        if name in SUBPROTOCOLS:
+            return name
+    return JSON
+
+
+def encode(fmt: str, frame: dict[str, Any]) -> Wire:
+    if fmt == MSGPACK:
+        return msgpack.packb(frame, use_bin_type=True)  # type: ignore[no-any-return]
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode(fmt: str, message: Wire) -> dict[str, Any]:
+    """One client frame as a map with a string `type`, or ProtocolError (1007 unreadable data,
+    1008 a frame of the wrong kind or shape, 1009 larger than 64 KiB)."""
+    if len(message) > MAX_FRAME:
+        raise ProtocolError(CLOSE_TOO_BIG, "frame larger than 64 KiB")
+    if fmt == MSGPACK:
+        if not isinstance(message, bytes):
+            raise ProtocolError(CLOSE_POLICY, "text frame on the msgpack subprotocol")
+        try:
+            frame = msgpack.unpackb(message, raw=False, strict_map_key=True)
+        except Exception as exc:
+            raise ProtocolError(CLOSE_INVALID_DATA, "frame is not valid msgpack") from exc
+    else:
+        if not isinstance(message, str):
+            raise ProtocolError(CLOSE_POLICY, "binary frame on the JSON subprotocol")
+        try:
+            frame = json.loads(message)
+        except ValueError as exc:
+            raise ProtocolError(CLOSE_INVALID_DATA, "frame is not valid JSON") from exc
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+        raise ProtocolError(CLOSE_POLICY, "a frame must be a map with a string type")
+    return frame
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    token: str
+    after: int | None
+
+
+def parse_hello(frame: dict[str, Any]) -> Hello:
+    """The hello's fields. A missing or non-string token is left to authentication (4401);
+    an `after` that is neither null nor a non-negative integer is a policy violation."""
+    token = frame.get("token")
+    after = frame.get("after")
+    if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+        raise ProtocolError(CLOSE_POLICY, "after must be null or a non-negative integer")
+    return Hello(token if isinstance(token, str) else "", after)
+
+
+def welcome(account: dict[str, Any], device_id: str, last_seq: int) -> dict[str, Any]:
+    return {"type": "welcome", "account": account, "device_id": device_id, "last_seq": last_seq}
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}
+
+
+PONG: dict[str, Any] = {"type": "pong"}
+
+
+@dataclass(slots=True)
+class EventFrame:
+    """One event as every socket of its account receives it, encoded lazily once per format."""
+
+    seq: int
+    event: dict[str, Any]
+    _wire: dict[str, Wire] = field(default_factory=dict)
+
+    def wire(self, fmt: str) -> Wire:
+        cached = self._wire.get(fmt)
+        if cached is None:
+            cached = encode(fmt, {"type": "event", "seq": self.seq, "event": self.event})
+            self._wire[fmt] = cached
+        return cached
