@@ -148,6 +148,11 @@ def rotate_receipt_key_now(settings: Settings) -> dict[str, Any]:
     db = Database(settings.database_url, pool_size=1)
     try:
         with db.write() as session:
-            return receipts.key_view(receipts.rotate(session))
+            view = receipts.key_view(receipts.rotate(session))
     finally:
         db.dispose()
+    # An app in this same process signs with the new key from its next payment on.
+    with _signers_lock:
+        for cached in [k for k in _signers if k[0] == db.url]:
+            del _signers[cached]
+    return view
