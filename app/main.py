@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Mount
 
 from app import errors, observability
 from app.http import in_thread
+from app.relay import Relay
 from app.routes import accounts as accounts_routes
 from app.routes import admin as admin_routes
 from app.routes import agencies as agencies_routes
@@ -26,6 +27,7 @@ from app.routes import pages as pages_routes
 from app.routes import payments as payments_routes
 from app.routes import receipts as receipts_routes
 from app.routes import reports as reports_routes
+from app.routes import ws as ws_routes
 from app.security_headers import SecurityHeaders
 from app.services import payments as payments_service
 from app.settings import Settings, from_env
@@ -63,6 +65,7 @@ def api_routes() -> list[BaseRoute]:
         *reports_routes.routes,
         *events_routes.routes,
         *receipts_routes.routes,
+        *ws_routes.routes,
     ]
 
 
@@ -75,8 +78,14 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             await in_thread(migrate.upgrade, settings.database_url)
         observability.forget_dead_workers()
         db = Database(settings.database_url)
-        hub = Hub()
+        hub = Hub(
+            settings.broker_url,
+            queue_limit=int(settings.extra.get("ws_queue_limit", 256)),
+            hooks=observability.REALTIME_HOOKS,
+        )
         await hub.start()
+        relay = Relay(db, hub, interval=float(settings.extra.get("relay_interval", 0.5)))
+        relay.start()
         app.state.paycode = AppState(settings=settings, db=db, hub=hub)
         # The receipt signing key exists from the first start, not the first payment.
         await in_thread(payments_service.prepare, app.state.paycode)
@@ -84,6 +93,7 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             yield
         finally:
             # uvicorn has already closed this process's WebSockets with 1012 by now.
+            await relay.stop()
             await hub.stop()
             db.dispose()
             observability.process_exiting()
