@@ -31,7 +31,7 @@ test: lint
 PROCESSES ?= 3
 CLUSTER_PORT ?= 8080
 cluster: install
-	$(PY) -m app.cluster --processes $(PROCESSES) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
+	$(PY) -m app.cluster --processes $(LOCUST_PROCESSES) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
 
 # Regenerates the single initial migration from the models while the schema is young.
 migration: install
@@ -40,6 +40,21 @@ migration: install
 	PAYCODE_DATABASE_URL=sqlite:////tmp/paycode-migration.db $(VENV)/bin/alembic -c models/alembic.ini revision --autogenerate --rev-id 0001 -m initial
 	$(VENV)/bin/ruff format models/migrations
 	$(VENV)/bin/ruff check --fix models/migrations
+
+# Locust headless against a server it starts itself (or HOST_URL=http://... a running one,
+# with PAYCODE_ADMIN_TOKEN set); LOCUST_PROCESSES>1 forks Locust workers sharing a Redis code queue.
+USERS ?= 30
+SPAWN_RATE ?= 10
+DURATION ?= 60s
+LOCUST_PROCESSES ?= 1
+loadtest: install
+	$(PY) -m loadtests.run_locust --users $(USERS) --spawn-rate $(SPAWN_RATE) \
+		--duration $(DURATION) --processes $(LOCUST_PROCESSES) $(if $(HOST_URL),--host $(HOST_URL))
+
+# The headline numbers (docs/BENCHMARKS.md): ~10 minutes, writes docs/bench/.
+BENCH_ARGS ?=
+bench: install
+	$(PY) -m loadtests.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) paycode.db paycode.db-wal paycode.db-shm
