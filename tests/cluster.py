@@ -9,7 +9,20 @@ import time
 
 import redis
 
+from app.cluster import ClusterError, find_nginx
 from tests.services import free_port
+
+
+def cluster_available() -> str | None:
+    """Why `make cluster` cannot run here, or None. nginx is installed when missing, as the
+    cluster script itself does."""
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed"
+    try:
+        find_nginx(install=True)
+    except ClusterError as exc:
+        return str(exc)
+    return None
 
 
 class RedisServer:
