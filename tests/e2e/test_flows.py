@@ -209,6 +209,14 @@ def test_refund_and_csv_from_the_dashboard(api: Api, open_tab: Any) -> None:
     expect(dash.locator("#balance")).to_have_text("25.00 CNY")
     assert api.get("/me", customer).json()["balance"] == 100_000 - 4_000 + 1_500
 
+    dash.get_by_role("button", name="Show").click()
+    line = dash.locator("#report tbody tr")
+    expect(line).to_have_count(1)
+    expect(line).to_contain_text(clerk.handle.title())
+    expect(line.locator("td")).to_have_text(
+        [clerk.handle.title(), code["id"][-6:], "1", "40.00 CNY", "15.00 CNY", "25.00 CNY"]
+    )
+
     with dash.expect_download() as download:
         dash.get_by_role("button", name="Download CSV").click()
     text = Path(download.value.path()).read_text(encoding="utf-8")

@@ -292,10 +292,18 @@ async function downloadCsv() {
 
 // ---- live -------------------------------------------------------------------------------
 
+let reportTimer = null;
+// A burst of payments refreshes the report once, not once per payment.
+function refreshReportSoon() {
+  clearTimeout(reportTimer);
+  reportTimer = setTimeout(() => showReport(), 800);
+}
+
 async function onEvent(event) {
   const data = event.data || {};
   if (event.type === "payment.succeeded" || event.type === "payment.refunded") {
     putPayment(data, { live: event.type === "payment.succeeded" });
+    refreshReportSoon();
     await refreshBalance();
   } else if (event.type === "deposit.succeeded") {
     await refreshBalance();
