@@ -163,9 +163,15 @@ async def measure_ceilings(args: argparse.Namespace, logs: Path) -> dict[str, An
 async def run_idle(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     server = servers.start_paycode(f"sqlite:///{logs / 'paycode-idle.db'}", "memory://", 1, logs)
     try:
-        return await idle.idle_sockets(server, args.sockets)
+        return await idle.idle_sockets(
+            server, args.sockets, accounts=min(20, args.sockets // 10 + 1)
+        )
     finally:
         server.stop()
+
+
+def say(what: str) -> None:
+    print(f"bench {time.strftime('%H:%M:%S')}: {what}", file=sys.stderr, flush=True)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,11 +185,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "configs": [],
         }
         for name in args.configs:
-            print(f"bench: {name}", file=sys.stderr, flush=True)
+            say(f"{name}")
             results["configs"].append(await run_config(name, args, logs))
         if args.sockets:
-            print(f"bench: {args.sockets} idle sockets", file=sys.stderr, flush=True)
+            say(f"{args.sockets} idle sockets")
             results["idle"] = await run_idle(args, logs)
+    say("done")
     results["bars"] = report.bars(results)
     return results
 
@@ -205,8 +212,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     defaults = {
         "configs": ["sqlite-memory"] if quick else list(CONFIGS),
         "counters": 4 if quick else 32,
-        "seconds": 2.0 if quick else 20.0,
-        "rate_seconds": 1.5 if quick else 15.0,
+        "seconds": 1.0 if quick else 20.0,
+        "rate_seconds": 1.0 if quick else 15.0,
         "warmup": 0.5 if quick else 3.0,
         "sockets": 100 if quick else 10_000,
     }
