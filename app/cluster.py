@@ -108,11 +108,19 @@ def ensure_postgres_database(database_url: str) -> None:
 class AppProcess:
     """One ``paycode serve`` on its own port, its output in its own log file."""
 
-    def __init__(self, index: int, port: int, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        index: int,
+        port: int,
+        env: Mapping[str, str],
+        log_path: Path,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.index = index
         self.port = port
         self.env = dict(env)
         self.log_path = log_path
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -128,7 +136,7 @@ class AppProcess:
 
     def start(self) -> None:
         command = [sys.executable, "-m", "app.cli", "serve"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), *self.extra_args]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
