@@ -75,7 +75,8 @@ BROKER_RECONNECTS = Counter(
 )
 RELAY_LAG = Gauge(
     "paycode_outbox_relay_lag_seconds",
-    "Age of the oldest committed event the outbox relay has not published yet (0 when caught up).",
+    "Seconds since the outbox relay last finished a pass; about its interval when healthy, "
+    "growing while the database is unreachable.",
     multiprocess_mode="livemax",
 )
 
