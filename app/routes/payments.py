@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from app import observability
 from app.auth import require_user
 from app.http import in_thread, ok, page, page_params, query_choice, query_time, read_json
 from app.services import payments as service
@@ -63,6 +64,7 @@ async def create_payment(request: Request) -> Response:
     body = await read_json(request)
     state = state_of(request)
     result = await in_thread(service.pay, state, who.account_id, key, body)
+    observability.record_committed(result.events)
     await state.publish(result.events)
     return ok(result.body, result.status_code)
 
@@ -90,6 +92,7 @@ async def create_refund(request: Request) -> Response:
     state = state_of(request)
     payment_id = request.path_params["payment_id"]
     result = await in_thread(service.refund, state, who.account_id, payment_id, key, body)
+    observability.record_committed(result.events)
     await state.publish(result.events)
     return ok(result.body, result.status_code)
 

@@ -649,3 +649,22 @@ def test_paycode_verify_passes_on_real_books_and_names_a_broken_balance(
     out = capsys.readouterr().out
     assert f"account {payee.handle} has balance 301, its ledger sums to 300" in out
     assert "user balances add up to 1001, deposits to 1000" in out
+
+
+def metric(api: Api, line_start: str) -> float:
+    text = api.client.get("/metrics").text
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith(line_start)]
+    return float(values[0]) if values else 0.0
+
+
+def test_committed_payments_and_refunds_are_counted_once_in_metrics(api: Api) -> None:
+    """/metrics counts a payment once (not once per party's event) by kind, a refund once,
+    and an idempotent replay not at all."""
+    payer, payee = api.user(funds=1000), api.user()
+    direct = 'paycode_payments_total{kind="direct"}'
+    payments_before, refunds_before = metric(api, direct), metric(api, "paycode_refunds_total")
+    payment = pay(api, payer, "metrics-1", payee=payee.handle, amount=100).json()
+    pay(api, payer, "metrics-1", payee=payee.handle, amount=100)
+    assert refund(api, payee, payment["id"], amount=10).status_code == 201
+    assert metric(api, direct) == payments_before + 1
+    assert metric(api, "paycode_refunds_total") == refunds_before + 1
