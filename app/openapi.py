@@ -373,7 +373,8 @@ def api_paths() -> dict[str, Any]:
                         "404": ERRORS,
                         "422": ERRORS,
                     },
-                    params=[path("code_id"), query("scale", {"type": "integer"})],
+                    params=[path("code_id")]
+                    + ([query("scale", {"type": "integer"})] if image.startswith("qr") else []),
                 )
             }
             for image, mime in (
