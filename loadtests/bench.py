@@ -71,11 +71,18 @@ class CpuWatch:
         wall = time.perf_counter() - self.wall
         times = self.me.cpu_times()
         cores = os.cpu_count() or 1
+        self.server_used = self.server.cpu_seconds() - self.server_cpu
         self.shares = {
             # Share of the whole machine (all cores), so the two add up to at most 100%.
-            "server_cpu_share": (self.server.cpu_seconds() - self.server_cpu) / wall / cores,
+            "server_cpu_share": self.server_used / wall / cores,
             "client_cpu_share": (times.user + times.system - self.client_cpu) / wall / cores,
+            # Other processes on a shared machine: what the server could not get.
+            "load_average": round(os.getloadavg()[0], 2),
         }
+
+    def per_operation_ms(self, count: int) -> float | None:
+        """Server CPU per operation: unlike rates, it barely moves when the machine is busy."""
+        return round(self.server_used / count * 1000, 3) if count else None
 
 
 @contextlib.contextmanager
@@ -104,6 +111,9 @@ async def run_config(name: str, args: argparse.Namespace, logs: Path) -> dict[st
                 with CpuWatch(server) as cpu:
                     saturation = await saturate(floor, args.seconds)
                 saturation.update(cpu.shares)
+                saturation["server_cpu_ms_per_payment"] = cpu.per_operation_ms(
+                    saturation["completed"]
+                )
                 rates = []
                 for share in SHARES:
                     rate = max(1.0, share * saturation["payments_per_s"])
@@ -150,7 +160,13 @@ async def measure_ceilings(args: argparse.Namespace, logs: Path) -> dict[str, An
     base = servers.start_baseline(logs)
     try:
         await ceilings.http_ceiling(base.host, base.port, min(2.0, args.warmup))
-        found["http"] = await ceilings.http_ceiling(base.host, base.port, args.seconds)
+        with CpuWatch(base) as cpu:
+            found["http"] = await ceilings.http_ceiling(base.host, base.port, args.seconds)
+        found["http"].update(cpu.shares)
+        found["http"]["server_cpu_ms_per_request"] = cpu.per_operation_ms(found["http"]["count"])
+        if args.sockets:
+            floor_sockets = min(args.sockets, 2000)
+            found["ws_floor"] = await idle.bare_sockets(base, floor_sockets)
     finally:
         base.stop()
     found["sqlite"] = await asyncio.to_thread(ceilings.sqlite_ceiling, args.seconds)
@@ -179,6 +195,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         logs = Path(tmp)
         results: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_average_at_start": round(os.getloadavg()[0], 2),
             "machine": machine(),
             "settings": {k: v for k, v in vars(args).items() if k != "func"},
             "ceilings": await measure_ceilings(args, logs),

@@ -36,6 +36,43 @@ async def _deposit_each(conn: Connection, accounts: list[Member], amount: int) -
             raise RuntimeError(f"deposit -> {reply.status} {reply.body[:200]!r}")
 
 
+async def _open_all(devices: list[Device]) -> float:
+    began = time.perf_counter()
+    opening = asyncio.Semaphore(200)
+
+    async def open_one(device: Device) -> None:
+        async with opening:
+            device.start()
+            await device.ready.wait()
+
+    await asyncio.wait_for(asyncio.gather(*(open_one(d) for d in devices)), 600)
+    return time.perf_counter() - began
+
+
+async def bare_sockets(server: Server, sockets: int) -> dict[str, Any]:
+    """The floor: memory per idle socket of a bare Starlette WebSocket endpoint under the
+    same uvicorn settings."""
+    url = f"ws://{server.host}:{server.port}/ws"
+    warm = [Device(url, "-", "-") for _ in range(20)]
+    await _open_all(warm)
+    await asyncio.gather(*(d.stop() for d in warm))
+    await asyncio.sleep(1)
+    rss_before = server.rss()
+    devices = [Device(url, "-", "-") for _ in range(sockets)]
+    try:
+        seconds = await _open_all(devices)
+        await asyncio.sleep(2)
+        rss_after = server.rss()
+    finally:
+        await asyncio.gather(*(d.stop() for d in devices))
+    return {
+        "name": f"bare Starlette WebSocket, {sockets} idle",
+        "sockets": sockets,
+        "connect_seconds": round(seconds, 2),
+        "kib_per_socket": round((rss_after - rss_before) / sockets / 1024, 1),
+    }
+
+
 async def idle_sockets(server: Server, sockets: int, accounts: int = 20) -> dict[str, Any]:
     host, port = server.host, server.port
     gate = asyncio.Semaphore(8)
@@ -48,9 +85,7 @@ async def idle_sockets(server: Server, sockets: int, accounts: int = 20) -> dict
     url = f"ws://{host}:{port}/api/v1/ws"
     # Warm the server's WebSocket path first so its one-off allocations do not count.
     warm = [Device(url, people[0].tokens[0], people[0].handle) for _ in range(20)]
-    for device in warm:
-        device.start()
-    await asyncio.wait_for(asyncio.gather(*(d.ready.wait() for d in warm)), 60)
+    await _open_all(warm)
     await asyncio.gather(*(d.stop() for d in warm))
     await asyncio.sleep(1)
     rss_before = server.rss()
@@ -59,16 +94,7 @@ async def idle_sockets(server: Server, sockets: int, accounts: int = 20) -> dict
         Device(url, people[i % accounts].tokens[0], people[i % accounts].handle)
         for i in range(sockets)
     ]
-    began = time.perf_counter()
-    opening = asyncio.Semaphore(200)
-
-    async def open_one(device: Device) -> None:
-        async with opening:
-            device.start()
-            await device.ready.wait()
-
-    await asyncio.wait_for(asyncio.gather(*(open_one(d) for d in devices)), 600)
-    connect_seconds = time.perf_counter() - began
+    connect_seconds = await _open_all(devices)
     await asyncio.sleep(2)
     rss_after = server.rss()
     result: dict[str, Any] = {
@@ -82,12 +108,12 @@ async def idle_sockets(server: Server, sockets: int, accounts: int = 20) -> dict
 
     conn = Connection(host, port)
     try:
-        target = {d.account: d.last_seq or 0 for d in devices}
+        target = {d.account: (d.last_seq or 0) + 1 for d in devices}
+        began = time.perf_counter()
         await _deposit_each(conn, people, 100)
-        target = {h: s + 1 for h, s in target.items()}
-        result["fanout_seconds"] = round(
-            await _until(lambda: all(d.last_seq == target[d.account] for d in devices), 60), 3
-        )
+        await _until(lambda: all(d.last_seq == target[d.account] for d in devices), 60)
+        # From the first deposit's request to the last socket's frame: one event per account.
+        result["fanout_seconds"] = round(time.perf_counter() - began, 3)
 
         # The storm: every socket cut at once; events committed while they are away.
         for device in devices:

@@ -17,12 +17,13 @@ def py_spy() -> str | None:
 
 
 def start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    """Sample ``pid`` for ``seconds`` in the background (idle threads excluded)."""
+    """Sample ``pid`` for ``seconds`` in the background: only the thread holding the GIL, so
+    the profile is where Python spends CPU, not where threads sit waiting."""
     binary = py_spy()
     if binary is None:
         return None
     cmd = [binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200"]
-    cmd += ["--format", "raw", "--output", str(out), "--nonblocking"]
+    cmd += ["--format", "raw", "--output", str(out), "--gil"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -13,6 +13,11 @@ BAR_SOCKETS = 10_000
 BAR_KIB_PER_SOCKET = 30.0
 
 
+def rated(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ceilings that are rates (the WebSocket floor is memory, reported with idle)."""
+    return [c for c in results["ceilings"].values() if "rate" in c]
+
+
 def _config(results: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((c for c in results["configs"] if c["name"] == name), None)
 
@@ -30,6 +35,13 @@ def bars(results: dict[str, Any]) -> list[dict[str, Any]]:
         sat = one["saturation"]
         target = BAR_SHARE_OF_HTTP * ceilings["http"]["rate"]
         delivered = sat["missing_confirmations"] == 0 and not sat["errors"]
+        per_request = ceilings["http"].get("server_cpu_ms_per_request")
+        per_payment = sat.get("server_cpu_ms_per_payment")
+        cpu_ratio = (
+            f"; by server CPU: {per_request / per_payment:.1%}"
+            if per_request and per_payment
+            else ""
+        )
         out.append(
             {
                 "bar": "SQLite+memory, 1 process: payments/s >= 25% of bare Starlette POST/s, "
@@ -37,7 +49,7 @@ def bars(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "target": f">= {target:.0f}/s",
                 "measured": f"{sat['payments_per_s']}/s "
                 f"({sat['payments_per_s'] / ceilings['http']['rate']:.1%}), "
-                f"missing {sat['missing_confirmations']}",
+                f"missing {sat['missing_confirmations']}{cpu_ratio}",
                 "met": sat["payments_per_s"] >= target and delivered,
             }
         )
@@ -102,14 +114,15 @@ def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
         f"Run {results['date']} on {m['nproc']} × {m['cpu']}, {m['memory_gib']} GiB, "
-        f"Python {m['python']}; client: one separate asyncio process on the same box.",
+        f"Python {m['python']}; client: one separate asyncio process on the same box; "
+        f"load average at start {results.get('load_average_at_start')}.",
         "",
         "### Ceilings of this machine (same run)",
         "",
-        _row(["path", "rate/s", "p50 ms", "p99 ms", "p99.9 ms"]),
-        _row(["---"] * 5),
+        _row(["path", "rate/s", "p50 ms", "p99 ms", "p99.9 ms", "server CPU ms/op"]),
+        _row(["---"] * 6),
     ]
-    for ceiling in results["ceilings"].values():
+    for ceiling in rated(results):
         lines.append(
             _row(
                 [
@@ -118,6 +131,7 @@ def markdown(results: dict[str, Any]) -> str:
                     ceiling["p50_ms"],
                     ceiling["p99_ms"],
                     ceiling["p999_ms"],
+                    ceiling.get("server_cpu_ms_per_request"),
                 ]
             )
         )
@@ -139,9 +153,11 @@ def markdown(results: dict[str, Any]) -> str:
                 "missing",
                 "server CPU",
                 "client CPU",
+                "server CPU ms/payment",
+                "load avg",
             ]
         ),
-        _row(["---"] * 10),
+        _row(["---"] * 12),
     ]
     for c in results["configs"]:
         s = c["saturation"]
@@ -158,6 +174,8 @@ def markdown(results: dict[str, Any]) -> str:
                     s["missing_confirmations"],
                     f"{s['server_cpu_share']:.0%}",
                     f"{s['client_cpu_share']:.0%}",
+                    s.get("server_cpu_ms_per_payment"),
+                    s.get("load_average"),
                 ]
             )
         )
@@ -202,6 +220,13 @@ def markdown(results: dict[str, Any]) -> str:
                 )
             )
     idle = results.get("idle")
+    floor = results["ceilings"].get("ws_floor")
+    if floor:
+        lines += [
+            "",
+            f"Floor: {floor['name']}: {floor['kib_per_socket']} KiB per socket "
+            f"({floor['connect_seconds']} s to connect).",
+        ]
     if idle:
         lines += [
             "",
@@ -271,13 +296,11 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     written.append(path)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    names = [ceiling["name"] for ceiling in results["ceilings"].values()]
-    rates = [ceiling["rate"] for ceiling in results["ceilings"].values()]
+    names = [ceiling["name"] for ceiling in rated(results)]
+    rates = [ceiling["rate"] for ceiling in rated(results)]
     names += [f"paycode {c['name']}" for c in results["configs"]]
     rates += [c["saturation"]["payments_per_s"] for c in results["configs"]]
-    ax.barh(
-        names, rates, color=["#999"] * len(results["ceilings"]) + ["#2a7"] * len(results["configs"])
-    )
+    ax.barh(names, rates, color=["#999"] * len(rated(results)) + ["#2a7"] * len(results["configs"]))
     ax.set_xscale("log")
     ax.set_xlabel("per second (log)")
     ax.set_title("Payments/s against this machine's ceilings")
