@@ -386,14 +386,14 @@ def api_paths() -> dict[str, Any]:
         "/scan/{code}": {
             "get": op(
                 "What a payer sees before paying",
-                answer(200, ref("Scan"), 401, 404),
+                answer(200, ref("Scan"), 401, 404, 429),
                 params=[path("code")],
             )
         },
         "/payments": {
             "post": op(
                 "Pay by code or directly to a handle",
-                answer(201, ref("Payment"), 400, 401, 404, 409, 413, 422),
+                answer(201, ref("Payment"), 400, 401, 404, 409, 413, 422, 429),
                 params=[IDEMPOTENCY],
                 request=body(
                     obj({"code": STRING, "payee": STRING, "amount": AMOUNT, "memo": STRING}, [])

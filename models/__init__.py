@@ -3,7 +3,17 @@
 Importing this package registers every table on ``SQLModel.metadata`` (Alembic relies on it).
 """
 
-from models import accounts, agencies, codes, events, idempotency, ledger, payments, receipts
+from models import (
+    accounts,
+    agencies,
+    codes,
+    events,
+    idempotency,
+    ledger,
+    payments,
+    ratelimit,
+    receipts,
+)
 
 __all__ = [
     "accounts",
@@ -13,5 +23,6 @@ __all__ = [
     "idempotency",
     "ledger",
     "payments",
+    "ratelimit",
     "receipts",
 ]

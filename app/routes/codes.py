@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app import render
+from app import ratelimit, render
 from app.auth import require_user
-from app.http import in_thread, ok, page, page_params, query_choice, query_int, read_json
+from app.http import (
+    client_address,
+    in_thread,
+    ok,
+    page,
+    page_params,
+    query_choice,
+    query_int,
+    read_json,
+)
 from app.services import codes as service
 from app.state import state_of
 from models.codes import STATUSES
@@ -56,9 +67,12 @@ async def cancel_code(request: Request) -> Response:
 
 
 async def scan_code(request: Request) -> Response:
-    await require_user(request)
+    who = await require_user(request)
     typed = request.path_params["typed"]
-    return ok(await in_thread(service.scan, state_of(request), typed))
+    state = state_of(request)
+    lookup = partial(service.scan, state, typed)
+    client = client_address(request)
+    return ok(await in_thread(ratelimit.guarded, state, who.account_id, client, lookup, None))
 
 
 def _image(content: bytes, media_type: str) -> Response:

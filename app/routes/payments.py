@@ -13,7 +13,16 @@ from starlette.routing import Route
 
 from app import observability
 from app.auth import require_user
-from app.http import in_thread, ok, page, page_params, query_choice, query_time, read_json
+from app.http import (
+    client_address,
+    in_thread,
+    ok,
+    page,
+    page_params,
+    query_choice,
+    query_time,
+    read_json,
+)
 from app.services import payments as service
 from app.state import state_of
 from models.errors import Invalid
@@ -63,7 +72,8 @@ async def create_payment(request: Request) -> Response:
     key = _idempotency_key(request)
     body = await read_json(request)
     state = state_of(request)
-    result = await in_thread(service.pay, state, who.account_id, key, body)
+    client = client_address(request)
+    result = await in_thread(service.pay, state, who.account_id, key, body, client)
     observability.record_committed(result.events)
     await state.publish(result.events)
     return ok(result.body, result.status_code)

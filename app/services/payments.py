@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from app import ratelimit
 from app.services import idempotent
 from app.settings import Settings
 from app.state import AppState
@@ -49,7 +50,7 @@ def _signer(state: AppState, session: Session) -> receipts.Signer:
 
 
 def pay(
-    state: AppState, caller_id: str, key: str | None, body: dict[str, Any]
+    state: AppState, caller_id: str, key: str | None, body: dict[str, Any], client: str
 ) -> idempotent.Result:
     def operation(session: Session) -> tuple[int, Any, list[Published]]:
         ctx = payments.Context(
@@ -60,7 +61,16 @@ def pay(
         view, events = payments.pay(session, caller_id, body, ctx)
         return 201, view, events
 
-    return idempotent.run(state, caller_id, "payments", key, body, operation)
+    def run() -> idempotent.Result:
+        return idempotent.run(state, caller_id, "payments", key, body, operation)
+
+    if body.get("code") is None:
+        return run()
+    # Paying by code is a lookup too: guesses through it are limited like /scan.
+    result = ratelimit.guarded(state, caller_id, client, run, "code")
+    if ratelimit.is_unknown_code(result.error, "code"):
+        ratelimit.record_failure(state, caller_id, client)
+    return result
 
 
 def refund(

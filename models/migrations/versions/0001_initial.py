@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 02:18:33.915461
+Create Date: 2026-11-27 02:35:09.726219
 """
 
 from collections.abc import Sequence
@@ -47,6 +47,20 @@ def upgrade() -> None:
     with op.batch_alter_table("login_failure", schema=None) as batch_op:
         batch_op.create_index("ix_login_failure_client_at", ["client", "created_at"], unique=False)
         batch_op.create_index("ix_login_failure_handle_at", ["handle", "created_at"], unique=False)
+
+    op.create_table(
+        "lookup_failure",
+        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("account_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("client", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("lookup_failure", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_lookup_failure_account_at", ["account_id", "created_at"], unique=False
+        )
+        batch_op.create_index("ix_lookup_failure_client_at", ["client", "created_at"], unique=False)
 
     op.create_table(
         "receipt_key",
@@ -378,6 +392,11 @@ def downgrade() -> None:
 
     op.drop_table("agency")
     op.drop_table("receipt_key")
+    with op.batch_alter_table("lookup_failure", schema=None) as batch_op:
+        batch_op.drop_index("ix_lookup_failure_client_at")
+        batch_op.drop_index("ix_lookup_failure_account_at")
+
+    op.drop_table("lookup_failure")
     with op.batch_alter_table("login_failure", schema=None) as batch_op:
         batch_op.drop_index("ix_login_failure_handle_at")
         batch_op.drop_index("ix_login_failure_client_at")
