@@ -45,9 +45,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Health checks go straight to 127.0.0.1, never through an HTTP proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_status(url: str, timeout: float = 1.0) -> int | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with _DIRECT.open(url, timeout=timeout) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
