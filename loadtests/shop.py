@@ -38,7 +38,14 @@ class Shop:
 async def _call(
     conn: Connection, method: str, path: str, body: Any, headers: dict[str, str]
 ) -> Any:
-    reply = await conn.request(method, f"/api/v1{path}", body, headers)
+    for attempt in range(5):
+        reply = await conn.request(method, f"/api/v1{path}", body, headers)
+        # The server asks for a retry when a concurrent request won a race (409 conflict) or
+        # the database is briefly unavailable (503); setup steps are safe to repeat.
+        retry = reply.status == 503 or (reply.status == 409 and b'"conflict"' in reply.body)
+        if not retry:
+            break
+        await asyncio.sleep(0.05 * 2**attempt)
     if reply.status not in (200, 201):
         raise SetupError(f"{method} {path} -> {reply.status} {reply.body[:300]!r}")
     return reply.json()
