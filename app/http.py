@@ -7,6 +7,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -105,7 +106,12 @@ def no_content() -> Response:
 
 async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking database unit of work off the event loop: one thread hop per request."""
-    return await run_in_threadpool(partial(fn, *args, **kwargs))
+    try:
+        return await run_in_threadpool(partial(fn, *args, **kwargs))
+    except DataError as exc:
+        # The database refused a value the checks let through (a NUL character in a string,
+        # an integer past a column's range): bad input, rolled back with its transaction.
+        raise Invalid("a value contains a NUL character or is out of range") from exc
 
 
 def client_address(request: Request) -> str:

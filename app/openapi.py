@@ -237,6 +237,9 @@ def op(
         operation["parameters"] = params
     if request:
         operation["requestBody"] = request
+    if params or request:
+        # Any value the caller sends may be refused (spec §2: 422 invalid field).
+        responses.setdefault("422", ERRORS)
     return operation
 
 
@@ -440,7 +443,10 @@ def api_paths() -> dict[str, Any]:
             "get": op(
                 "The caller's outbox, oldest first",
                 answer(200, listing("Event"), *AUTH_ERRORS),
-                params=[query("after", {"type": "integer", "minimum": 0}), *PAGE],
+                params=[
+                    query("after", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
+                    *PAGE,
+                ],
             )
         },
         "/receipts/keys": {

@@ -18,6 +18,8 @@ JSON = "paycode.v1.json"
 SUBPROTOCOLS = (MSGPACK, JSON)
 
 MAX_FRAME = 64 * 1024
+# The largest seq the event table can hold (a 32-bit INTEGER column).
+MAX_SEQ = 2**31 - 1
 
 CLOSE_NORMAL = 1000
 CLOSE_INVALID_DATA = 1007
@@ -90,8 +92,10 @@ def parse_hello(frame: dict[str, Any]) -> Hello:
     an `after` that is neither null nor a non-negative integer is a policy violation."""
     token = frame.get("token")
     after = frame.get("after")
-    if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
-        raise ProtocolError(CLOSE_POLICY, "after must be null or a non-negative integer")
+    if after is not None and (
+        isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ
+    ):
+        raise ProtocolError(CLOSE_POLICY, "after must be null or an integer from 0 to 2^31-1")
     return Hello(token if isinstance(token, str) else "", after)
 
 

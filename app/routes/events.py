@@ -12,7 +12,8 @@ from app.state import AppState, state_of
 from models import events
 from models.errors import Invalid
 
-MAX_SEQ = 2**62
+# event.seq is a 32-bit INTEGER column: a larger bound would reach PostgreSQL and fail there.
+MAX_SEQ = 2**31 - 1
 
 
 def _after(request: Request) -> int:
