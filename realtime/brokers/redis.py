@@ -18,6 +18,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime.brokers.base import Broker, BrokerSink
 
@@ -68,8 +72,15 @@ class RedisBroker(Broker):
         return self._connected
 
     async def connect(self) -> None:
+        # Pooled connections die with a Redis restart; retry once on a fresh one. A retried
+        # publish may arrive twice, which sockets drop by seq.
         self._client = aioredis.from_url(
-            self.url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
+            self.url,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self._listener = asyncio.create_task(self._listen(), name="paycode-redis-listener")
 
