@@ -23,7 +23,7 @@ from tests.api import Api
 from tests.conftest import ADMIN_TOKEN
 from tests.server import running_server
 
-# Per operation: enough to reach every field's edge cases, small enough for a ~40 s run on both databases.
+# Per operation: enough to reach each field's edge cases, few enough for ~40 s on both databases.
 EXAMPLES = 60
 CHECKS = [
     not_a_server_error,
