@@ -10,6 +10,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 
 @pytest.fixture
-def cluster(pg_factory: PostgresFactory) -> Iterator[Cluster]:
+def cluster(pg_factory: PostgresFactory, tmp_path: Path) -> Iterator[Cluster]:
     """3 `paycode serve` processes + nginx on a fresh PostgreSQL database and a private Redis."""
     if not pg_factory.available():
         unavailable("PostgreSQL is not reachable on 127.0.0.1:5432")
@@ -43,6 +44,7 @@ def cluster(pg_factory: PostgresFactory) -> Iterator[Cluster]:
         database_url=database_url,
         broker_url=redis_server.url,
         env={"PAYCODE_ADMIN_TOKEN": ADMIN_TOKEN, "PAYCODE_LOG_LEVEL": "info"},
+        run_dir=tmp_path / "cluster",
     )
     try:
         topology.start()
