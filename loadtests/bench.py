@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -121,7 +122,7 @@ async def run_config(name: str, args: argparse.Namespace, logs: Path) -> dict[st
                     rates.append({"share": share, **result})
                 profile = None
                 if args.profile:
-                    profile = await profile_phase(floor, server, name, args.seconds, logs)
+                    profile = await profile_phase(floor, server, name, args.seconds, logs, args.out)
                 faults = floor.seq_faults()
             finally:
                 await floor.close()
@@ -142,7 +143,7 @@ async def run_config(name: str, args: argparse.Namespace, logs: Path) -> dict[st
 
 
 async def profile_phase(
-    floor: Floor, server: servers.Server, name: str, seconds: float, logs: Path
+    floor: Floor, server: servers.Server, name: str, seconds: float, logs: Path, out: str
 ) -> dict[str, Any] | None:
     """A separate saturation run under py-spy, so sampling never colours the measured one."""
     pid = server.worker_pids()[0]
@@ -152,7 +153,11 @@ async def profile_phase(
         return None
     await saturate(floor, seconds)
     await asyncio.to_thread(sampler.wait, seconds + 30)
-    return profiling.top(raw) if raw.exists() else None
+    if not raw.exists():
+        return None
+    # The collapsed stacks stay beside the report, for flame graphs and a second look.
+    await asyncio.to_thread(shutil.copyfile, raw, Path(out) / raw.name)
+    return profiling.top(raw)
 
 
 async def measure_ceilings(args: argparse.Namespace, logs: Path) -> dict[str, Any]:

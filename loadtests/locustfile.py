@@ -132,16 +132,26 @@ def sign_up(user: FastHttpUser, handle: str, device: str, funds: int = 0) -> str
     if funds:
         if not ADMIN_TOKEN:
             raise RuntimeError("set PAYCODE_ADMIN_TOKEN to the server's admin token")
-        with user.client.post(
-            "/api/v1/admin/deposits",
-            json={"handle": handle, "amount": funds},
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            name="setup: deposit",
-            catch_response=True,
-        ) as reply:
-            if reply.status_code != 201:
-                reply.failure(f"deposit {reply.status_code}: {reply.text[:200]}")
-                raise StopUser()
+        for attempt in range(5):
+            with user.client.post(
+                "/api/v1/admin/deposits",
+                json={"handle": handle, "amount": funds},
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                name="setup: deposit",
+                catch_response=True,
+            ) as reply:
+                # A lost race (409 conflict) or a busy database (503) is the server asking
+                # for a retry, which a deposit of a fresh account may safely get.
+                if reply.status_code == 503 or (
+                    reply.status_code == 409 and b'"conflict"' in (reply.content or b"")
+                ):
+                    reply.success()
+                    gevent.sleep(0.05 * 2**attempt)
+                    continue
+                if reply.status_code != 201:
+                    reply.failure(f"deposit {reply.status_code}: {reply.text[:200]}")
+                    raise StopUser()
+                break
     return log_in(user, handle, device)
 
 

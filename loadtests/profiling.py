@@ -27,6 +27,42 @@ def start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+# Where a leaf frame's file lives says which layer spends the CPU; first match wins.
+LAYERS = (
+    ("sqlalchemy/", "SQLAlchemy"),
+    ("sqlmodel/", "SQLAlchemy"),
+    ("psycopg", "psycopg driver"),
+    ("asyncpg/", "asyncpg driver"),
+    ("starlette/", "Starlette"),
+    ("uvicorn/", "uvicorn (HTTP/WS protocol)"),
+    ("websockets/", "websockets"),
+    ("anyio/", "thread hops (anyio, threading)"),
+    ("threading.py", "thread hops (anyio, threading)"),
+    ("queue.py", "thread hops (anyio, threading)"),
+    ("concurrent/", "thread hops (anyio, threading)"),
+    ("json/", "json"),
+    ("msgpack/", "msgpack"),
+    ("redis/", "redis client"),
+    ("prometheus_client/", "metrics (prometheus_client)"),
+    ("cryptography/", "signing (cryptography)"),
+    ("argon2/", "password hashing (argon2)"),
+    ("asyncio/", "asyncio"),
+    ("app/", "paycode app/"),
+    ("models/", "paycode models/"),
+    ("realtime/", "paycode realtime/"),
+)
+PAYCODE = ("(app/", "(models/", "(realtime/")
+
+
+def _layer(raw: str) -> str:
+    # py-spy writes paths relative to sys.path: "Session.get (sqlalchemy/orm/session.py:1)".
+    where = raw.partition(" (")[2]
+    for prefix, layer in LAYERS:
+        if where.startswith(prefix):
+            return layer
+    return "other (stdlib, event loop)"
+
+
 def _frame(raw: str) -> str:
     # "function (path/to/file.py:123)" -> "function (file.py)": lines split the same function.
     name, _, where = raw.partition(" (")
@@ -38,22 +74,33 @@ def top(collapsed: Path, limit: int = 25) -> dict[str, Any]:
     """Self and inclusive shares of the samples, per function."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
+    layers: Counter[str] = Counter()
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [_frame(f) for f in stack.split(";")]
-        # py-spy puts the thread as the first frame; the leaf is the last.
+        raw = stack.split(";")
+        frames = [_frame(f) for f in raw]
         total += n
         own[frames[-1]] += n
-        for name in set(frames[1:]):
+        layers[_layer(raw[-1])] += n
+        for name in set(frames):
             inclusive[name] += n
+        for name in {_frame(f) for f in raw if any(m in f for m in PAYCODE)}:
+            ours[name] += n
 
     def share(counter: Counter[str]) -> list[dict[str, Any]]:
         return [
             {"function": k, "share": round(v / total, 4)} for k, v in counter.most_common(limit)
         ]
 
-    return {"samples": total, "self": share(own), "inclusive": share(inclusive)}
+    return {
+        "samples": total,
+        "layers": share(layers),
+        "self": share(own),
+        "inclusive": share(inclusive),
+        "paycode_inclusive": share(ours),
+    }
