@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers every table on the metadata)
@@ -16,6 +16,8 @@ url = config.attributes.get("database_url") or os.environ.get(
     "PAYCODE_DATABASE_URL", "sqlite:///./paycode.db"
 )
 target_metadata = SQLModel.metadata
+# Any fixed 64-bit number shared by every paycode process: the migration's advisory lock.
+MIGRATION_LOCK = 0x70617963_6F6465
 
 
 def run_migrations_online() -> None:
@@ -37,6 +39,12 @@ def _run(connection: object) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":  # type: ignore[attr-defined]
+            # Replicas starting together on an empty database take turns; the later ones find
+            # the schema at head and do nothing.
+            connection.execute(  # type: ignore[attr-defined]
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+            )
         context.run_migrations()
 
 
