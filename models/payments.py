@@ -241,7 +241,11 @@ def pay(
     memo = _optional_text(body, "memo")
     plan = _plan(session, payer_id, body)
     if plan.payee_id == payer_id:
-        raise Invalid("the payee cannot pay itself", code="self_payment", field="payee")
+        raise Invalid(
+            "the payee cannot pay itself",
+            code="self_payment",
+            field="payee" if plan.code is None else "code",
+        )
     code = plan.code
     agent_id = code.agent_id if code is not None else None
     locked = lock_accounts(session, {payer_id, plan.payee_id} | ({agent_id} if agent_id else set()))

@@ -171,6 +171,7 @@ def test_paying_oneself_is_422_self_payment(api: Api) -> None:
     for body in ({"payee": payee.handle, "amount": 100}, {"code": code["token"]}):
         response = pay(api, payee, **body)
         assert response.status_code == 422 and error_of(response) == "self_payment"
+        assert response.json()["error"]["field"] in body
     assert balance(api, payee) == 1000
 
 
