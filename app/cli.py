@@ -50,6 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         seed_and_print(settings)
     from app import observability
+    from app.http_limits import BoundedHeadProtocol
+    from realtime.protocol import MAX_FRAME
 
     # Workers are spawned afresh and read this directory from the environment at import.
     metrics_dir = observability.prepare_multiprocess_dir(settings.workers)
@@ -62,6 +64,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             ws_per_message_deflate=False,
+            # httptools has no cap on a request's head; this one answers 431 past 32 KiB.
+            http=BoundedHeadProtocol,
+            # A larger client frame is refused by the WebSocket layer with 1009 before it is
+            # buffered whole (uvicorn's default would hold up to 16 MiB per socket).
+            ws_max_size=MAX_FRAME,
             # SIGTERM: stop accepting, close WebSockets with 1012, let requests finish, exit.
             timeout_graceful_shutdown=10,
             log_level=log_level,

@@ -27,6 +27,21 @@ log = logging.getLogger("paycode.hub")
 
 PUBLISH_BATCH = 500
 
+# Sockets one process holds for one device and for one account: a stolen token or a buggy
+# client cannot pin unbounded memory and fan-out work. A socket past either cap is closed
+# with CLOSE_TOO_MANY_SOCKETS right after its hello.
+MAX_SOCKETS_PER_DEVICE = 16
+MAX_SOCKETS_PER_ACCOUNT = 64
+CLOSE_TOO_MANY_SOCKETS = 4429
+
+
+class TooManySockets(Exception):
+    """The device or the account already holds its cap of sockets on this process."""
+
+    def __init__(self, scope: str, limit: int) -> None:
+        self.reason = f"too many sockets for this {scope} (at most {limit}); close one first"
+        super().__init__(self.reason)
+
 
 class Hub:
     """Every socket of this process, by account, and the broker that links the instances."""
@@ -38,8 +53,12 @@ class Hub:
         queue_limit: int = 256,
         publish_backlog: int = 10_000,
         hooks: Mapping[str, Callable[..., None]] | None = None,
+        max_per_device: int = MAX_SOCKETS_PER_DEVICE,
+        max_per_account: int = MAX_SOCKETS_PER_ACCOUNT,
     ) -> None:
         self.instance_id = uuid.uuid4().hex
+        self.max_per_device = max_per_device
+        self.max_per_account = max_per_account
         # Metrics callbacks handed in by the app (frame_pushed, broker_reconnected, relay_lag).
         self.hooks: Mapping[str, Callable[..., None]] = hooks or {}
         self.queue_limit = queue_limit
@@ -74,8 +93,10 @@ class Hub:
     async def attach(self, conn: Connection) -> AsyncIterator[Connection]:
         """Register a socket and hold its account's subscription while the block runs; the
         subscription is released when the last local socket of the account leaves, however
-        the block ends."""
+        the block ends. Raises TooManySockets, registering nothing, past a cap."""
         account_id = conn.account_id
+        # Checked and registered with no await between, so racing sockets cannot both pass.
+        self.check_room(conn)
         self._sockets.setdefault(account_id, set()).add(conn)
         try:
             await self._acquire(account_id)
@@ -89,6 +110,14 @@ class Hub:
                 conns.discard(conn)
                 if not conns:
                     del self._sockets[account_id]
+
+    def check_room(self, conn: Connection) -> None:
+        """Raise TooManySockets when the socket's device or account is at its cap here."""
+        conns = self._sockets.get(conn.account_id, ())
+        if len(conns) >= self.max_per_account:
+            raise TooManySockets("account", self.max_per_account)
+        if sum(c.device_id == conn.device_id for c in conns) >= self.max_per_device:
+            raise TooManySockets("device", self.max_per_device)
 
     async def _acquire(self, account_id: str) -> None:
         lock = self._locks.setdefault(account_id, asyncio.Lock())

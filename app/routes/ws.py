@@ -18,6 +18,7 @@ from models.db import Database
 from models.errors import Unauthorized
 from realtime import protocol
 from realtime.connection import Connection, FetchAfter
+from realtime.hub import CLOSE_TOO_MANY_SOCKETS, TooManySockets
 from realtime.protocol import ProtocolError, Wire
 
 log = logging.getLogger("paycode.ws")
@@ -155,8 +156,14 @@ async def _serve(
         queue_limit=hub.queue_limit,
         on_push=hub.hooks.get("frame_pushed"),
     )
+    try:
+        hub.check_room(conn)
+    except TooManySockets as exc:
+        await _close(websocket, CLOSE_TOO_MANY_SOCKETS, exc.reason)
+        return
     reader: asyncio.Task[None] | None = None
     disconnected = False
+    # No await since the check: attach registers the socket before its first await.
     async with hub.attach(conn):
         try:
             welcome = protocol.welcome(greeting.account, greeting.device_id, greeting.last_seq)
