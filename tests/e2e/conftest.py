@@ -102,10 +102,13 @@ def api(http: httpx.Client) -> Api:
     return Api(http, ADMIN_TOKEN)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an asyncio loop running in this thread
+# while it is open, which would break every later test that calls asyncio.run().
+@pytest.fixture(scope="package")
 def browser(server: Server) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=10_000)
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield instance
@@ -155,7 +158,9 @@ def open_tab(browser: Any, server: Server, api: Api) -> Iterator[Any]:
             storage_state=session_storage(server.base_url, user, api) if user else None,
             **options,
         )
-        context.set_default_timeout(5000)
+        # Generous waits: a loaded 2-core machine can be slow; the deadlines that matter to a
+        # shop (PAID within 2 s) are asserted with their own timeout.
+        context.set_default_timeout(10_000)
         page = context.new_page()
         tab = Tab(context, page)
         page.on(
