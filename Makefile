@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run demo test lint format clean migration loadtest bench cluster
+.PHONY: install run demo test lint format clean migration loadtest bench cluster chaos
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,11 @@ format: install
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Faults under load on the cluster (SIGKILL, Redis down, PostgreSQL restart); figures in
+# build/chaos/ and docs/RELIABILITY.md. The tests marked chaos are left out of `make test`.
+chaos: install
+	$(VENV)/bin/pytest -m "chaos or not chaos" tests/chaos -v -s $(PYTEST_ARGS)
 
 # PROCESSES app processes on PostgreSQL + Redis behind nginx on CLUSTER_PORT (Ctrl-C stops all).
 PROCESSES ?= 3
