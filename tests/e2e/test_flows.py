@@ -226,3 +226,26 @@ def test_refund_and_csv_from_the_dashboard(api: Api, open_tab: Any) -> None:
         "code_label,memo"
     )
     assert any(line.startswith(f"{paid['id']},") and ",4000,1500,CNY," in line for line in lines)
+
+
+def test_owner_accepts_a_request_and_revokes_an_agent(api: Api, open_tab: Any) -> None:
+    """An agent's request shows as pending on the owner's dashboard and turns active on Accept;
+    Revoke (after the owner confirms) ends it, and the clerk's counter can no longer pick it."""
+    owner, clerk = api.user(), api.user()
+    asked = api.post("/agencies", clerk, json={"payee": owner.handle, "label": "Kiosk"})
+    assert asked.status_code == 201, asked.text
+    dash = open_tab(TABLET, owner).page
+    dash.on("dialog", lambda dialog: dialog.accept())
+    dash.goto("/dashboard")
+    item = dash.locator("#agencies li", has_text="Kiosk")
+    expect(item.locator(".badge")).to_have_text("pending")
+    item.get_by_role("button", name=re.compile("^Accept")).click()
+    expect(item.locator(".badge")).to_have_text("active")
+
+    tablet = open_tab(TABLET, clerk).page
+    tablet.goto("/counter")
+    expect(tablet.get_by_label("Collect for")).to_contain_text("Kiosk")
+
+    item.get_by_role("button", name=re.compile("^Revoke")).click()
+    expect(item.locator(".badge")).to_have_text("revoked")
+    expect(tablet.locator("#no-agency")).to_be_visible()
