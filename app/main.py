@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
-from app import errors, observability
+from app import errors, observability, openapi
 from app.http import in_thread
 from app.relay import Relay
 from app.routes import accounts as accounts_routes
@@ -99,7 +99,12 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             observability.process_exiting()
 
     return Starlette(
-        routes=[Mount("/api/v1", routes=api_routes()), *ops_routes.routes, *pages_routes.routes],
+        routes=[
+            Mount("/api/v1", routes=api_routes()),
+            *ops_routes.routes,
+            *openapi.routes,
+            *pages_routes.routes,
+        ],
         middleware=[Middleware(observability.ObservabilityMiddleware), Middleware(SecurityHeaders)],
         exception_handlers={
             domain_errors.DomainError: errors.domain_error_handler,
