@@ -184,9 +184,7 @@ async def measure_ceilings(args: argparse.Namespace, logs: Path) -> dict[str, An
 async def run_idle(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     server = servers.start_paycode(f"sqlite:///{logs / 'paycode-idle.db'}", "memory://", 1, logs)
     try:
-        return await idle.idle_sockets(
-            server, args.sockets, accounts=min(20, args.sockets // 10 + 1)
-        )
+        return await idle.idle_sockets(server, args.sockets)
     finally:
         server.stop()
 
@@ -220,7 +218,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="loadtests.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a few seconds per phase")
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None)
+    parser.add_argument(
+        "--configs", nargs="*", choices=list(CONFIGS), default=None, help="none: only ceilings"
+    )
     parser.add_argument("--counters", type=int, default=None, help="K counters (tills)")
     parser.add_argument("--seconds", type=float, default=None, help="saturation phase length")
     parser.add_argument("--rate-seconds", type=float, default=None, help="each fixed-rate phase")

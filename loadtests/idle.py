@@ -5,6 +5,7 @@ committed, every client back with jittered backoff and ``after``, all replayed g
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -73,27 +74,37 @@ async def bare_sockets(server: Server, sockets: int) -> dict[str, Any]:
     }
 
 
-async def idle_sockets(server: Server, sockets: int, accounts: int = 20) -> dict[str, Any]:
+# The server allows at most 16 sockets per device and 64 per account in one process (close
+# 4429), so 10,000 sockets need at least 157 accounts with 4 logged-in devices each.
+SOCKETS_PER_DEVICE = 16
+DEVICES_PER_ACCOUNT = 4
+
+
+async def idle_sockets(server: Server, sockets: int) -> dict[str, Any]:
     host, port = server.host, server.port
     gate = asyncio.Semaphore(8)
+    per_account = SOCKETS_PER_DEVICE * DEVICES_PER_ACCOUNT
+    accounts = math.ceil(sockets / per_account)
 
-    async def make(i: int) -> Member:
+    async def make(i: int, devices: int) -> Member:
         async with gate:
-            return await member(host, port, f"idle{port}n{i}", 1)
+            return await member(host, port, f"idle{port}n{i}", devices)
 
-    people = await asyncio.gather(*(make(i) for i in range(accounts)))
+    people = await asyncio.gather(*(make(i, DEVICES_PER_ACCOUNT) for i in range(accounts)))
     url = f"ws://{host}:{port}/api/v1/ws"
     # Warm the server's WebSocket path first so its one-off allocations do not count.
-    warm = [Device(url, people[0].tokens[0], people[0].handle) for _ in range(20)]
+    spare = await make(accounts, 2)
+    warm = [Device(url, spare.tokens[n % 2], spare.handle) for n in range(20)]
     await _open_all(warm)
     await asyncio.gather(*(d.stop() for d in warm))
     await asyncio.sleep(1)
     rss_before = server.rss()
 
-    devices = [
-        Device(url, people[i % accounts].tokens[0], people[i % accounts].handle)
-        for i in range(sockets)
-    ]
+    devices = []
+    for n in range(sockets):
+        who = people[n // per_account]
+        token = who.tokens[(n % per_account) // SOCKETS_PER_DEVICE]
+        devices.append(Device(url, token, who.handle))
     connect_seconds = await _open_all(devices)
     await asyncio.sleep(2)
     rss_after = server.rss()

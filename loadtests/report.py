@@ -277,11 +277,13 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     written: list[Path] = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for c in results["configs"]:
+    for n, c in enumerate(results["configs"]):
         xs = [r["offered_rate"] for r in c["rates"]]
+        # One colour per configuration, one line style per percentile.
         for key, style in (("p50_ms", ":"), ("p99_ms", "-"), ("p999_ms", "--")):
             ys = [r["confirmation_every_device"][key] for r in c["rates"]]
-            ax.plot(xs, ys, style, marker="o", label=f"{c['name']} {key[:-3]}")
+            label = f"{c['name']} {key[:-3].replace('p999', 'p99.9')}"
+            ax.plot(xs, ys, style, color=f"C{n}", marker="o", label=label)
     ax.axhline(BAR_P99_MS, color="grey", linewidth=0.8)
     ax.axhline(BAR_P999_MS, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel("offered payments/s")

@@ -1,7 +1,7 @@
 """A lean HTTP/1.1 keep-alive client on asyncio, for the benchmark only.
 
 The load generator shares the machine's cores with the server, so every microsecond the
-client spends is taken from the server: httpx costs ~10x more CPU per request than this.
+client spends is taken from the server; a general-purpose client spends far more per request.
 It speaks just what the benchmark needs: one request at a time per connection, bodies
 framed by Content-Length (Starlette always sends one for JSON responses).
 """
