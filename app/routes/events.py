@@ -21,7 +21,7 @@ def _after(request: Request) -> int:
     # ?cursor= is the list convention's name for the same position (the last seq seen).
     cursor = request.query_params.get("cursor")
     if cursor:
-        if not cursor.isdigit() or int(cursor) > MAX_SEQ:
+        if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > MAX_SEQ:
             raise Invalid("cursor is not valid", field="cursor")
         after = max(after or 0, int(cursor))
     return after or 0

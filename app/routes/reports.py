@@ -18,7 +18,7 @@ async def agents_report(request: Request) -> Response:
     since, until = query_time(request, "from"), query_time(request, "to")
     limit, cursor = page_params(request)
     # The rows are aggregates in a fixed order, so the cursor is the offset of the next one.
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not (cursor.isascii() and cursor.isdigit()):
         raise Invalid("cursor is not valid", field="cursor")
     start = int(cursor) if cursor else 0
     rows = await in_thread(service.report, state_of(request), who.account_id, since, until)

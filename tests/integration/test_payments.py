@@ -522,6 +522,8 @@ def test_agents_report_sums_each_agent_and_code_in_order(api: Api) -> None:
     assert len(paged["data"]) == 2 and paged["next_cursor"]
     tail = api.get(f"/reports/agents?limit=2&cursor={paged['next_cursor']}", payee).json()
     assert [r["label"] for r in tail["data"]] == ["Till"] and tail["next_cursor"] is None
+    for bad in ("cursor=x", "cursor=%C2%B3", "from=soon", "limit=0"):
+        assert api.get(f"/reports/agents?{bad}", payee).status_code == 422, bad
     empty = api.get("/reports/agents?from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00Z", payee)
     assert empty.json()["data"] == []
 
