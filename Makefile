@@ -36,7 +36,7 @@ chaos: install
 PROCESSES ?= 3
 CLUSTER_PORT ?= 8080
 cluster: install
-	$(PY) -m app.cluster --processes $(LOCUST_PROCESSES) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
+	$(PY) -m app.cluster --processes $(PROCESSES) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
 
 # Regenerates the single initial migration from the models while the schema is young.
 migration: install
