@@ -290,7 +290,8 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel("commit → every device, ms")
     ax.set_yscale("log")
     ax.set_title("Confirmation latency vs offered load")
-    ax.legend(fontsize=7)
+    if results["configs"]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "latency.png"
     fig.savefig(path, dpi=110)
