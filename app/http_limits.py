@@ -32,20 +32,22 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that answers 431 when a request's head outgrows `MAX_HEAD_BYTES`.
 
     A complete head is measured when the parser hands it over. An incomplete one is bounded by
-    counting each read that ends with the head still incomplete (a read in which some head
-    completed may carry bodies and pipelined requests and is not counted), so the parser never
-    buffers more than the cap plus two reads of a head that never ends."""
+    counting each read that ends with the head still incomplete (a read in which some head or
+    message completed may carry bodies and pipelined requests and is not counted), so the
+    parser never buffers more than the cap plus two reads of a head that never ends."""
 
     max_head_bytes = MAX_HEAD_BYTES
     _head_bytes = 0
     _in_head = True
-    _head_completed = False
+    _boundary_in_read = False
     _refused = False
 
     def data_received(self, data: bytes) -> None:
-        self._head_completed = False
+        # Reset per read: a read that finishes a message carries that message's body, which
+        # is no part of the next head.
+        self._boundary_in_read = False
         super().data_received(data)
-        if not self._in_head or self._head_completed or self.transport.is_closing():
+        if not self._in_head or self._boundary_in_read or self.transport.is_closing():
             return
         self._head_bytes += len(data)
         if self._head_bytes > self.max_head_bytes:
@@ -57,7 +59,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_completed = True
+        self._boundary_in_read = True
         self._head_bytes = 0
         # A whole head can arrive in one read; measure what the parser handed over.
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
@@ -77,6 +79,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
+        self._boundary_in_read = True
 
     def _send_431(self) -> None:
         self.logger.warning("Request head larger than %d bytes refused.", self.max_head_bytes)

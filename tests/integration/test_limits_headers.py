@@ -6,6 +6,7 @@ is 413; and the process keeps serving after a flood of such requests."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -151,3 +152,29 @@ def test_the_server_keeps_serving_through_a_flood_of_huge_heads(base: str) -> No
         assert http.get("/healthz").status_code == 200
         body = {"handle": "afterflood", "display_name": "After", "password": "long enough pw 1"}
         assert http.post("/api/v1/accounts", json=body).status_code == 201
+
+
+def test_a_large_body_is_never_mistaken_for_the_next_head(base: str) -> None:
+    """On one keep-alive connection, a request whose 48 KiB body arrives in its own write (so
+    the read that completes it is body only) is answered, and so is the next request: body
+    bytes never count against the head cap."""
+    body = b'{"pad": "' + b"x" * (48 * 1024) + b'"}'
+    first = (
+        b"POST /api/v1/accounts HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    second = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(address(base), timeout=5) as sock:
+        sock.sendall(first)
+        threading.Event().wait(0.05)
+        sock.sendall(body)
+        threading.Event().wait(0.05)
+        sock.sendall(second)
+        answer = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+    assert statuses == [422, 200], answer[:300]
