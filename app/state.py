@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,6 +27,11 @@ class AppState:
     async def publish(self, events: Iterable[Published]) -> None:
         """Hand committed events to the hub. A failure here loses nothing: the outbox relay
         publishes what the broker did not take, and sockets replay from the outbox."""
+        events = list(events)
+        if events and self.settings.fault_kill_after_commit:
+            # The worst moment to die: committed, nothing published. Tests prove the relay of
+            # another instance still delivers.
+            os.kill(os.getpid(), signal.SIGKILL)
         for item in events:
             try:
                 await self.hub.publish(item.account_id, item.seq, item.event)

@@ -18,8 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServeProcess:
-    def __init__(self, database_url: str, broker_url: str, admin_token: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        broker_url: str,
+        admin_token: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
+        self.extra_env = extra_env or {}
         self.database_url = database_url
         self.broker_url = broker_url
         self.admin_token = admin_token
@@ -36,6 +43,7 @@ class ServeProcess:
             "PAYCODE_BROKER_URL": self.broker_url,
             "PAYCODE_ADMIN_TOKEN": self.admin_token,
             "PAYCODE_LOG_LEVEL": "warning",
+            **self.extra_env,
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.process = subprocess.Popen(
