@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -111,6 +112,8 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             HTTPException: errors.http_error_handler,
             OperationalError: database_unavailable,
             InterfaceError: database_unavailable,
+            # Every pooled connection stayed busy for the pool's whole timeout: overloaded.
+            PoolTimeout: database_unavailable,
             IntegrityError: concurrent_conflict,
             Exception: errors.unexpected_error_handler,
         },
