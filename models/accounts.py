@@ -11,6 +11,8 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import BigInteger, CheckConstraint, Column, Index, String
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Field, Session, SQLModel, select
 
 from models.clock import rfc3339, utcnow
@@ -161,14 +163,27 @@ def sign_up(session: Session, handle: Any, display_name: Any, password: Any) -> 
 
 
 def funding_account(session: Session) -> Account:
-    """The platform's funding account: the other side of every deposit. Made on first use."""
-    account = session.exec(select(Account).where(Account.handle == FUNDING_HANDLE)).one_or_none()
+    """The platform's funding account: the other side of every deposit. Made on first use;
+    concurrent first deposits both insert-or-ignore it, so neither fails on the unique handle."""
+    query = select(Account).where(Account.handle == FUNDING_HANDLE)
+    account = session.exec(query).one_or_none()
     if account is None:
-        account = Account(
-            id=new_id("acc"), handle=FUNDING_HANDLE, display_name="Platform funding", kind=FUNDING
+        dialect = session.get_bind().dialect.name
+        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+        session.execute(
+            insert(Account)
+            .values(
+                id=new_id("acc"),
+                handle=FUNDING_HANDLE,
+                display_name="Platform funding",
+                kind=FUNDING,
+                balance=0,
+                last_seq=0,
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["handle"])
         )
-        session.add(account)
-        session.flush()
+        account = session.exec(query).one()
     return account
 
 
