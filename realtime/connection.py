@@ -33,7 +33,32 @@ GAP_WAIT = 0.25
 
 class Connection:
     """Delivery to one socket. `offer` is called by the hub and never blocks: a socket whose
-    queue is full is closed with 1013 instead of slowing anyone else down."""
+    queue is full is closed with 1013 instead of slowing anyone else down.
+
+    An idle socket costs no task here: a pump task is started when there is something to send
+    or to re-read and ends once the queue is drained, and the send queue, the held events and
+    the gap timer exist only while in use (thousands of idle sockets share one process)."""
+
+    __slots__ = (
+        "_fetch_after",
+        "_gap_timer",
+        "_gap_wait",
+        "_held",
+        "_on_push",
+        "_queue",
+        "_resync",
+        "_send",
+        "_syncing",
+        "_task",
+        "account_id",
+        "close_code",
+        "close_reason",
+        "device_id",
+        "fmt",
+        "last_sent",
+        "owner",
+        "queue_limit",
+    )
 
     def __init__(
         self,
@@ -55,16 +80,17 @@ class Connection:
         self.queue_limit = queue_limit
         self.close_code: int | None = None
         self.close_reason = ""
+        # The task that reads the socket; `close` cancels it so that it closes the socket.
+        self.owner: asyncio.Task[Any] | None = None
         self._send = send
         self._fetch_after = fetch_after
         self._gap_wait = gap_wait
         self._on_push = on_push
         # (frame, created_at of a live event or None for replies)
-        self._queue: deque[tuple[Wire, Any]] = deque()
-        self._held: dict[int, EventFrame] = {}
+        self._queue: deque[tuple[Wire, Any]] | None = None
+        self._held: dict[int, EventFrame] | None = None
         self._syncing = True
         self._resync = True
-        self._wake = asyncio.Event()
         self._gap_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -74,10 +100,11 @@ class Connection:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) if self._queue is not None else 0
 
-    def start(self) -> asyncio.Task[None]:
-        self._task = asyncio.create_task(self._pump(), name=f"ws-pump-{self.device_id}")
+    def start(self) -> asyncio.Task[None] | None:
+        """Begin delivery with the catch-up from `after`; returns the pump task."""
+        self._kick()
         return self._task
 
     def offer(self, frame: EventFrame) -> None:
@@ -88,7 +115,10 @@ class Connection:
             self._hold(frame)
             return
         self._push(frame)
-        self._release_held()
+        if self._held:
+            self._release_held()
+        else:
+            self._cancel_gap_timer()
 
     def send_control(self, frame: Wire) -> None:
         """A reply to the client (pong, error), in the same queue and under the same bound."""
@@ -100,7 +130,7 @@ class Connection:
         if self.close_code is None:
             self._syncing = True
             self._resync = True
-            self._wake.set()
+            self._kick()
 
     def close(self, code: int, reason: str = "") -> None:
         """Stop delivering; the owner of the socket closes it with `code`."""
@@ -108,26 +138,35 @@ class Connection:
             return
         self.close_code = code
         self.close_reason = reason
-        self._queue.clear()
-        self._held.clear()
+        self._queue = None
+        self._held = None
         self._cancel_gap_timer()
-        if self._task is not None and self._task is not asyncio.current_task():
+        current = asyncio.current_task()
+        if self._task is not None and self._task is not current:
             self._task.cancel()
-        self._wake.set()
+        if self.owner is not None and self.owner is not current:
+            self.owner.cancel()
 
     async def wait(self) -> None:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def _kick(self) -> None:
+        if self._task is None and self.close_code is None:
+            self._task = asyncio.create_task(self._pump())
+
     def _hold(self, frame: EventFrame) -> None:
-        if len(self._held) >= self.queue_limit:
+        held = self._held
+        if held is None:
+            held = self._held = {}
+        if len(held) >= self.queue_limit:
             # Everything held was committed before it arrived, so a fresh outbox read
             # finds it: drop the buffer rather than grow it.
-            self._held.clear()
+            held.clear()
             self.request_resync()
             return
-        self._held[frame.seq] = frame
+        held[frame.seq] = frame
         if not self._syncing:
             self._arm_gap_timer()
 
@@ -136,11 +175,14 @@ class Connection:
             self.last_sent = frame.seq
 
     def _enqueue(self, wire: Wire, created_at: Any = None) -> bool:
-        if len(self._queue) >= self.queue_limit:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        elif len(queue) >= self.queue_limit:
             self.close(CLOSE_TRY_AGAIN, "too slow: send queue full; reconnect with after")
             return False
-        self._queue.append((wire, created_at))
-        self._wake.set()
+        queue.append((wire, created_at))
+        self._kick()
         return True
 
     def _release_held(self) -> None:
@@ -153,9 +195,10 @@ class Connection:
                     del held[seq]
                 break
             self._push(nxt)
-        if held and self.close_code is None:
+        if self._held and self.close_code is None:
             self._arm_gap_timer()
         else:
+            self._held = None
             self._cancel_gap_timer()
 
     def _arm_gap_timer(self) -> None:
@@ -176,8 +219,9 @@ class Connection:
     async def _pump(self) -> None:
         try:
             while self.close_code is None:
-                if self._queue:
-                    wire, created_at = self._queue.popleft()
+                queue = self._queue
+                if queue:
+                    wire, created_at = queue.popleft()
                     await self._send(wire)
                     if created_at is not None and self._on_push is not None:
                         self._on_push(created_at)
@@ -185,14 +229,18 @@ class Connection:
                     self._resync = False
                     await self._catch_up()
                 else:
-                    self._wake.clear()
-                    await self._wake.wait()
+                    # Drained: the next frame or resync starts a new pump.
+                    self._queue = None
+                    break
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # A dead socket or an unreadable outbox: the client reconnects and replays.
             log.info("socket of %s stops: %s", self.device_id, exc.__class__.__name__)
             self.close(CLOSE_TRY_AGAIN, "delivery failed; reconnect with after")
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
 
     async def _catch_up(self) -> None:
         """Send the outbox after `last_sent`, then what was held meanwhile. The queue is empty

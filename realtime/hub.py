@@ -94,22 +94,39 @@ class Hub:
         """Register a socket and hold its account's subscription while the block runs; the
         subscription is released when the last local socket of the account leaves, however
         the block ends. Raises TooManySockets, registering nothing, past a cap."""
+        await self.join(conn)
+        try:
+            yield conn
+        finally:
+            await self.leave(conn)
+
+    async def join(self, conn: Connection) -> None:
+        """`attach` without the context manager, for a caller that pairs it with `leave` in
+        its own `finally` (a suspended generator per socket is memory an idle socket need not
+        hold). Raises TooManySockets, registering nothing, past a cap."""
         account_id = conn.account_id
         # Checked and registered with no await between, so racing sockets cannot both pass.
         self.check_room(conn)
         self._sockets.setdefault(account_id, set()).add(conn)
         try:
             await self._acquire(account_id)
-            try:
-                yield conn
-            finally:
-                await asyncio.shield(self._release(account_id))
+        except BaseException:
+            self._unregister(conn)
+            raise
+
+    async def leave(self, conn: Connection) -> None:
+        """Undo a successful `join`, whatever cancels the caller meanwhile."""
+        try:
+            await asyncio.shield(self._release(conn.account_id))
         finally:
-            conns = self._sockets.get(account_id)
-            if conns is not None:
-                conns.discard(conn)
-                if not conns:
-                    del self._sockets[account_id]
+            self._unregister(conn)
+
+    def _unregister(self, conn: Connection) -> None:
+        conns = self._sockets.get(conn.account_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._sockets[conn.account_id]
 
     def check_room(self, conn: Connection) -> None:
         """Raise TooManySockets when the socket's device or account is at its cap here."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from models.db import Database
 from models.errors import Unauthorized
 from realtime import protocol
 from realtime.connection import Connection, FetchAfter
-from realtime.hub import CLOSE_TOO_MANY_SOCKETS, TooManySockets
+from realtime.hub import CLOSE_TOO_MANY_SOCKETS, Hub, TooManySockets
 from realtime.protocol import ProtocolError, Wire
 
 log = logging.getLogger("paycode.ws")
@@ -51,11 +52,19 @@ def _read_after(
         return [(row.seq, events.event_body(row)) for row in rows]
 
 
-def outbox_reader(db: Database) -> FetchAfter:
-    async def fetch_after(account_id: str, after: int, limit: int) -> list[tuple[int, Any]]:
-        return await in_thread(_read_after, db, account_id, after, limit)
+_readers: weakref.WeakKeyDictionary[Database, FetchAfter] = weakref.WeakKeyDictionary()
 
-    return fetch_after
+
+def outbox_reader(db: Database) -> FetchAfter:
+    """The replay read of `db`, one function shared by every socket of the process."""
+    reader = _readers.get(db)
+    if reader is None:
+
+        async def fetch_after(account_id: str, after: int, limit: int) -> list[tuple[int, Any]]:
+            return await in_thread(_read_after, db, account_id, after, limit)
+
+        reader = _readers[db] = fetch_after
+    return reader
 
 
 async def _receive(websocket: WebSocket) -> Wire:
@@ -101,22 +110,40 @@ async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
         await asyncio.wait_for(websocket.close(code, reason[:120]), CLOSE_WAIT)
 
 
-async def _read_loop(websocket: WebSocket, conn: Connection, fmt: str) -> None:
-    while True:
-        try:
-            frame = protocol.decode(fmt, await _receive(websocket))
-        except ProtocolError as exc:
-            conn.close(exc.close_code, exc.reason)
-            return
-        kind = frame["type"]
-        if kind == "ping":
-            conn.send_control(protocol.encode(fmt, protocol.PONG))
-        elif kind == "hello":
-            reply = protocol.error("already_welcomed", "this connection already said hello")
+async def _read_loop(websocket: WebSocket, conn: Connection, fmt: str) -> bool:
+    """Answer the client's frames until the connection closes; True when the client went
+    away. Runs in the socket's own task, which `conn.close` cancels to end the wait for a
+    frame, so a welcomed socket needs no task of its own while nothing is sent."""
+    task = asyncio.current_task()
+    assert task is not None
+    cancelling = task.cancelling()
+    conn.owner = task
+    try:
+        while conn.close_code is None:
+            try:
+                frame = protocol.decode(fmt, await _receive(websocket))
+            except ProtocolError as exc:
+                conn.close(exc.close_code, exc.reason)
+                return False
+            kind = frame["type"]
+            if kind == "ping":
+                reply = protocol.PONG
+            elif kind == "hello":
+                reply = protocol.error("already_welcomed", "this connection already said hello")
+            else:
+                reply = protocol.error("unknown_type", f"unknown frame type {kind[:40]!r}")
             conn.send_control(protocol.encode(fmt, reply))
-        else:
-            reply = protocol.error("unknown_type", f"unknown frame type {kind[:40]!r}")
-            conn.send_control(protocol.encode(fmt, reply))
+        return False
+    except asyncio.CancelledError:
+        # Only the cancellation `conn.close` asked for is taken back; any other goes on.
+        if conn.close_code is None or task.uncancel() > cancelling:
+            raise
+        return False
+    except Exception:
+        # A disconnect, or a socket that broke under the read: nobody is left to close.
+        return True
+    finally:
+        conn.owner = None
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -124,27 +151,30 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     offered = list(websocket.scope.get("subprotocols") or [])
     fmt = protocol.negotiate(offered)
     await websocket.accept(subprotocol=fmt if fmt in offered else None)
+    conn = await _open(websocket, state, fmt)
+    if conn is not None:
+        await _serve(websocket, state.hub, conn)
+
+
+async def _open(websocket: WebSocket, state: AppState, fmt: str) -> Connection | None:
+    """Hello, authentication and the caps: the joined connection with its welcome queued, or
+    None once the socket is closed. The hello and the account's view end with this frame, so
+    an idle socket does not hold them."""
     timeout = float(state.settings.extra.get("ws_hello_timeout", HELLO_TIMEOUT))
     try:
         hello = await asyncio.wait_for(_await_hello(websocket, fmt), timeout)
         greeting = await in_thread(_greet, state.db, hello.token, state.settings.currency)
     except TimeoutError:
         await _close(websocket, protocol.CLOSE_HELLO_TIMEOUT, "no hello within the time allowed")
-        return
+        return None
     except ProtocolError as exc:
         await _close(websocket, exc.close_code, exc.reason)
-        return
+        return None
     except Unauthorized:
         await _close(websocket, protocol.CLOSE_UNAUTHORIZED, "bad or revoked token")
-        return
+        return None
     except WebSocketDisconnect:
-        return
-    await _serve(websocket, state, fmt, hello, greeting)
-
-
-async def _serve(
-    websocket: WebSocket, state: AppState, fmt: str, hello: protocol.Hello, greeting: Greeting
-) -> None:
+        return None
     hub = state.hub
     conn = Connection(
         greeting.account_id,
@@ -157,32 +187,28 @@ async def _serve(
         on_push=hub.hooks.get("frame_pushed"),
     )
     try:
-        hub.check_room(conn)
+        await hub.join(conn)
     except TooManySockets as exc:
         await _close(websocket, CLOSE_TOO_MANY_SOCKETS, exc.reason)
-        return
-    reader: asyncio.Task[None] | None = None
+        return None
+    # First in the queue, so the pump sends it before the replay and any reply.
+    welcome = protocol.welcome(greeting.account, greeting.device_id, greeting.last_seq)
+    conn.send_control(protocol.encode(fmt, welcome))
+    return conn
+
+
+async def _serve(websocket: WebSocket, hub: Hub, conn: Connection) -> None:
+    """Welcome, replay and live delivery of a joined connection, then its close."""
     disconnected = False
-    # No await since the check: attach registers the socket before its first await.
-    async with hub.attach(conn):
+    try:
         try:
-            welcome = protocol.welcome(greeting.account, greeting.device_id, greeting.last_seq)
-            await _sender(websocket, fmt)(protocol.encode(fmt, welcome))
-            pump = conn.start()
-            reader = asyncio.create_task(_read_loop(websocket, conn, fmt))
-            await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if reader.done() and reader.exception() is not None:
-                disconnected = True
-        except (WebSocketDisconnect, OSError, RuntimeError):
-            disconnected = True
+            conn.start()
+            disconnected = await _read_loop(websocket, conn, conn.fmt)
         finally:
-            if reader is not None and not reader.done():
-                reader.cancel()
             conn.close(conn.close_code or protocol.CLOSE_NORMAL)
             await conn.wait()
-            if reader is not None:
-                with contextlib.suppress(BaseException):
-                    await reader
+    finally:
+        await hub.leave(conn)
     if not disconnected:
         await _close(websocket, conn.close_code or protocol.CLOSE_NORMAL, conn.close_reason)
 
