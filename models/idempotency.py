@@ -1,8 +1,12 @@
 """Stored responses for ``Idempotency-Key`` (spec §2), shared by every money-moving POST.
 
-A key is scoped to the account and the route. The record is inserted at the start of the
-request's own transaction, so a concurrent request with the same key waits on the unique key
-(PostgreSQL) or the write lock (SQLite) and then sees the stored response: one effect.
+A key is scoped to the account and the route. The record is looked up at the start of the
+request's own transaction and inserted, with its response, at the end of that same transaction.
+The key is the table's primary key, so of two concurrent requests with the same key only one can
+commit: on SQLite the write lock orders them and the second sees the first's record; on
+PostgreSQL the second's insert waits on the first's uncommitted key and then fails, its whole
+transaction (the effect included) rolls back, and its retry reads the stored response. One
+effect, one write per request.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, bindparam
+from sqlalchemy import select as select_columns
 from sqlmodel import Field, Session, SQLModel, delete, select
 
 from models.clock import utcnow
@@ -55,23 +60,41 @@ def request_fingerprint(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_table = IdempotencyRecord.__table__  # type: ignore[attr-defined]
+_FIND = select_columns(
+    _table.c.request_hash, _table.c.status_code, _table.c.response, _table.c.created_at
+).where(
+    _table.c.account_id == bindparam("account_id"),
+    _table.c.scope == bindparam("scope"),
+    _table.c.key == bindparam("key"),
+)
+_DROP = _table.delete().where(
+    _table.c.account_id == bindparam("account_id"),
+    _table.c.scope == bindparam("scope"),
+    _table.c.key == bindparam("key"),
+)
+_INSERT = _table.insert()
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def begin(
     session: Session, account_id: str, scope: str, key: str, fingerprint: str
 ) -> StoredResponse | None:
-    """Claim the key inside the current transaction, or return the response stored under it.
+    """The response stored under the key, or None when the request is to run (and
+    ``finish`` must then record it in this same transaction).
 
     Raises ``Invalid(idempotency_key_reused)`` when the key was used with another body.
     """
-    existing = session.get(IdempotencyRecord, (account_id, scope, key))
-    if existing is not None and existing.created_at < utcnow() - TTL:
-        session.delete(existing)
-        session.flush()
+    connection = session.connection()
+    where = {"account_id": account_id, "scope": scope, "key": key}
+    existing = connection.execute(_FIND, where).first()
+    if existing is not None and _aware(existing.created_at) < utcnow() - TTL:
+        connection.execute(_DROP, where)
         existing = None
     if existing is None:
-        session.add(
-            IdempotencyRecord(account_id=account_id, scope=scope, key=key, request_hash=fingerprint)
-        )
-        session.flush()
         return None
     if existing.request_hash != fingerprint:
         raise Invalid(
@@ -80,19 +103,34 @@ def begin(
             field="Idempotency-Key",
         )
     if existing.status_code is None:
-        # Only reachable if a claim committed without a response, which finish() prevents.
+        # Only reachable from a record written by an older release, which claimed keys first.
         raise RuntimeError("idempotency record without a response")
     return StoredResponse(existing.status_code, existing.response)
 
 
 def finish(
-    session: Session, account_id: str, scope: str, key: str, status_code: int, body: Any
+    session: Session,
+    account_id: str,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    status_code: int,
+    body: Any,
 ) -> None:
-    record = session.get(IdempotencyRecord, (account_id, scope, key))
-    assert record is not None, "finish() without begin()"
-    record.status_code = status_code
-    record.response = body
-    session.add(record)
+    """Record the response under the key; a concurrent request that recorded it first makes
+    this raise ``IntegrityError``, which rolls the whole transaction back."""
+    session.connection().execute(
+        _INSERT,
+        {
+            "account_id": account_id,
+            "scope": scope,
+            "key": key,
+            "request_hash": fingerprint,
+            "status_code": status_code,
+            "response": body,
+            "created_at": utcnow(),
+        },
+    )
 
 
 def purge_expired(session: Session) -> int:

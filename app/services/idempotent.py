@@ -1,11 +1,12 @@
 """Run a write unit of work under an ``Idempotency-Key`` (spec §2).
 
-The key is claimed inside the operation's own transaction, so the stored response and the
-effect commit together or not at all. A concurrent request with the same key blocks on the
-claim (PostgreSQL's unique key, SQLite's write lock); if it lost the race it retries and reads
-the winner's response. Domain errors (4xx) are stored too, in a transaction of their own, so a
-replay answers exactly what the first request got; 5xx are never stored, so a retry after an
-outage runs afresh.
+The key is looked up at the start of the operation's own transaction and recorded with its
+response at the end of it, in one write, so the stored response and the effect commit together
+or not at all. Of concurrent requests with the same key only one can commit (SQLite's write
+lock orders them; on PostgreSQL the loser's insert of the key fails and rolls its whole
+transaction back); the loser retries and reads the winner's response. Domain errors (4xx) are
+stored too, in a transaction of their own, so a replay answers exactly what the first request
+got; 5xx are never stored, so a retry after an outage runs afresh.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _run_once(
             if stored is not None:
                 return Result(stored.status_code, stored.body)
             status_code, body, events = operation(session)
-            idempotency.finish(session, account_id, scope, key, status_code, body)
+            idempotency.finish(session, account_id, scope, key, fingerprint, status_code, body)
             return Result(status_code, body, events)
     except DomainError as exc:
         if exc.code == "idempotency_key_reused":
@@ -84,5 +85,5 @@ def _run_once(
             stored = idempotency.begin(session, account_id, scope, key, fingerprint)
             if stored is not None:
                 return Result(stored.status_code, stored.body)
-            idempotency.finish(session, account_id, scope, key, status_code, body)
+            idempotency.finish(session, account_id, scope, key, fingerprint, status_code, body)
         return Result(status_code, body, error=exc)
