@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from sqlmodel import Session
 from starlette.requests import HTTPConnection
 
 from app.http import in_thread
 from app.state import state_of
 from models import accounts
+from models.db import Database
 from models.errors import Unauthorized
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,38 @@ async def require_user(conn: HTTPConnection) -> Principal:
     if token is None:
         raise Unauthorized("missing bearer token")
     return await in_thread(resolve_token, state_of(conn).db.read, token)
+
+
+# Checks that belong with the caller's identity (the request's own parts, a limiter's read)
+# and may use the read transaction the token was resolved in.
+Vet = Callable[[Session, Principal], None]
+
+
+def run_as(
+    db: Database, token: str, vet: Vet | None, fn: Callable[..., T], *args: Any, **kwargs: Any
+) -> T:
+    with db.read() as session:
+        account, device = accounts.authenticate(session, token)
+        who = Principal(account.id, account.handle, account.display_name, device.id)
+        if vet is not None:
+            vet(session, who)
+    return fn(who, *args, **kwargs)
+
+
+async def as_user(
+    conn: HTTPConnection,
+    fn: Callable[..., T],
+    *args: Any,
+    vet: Vet | None = None,
+    **kwargs: Any,
+) -> T:
+    """``fn(principal, *args, **kwargs)`` for the bearer token's device, in the same worker-thread
+    hop as the token lookup: a request costs one hop, not one for the token and one for its
+    work. ``vet`` runs inside the token's read transaction, before ``fn``."""
+    token = bearer_token(conn)
+    if token is None:
+        raise Unauthorized("missing bearer token")
+    return await in_thread(run_as, state_of(conn).db, token, vet, fn, *args, **kwargs)
 
 
 def require_admin(conn: HTTPConnection) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
@@ -44,6 +45,36 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise Invalid("request body must be a JSON object", field=None)
     return body
+
+
+@dataclass(frozen=True, slots=True)
+class Later(Generic[T]):
+    """A request part parsed before the caller is known, whose error is raised only when the
+    value is taken: a request that fails authentication still answers 401 first, as when the
+    token was checked before the body was read."""
+
+    value: T | None = None
+    error: Exception | None = None
+
+    def get(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+def later(parse: Callable[..., T], *args: Any) -> Later[T]:
+    try:
+        return Later(parse(*args))
+    except (Invalid, Malformed, PayloadTooLarge) as exc:
+        return Later(error=exc)
+
+
+async def read_json_later(request: Request) -> Later[dict[str, Any]]:
+    """The body as :func:`read_json` reads it, its 400/413/422 kept for :meth:`Later.get`."""
+    try:
+        return Later(await read_json(request))
+    except (Invalid, Malformed, PayloadTooLarge) as exc:
+        return Later(error=exc)
 
 
 def query_int(

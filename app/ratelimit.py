@@ -7,8 +7,12 @@ count survives the refusal it accompanies.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TypeVar
+
+from sqlmodel import Session
 
 from app.state import AppState
 from models import ratelimit
@@ -16,10 +20,28 @@ from models.errors import DomainError, NotFound
 
 T = TypeVar("T")
 
+# (account, client) whose limiter check this request already made, in the read transaction
+# that resolved its token: the lookup then skips a transaction of its own for the same check.
+_checked: ContextVar[tuple[str, str] | None] = ContextVar("paycode_lookup_checked", default=None)
 
-def check(state: AppState, account_id: str, client: str) -> None:
-    with state.db.read() as session:
+
+def check(state: AppState, account_id: str, client: str, session: Session | None = None) -> None:
+    if session is not None:
         ratelimit.check(session, account_id, client, _limits(state))
+        return
+    with state.db.read() as own:
+        ratelimit.check(own, account_id, client, _limits(state))
+
+
+@contextmanager
+def checked(account_id: str, client: str) -> Iterator[None]:
+    """Within the block, :func:`guarded` trusts that :func:`check` just passed for this caller
+    and address (the caller made it, in the same request, before the lookup)."""
+    token = _checked.set((account_id, client))
+    try:
+        yield
+    finally:
+        _checked.reset(token)
 
 
 def record_failure(state: AppState, account_id: str, client: str) -> None:
@@ -35,7 +57,8 @@ def guarded(
     state: AppState, account_id: str, client: str, lookup: Callable[[], T], field: str | None
 ) -> T:
     """Run lookup under the limiter; a NotFound for ``field`` counts as a failed guess."""
-    check(state, account_id, client)
+    if _checked.get() != (account_id, client):
+        check(state, account_id, client)
     try:
         return lookup()
     except NotFound as exc:

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
+from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from app import ratelimit, render
-from app.auth import require_user
+from app.auth import Principal, as_user
 from app.http import (
     client_address,
-    in_thread,
+    later,
     ok,
     page,
     page_params,
     query_choice,
     query_int,
-    read_json,
+    read_json_later,
 )
 from app.services import codes as service
+from app.services import idempotent
 from app.state import state_of
 from models.codes import STATUSES
 from models.idempotency import validate_key
@@ -31,48 +34,65 @@ IMAGE_CACHE = "private, max-age=86400"
 
 
 async def create_code(request: Request) -> Response:
-    who = await require_user(request)
-    key = validate_key(request.headers.get("idempotency-key"))
-    body = await read_json(request)
+    key = later(validate_key, request.headers.get("idempotency-key"))
+    body = await read_json_later(request)
     state = state_of(request)
-    result = await in_thread(service.create, state, who.account_id, body, key)
+
+    def create(who: Principal) -> idempotent.Result:
+        idempotency_key = key.get()
+        return service.create(state, who.account_id, body.get(), idempotency_key)
+
+    result = await as_user(request, create)
     await state.publish(result.events)
     return ok(result.body, result.status_code)
 
 
 async def list_codes(request: Request) -> Response:
-    who = await require_user(request)
-    role = query_choice(request, "role", ("agent", "payee"))
-    status = query_choice(request, "status", STATUSES)
-    limit, cursor = page_params(request)
-    rows = await in_thread(
-        service.list_for, state_of(request), who.account_id, role, status, limit, cursor
-    )
+    role = later(query_choice, request, "role", ("agent", "payee"))
+    status = later(query_choice, request, "status", STATUSES)
+    paging = later(page_params, request)
+    state = state_of(request)
+
+    def list_for(who: Principal) -> tuple[list[dict[str, Any]], int]:
+        role_value, status_value = role.get(), status.get()
+        limit, cursor = paging.get()
+        rows = service.list_for(state, who.account_id, role_value, status_value, limit, cursor)
+        return rows, limit
+
+    rows, limit = await as_user(request, list_for)
     return ok(page(rows, limit, lambda row: row["id"]))
 
 
 async def get_code(request: Request) -> Response:
-    who = await require_user(request)
+    state = state_of(request)
     code_id = request.path_params["code_id"]
-    return ok(await in_thread(service.get, state_of(request), who.account_id, code_id))
+    return ok(await as_user(request, lambda who: service.get(state, who.account_id, code_id)))
 
 
 async def cancel_code(request: Request) -> Response:
-    who = await require_user(request)
     state = state_of(request)
     code_id = request.path_params["code_id"]
-    view, events = await in_thread(service.cancel, state, who.account_id, code_id)
+    view, events = await as_user(
+        request, lambda who: service.cancel(state, who.account_id, code_id)
+    )
     await state.publish(events)
     return ok(view)
 
 
 async def scan_code(request: Request) -> Response:
-    who = await require_user(request)
     typed = request.path_params["typed"]
     state = state_of(request)
-    lookup = partial(service.scan, state, typed)
     client = client_address(request)
-    return ok(await in_thread(ratelimit.guarded, state, who.account_id, client, lookup, None))
+    lookup = partial(service.scan, state, typed)
+
+    def vet(session: Session, who: Principal) -> None:
+        ratelimit.check(state, who.account_id, client, session)
+
+    def scan(who: Principal) -> dict[str, Any]:
+        with ratelimit.checked(who.account_id, client):
+            return ratelimit.guarded(state, who.account_id, client, lookup, None)
+
+    return ok(await as_user(request, scan, vet=vet))
 
 
 def _image(content: bytes, media_type: str) -> Response:
@@ -91,26 +111,29 @@ def _scale(request: Request) -> int:
     return scale
 
 
-async def qr_svg(request: Request) -> Response:
-    who = await require_user(request)
-    scale = _scale(request)
+async def _qr(request: Request, kind: str) -> bytes:
+    scale = later(_scale, request)
+    state = state_of(request)
     code_id = request.path_params["code_id"]
-    image = await in_thread(service.qr, state_of(request), who.account_id, code_id, "svg", scale)
-    return _image(image, "image/svg+xml")
+
+    def render_qr(who: Principal) -> bytes:
+        return service.qr(state, who.account_id, code_id, kind, scale.get())
+
+    return await as_user(request, render_qr)
+
+
+async def qr_svg(request: Request) -> Response:
+    return _image(await _qr(request, "svg"), "image/svg+xml")
 
 
 async def qr_png(request: Request) -> Response:
-    who = await require_user(request)
-    scale = _scale(request)
-    code_id = request.path_params["code_id"]
-    image = await in_thread(service.qr, state_of(request), who.account_id, code_id, "png", scale)
-    return _image(image, "image/png")
+    return _image(await _qr(request, "png"), "image/png")
 
 
 async def barcode_svg(request: Request) -> Response:
-    who = await require_user(request)
+    state = state_of(request)
     code_id = request.path_params["code_id"]
-    image = await in_thread(service.barcode, state_of(request), who.account_id, code_id)
+    image = await as_user(request, lambda who: service.barcode(state, who.account_id, code_id))
     return _image(image, "image/svg+xml")
 
 

@@ -7,22 +7,24 @@ import io
 from collections.abc import Iterator
 from typing import Any
 
+from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from app import observability
-from app.auth import require_user
+from app import observability, ratelimit
+from app.auth import Principal, as_user, require_user
 from app.http import (
     client_address,
-    in_thread,
+    later,
     ok,
     page,
     page_params,
     query_choice,
     query_time,
-    read_json,
+    read_json_later,
 )
+from app.services import idempotent
 from app.services import payments as service
 from app.state import state_of
 from models.errors import Invalid
@@ -68,40 +70,58 @@ def _filters(request: Request) -> Filters:
 
 
 async def create_payment(request: Request) -> Response:
-    who = await require_user(request)
-    key = _idempotency_key(request)
-    body = await read_json(request)
+    key = later(_idempotency_key, request)
+    body = await read_json_later(request)
     state = state_of(request)
     client = client_address(request)
-    result = await in_thread(service.pay, state, who.account_id, key, body, client)
+
+    def vet(session: Session, who: Principal) -> None:
+        # The order of the checks is the order of the answers: key, body, then the limiter.
+        key.get()
+        if body.get().get("code") is not None:
+            ratelimit.check(state, who.account_id, client, session)
+
+    def pay(who: Principal) -> idempotent.Result:
+        with ratelimit.checked(who.account_id, client):
+            return service.pay(state, who.account_id, key.get(), body.get(), client)
+
+    result = await as_user(request, pay, vet=vet)
     observability.record_committed(result.events)
     await state.publish(result.events)
     return ok(result.body, result.status_code)
 
 
 async def get_payment(request: Request) -> Response:
-    who = await require_user(request)
+    state = state_of(request)
     payment_id = request.path_params["payment_id"]
-    return ok(await in_thread(service.get, state_of(request), who.account_id, payment_id))
+    return ok(await as_user(request, lambda who: service.get(state, who.account_id, payment_id)))
 
 
 async def list_payments(request: Request) -> Response:
-    who = await require_user(request)
-    filters = _filters(request)
-    limit, cursor = page_params(request)
-    rows = await in_thread(
-        service.list_visible, state_of(request), who.account_id, filters, limit, cursor
-    )
+    filters = later(_filters, request)
+    paging = later(page_params, request)
+    state = state_of(request)
+
+    def list_visible(who: Principal) -> tuple[list[dict[str, Any]], int]:
+        chosen = filters.get()
+        limit, cursor = paging.get()
+        return service.list_visible(state, who.account_id, chosen, limit, cursor), limit
+
+    rows, limit = await as_user(request, list_visible)
     return ok(page(rows, limit, lambda row: row["id"]))
 
 
 async def create_refund(request: Request) -> Response:
-    who = await require_user(request)
-    key = _idempotency_key(request)
-    body = await read_json(request)
+    key = later(_idempotency_key, request)
+    body = await read_json_later(request)
     state = state_of(request)
     payment_id = request.path_params["payment_id"]
-    result = await in_thread(service.refund, state, who.account_id, payment_id, key, body)
+
+    def refund(who: Principal) -> idempotent.Result:
+        idempotency_key = key.get()
+        return service.refund(state, who.account_id, payment_id, idempotency_key, body.get())
+
+    result = await as_user(request, refund)
     observability.record_committed(result.events)
     await state.publish(result.events)
     return ok(result.body, result.status_code)
