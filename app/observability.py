@@ -266,6 +266,26 @@ def route_template(scope: Scope) -> str:
     return f"{prefix}{getattr(route, 'path', '')}" or UNMATCHED
 
 
+# The labelled children by (method, route, status): ``labels()`` validates and locks on every
+# call. Bounded, because the method comes from the client; past the bound, ``labels()`` as usual.
+_CHILDREN_LIMIT = 1024
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _request_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
+    key = (method, route, status)
+    found = _children.get(key)
+    if found is not None:
+        return found
+    found = (
+        HTTP_REQUESTS.labels(method=method, route=route, status=str(status)),
+        HTTP_LATENCY.labels(method=method, route=route),
+    )
+    if len(_children) < _CHILDREN_LIMIT:
+        _children[key] = found
+    return found
+
+
 class ObservabilityMiddleware:
     """Pure ASGI: ids, metrics and the access log line for HTTP; for WebSockets an id and the
     open-socket gauge (accepted until the handler returns), frames otherwise untouched."""
@@ -307,18 +327,20 @@ class ObservabilityMiddleware:
             elapsed = time.perf_counter() - started
             method = str(scope.get("method", ""))
             route = route_template(scope)
-            HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-            HTTP_LATENCY.labels(method=method, route=route).observe(elapsed)
-            access_log.info(
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "method": method,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-            )
+            count, latency = _request_metrics(method, route, status)
+            count.inc()
+            latency.observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": method,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
             request_id_var.reset(token)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
