@@ -7,7 +7,18 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, Index, String, or_, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Index,
+    String,
+    bindparam,
+    or_,
+    update,
+)
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Field, Session, SQLModel, select
 
 from models import shortcodes
@@ -127,10 +138,18 @@ def lock(session: Session, code_id: str) -> Code:
     return session.exec(query.execution_options(populate_existing=True)).one()
 
 
+_MARK_PAID = (
+    update(Code.__table__)  # type: ignore[attr-defined]
+    .where(Code.__table__.c.id == bindparam("code_id"))  # type: ignore[attr-defined]
+    .values(status=PAID, paid_payment_id=bindparam("payment_id"))
+)
+
+
 def mark_paid(session: Session, code: Code, payment_id: str) -> None:
-    code.status = PAID
-    code.paid_payment_id = payment_id
-    session.add(code)
+    """One UPDATE, no flush; the in-memory code reads as paid for the views built after."""
+    session.connection().execute(_MARK_PAID, {"code_id": code.id, "payment_id": payment_id})
+    set_committed_value(code, "status", PAID)
+    set_committed_value(code, "paid_payment_id", payment_id)
 
 
 def refuse_unless_active(code: Code, now: datetime | None = None) -> None:

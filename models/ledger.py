@@ -47,14 +47,18 @@ class InsufficientFunds(Conflict):
     code = "insufficient_funds"
 
 
-def post(session: Session, kind: str, txn_id: str, legs: Sequence[tuple[Account, int]]) -> None:
-    """Apply balanced legs to locked account rows. Refuses an unbalanced transaction outright;
-    a balance that would go negative is ``insufficient_funds`` (and a CHECK besides)."""
+def _check(legs: Sequence[tuple[Account, int]]) -> None:
     if sum(amount for _, amount in legs) != 0:
         raise ValueError("ledger transaction does not balance")
     for account, amount in legs:
         if account.kind != "funding" and account.balance + amount < 0:
             raise InsufficientFunds("insufficient funds")
+
+
+def post(session: Session, kind: str, txn_id: str, legs: Sequence[tuple[Account, int]]) -> None:
+    """Apply balanced legs to locked account rows. Refuses an unbalanced transaction outright;
+    a balance that would go negative is ``insufficient_funds`` (and a CHECK besides)."""
+    _check(legs)
     for account, amount in legs:
         account.balance += amount
         session.add(account)
@@ -63,6 +67,33 @@ def post(session: Session, kind: str, txn_id: str, legs: Sequence[tuple[Account,
                 id=new_id("led"), txn_id=txn_id, kind=kind, account_id=account.id, amount=amount
             )
         )
+
+
+_INSERT = LedgerEntry.__table__.insert()  # type: ignore[attr-defined]
+
+
+def entries(
+    kind: str, txn_id: str, legs: Sequence[tuple[Account, int]], created_at: datetime
+) -> list[dict[str, Any]]:
+    """The same checks as ``post``, but the legs come back as rows for ``insert`` and the
+    balances are left to the caller, which changes them in the same transaction."""
+    _check(legs)
+    return [
+        {
+            "id": new_id("led"),
+            "txn_id": txn_id,
+            "kind": kind,
+            "account_id": account.id,
+            "amount": amount,
+            "created_at": created_at,
+        }
+        for account, amount in legs
+    ]
+
+
+def insert(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Write ledger legs in one statement (executemany)."""
+    session.connection().execute(_INSERT, rows)
 
 
 def deposit_view(deposit: Deposit, handle: str, currency: str) -> dict[str, Any]:
