@@ -66,7 +66,6 @@ def api_routes() -> list[BaseRoute]:
         *reports_routes.routes,
         *events_routes.routes,
         *receipts_routes.routes,
-        *ws_routes.routes,
     ]
 
 
@@ -101,6 +100,9 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
 
     return Starlette(
         routes=[
+            # Routed before the mount, not through it: every idle socket keeps the frames of
+            # the routers it passed, and a second router level is memory per socket.
+            *ws_routes.routes,
             Mount("/api/v1", routes=api_routes()),
             *ops_routes.routes,
             *openapi.routes,
