@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from realtime.protocol import CLOSE_TRY_AGAIN, EventFrame, Wire
@@ -40,6 +41,7 @@ class Connection:
     the gap timer exist only while in use (thousands of idle sockets share one process)."""
 
     __slots__ = (
+        "_draining",
         "_fetch_after",
         "_gap_timer",
         "_gap_wait",
@@ -93,6 +95,7 @@ class Connection:
         self._resync = True
         self._gap_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._draining = False
 
     @property
     def syncing(self) -> bool:
@@ -153,7 +156,25 @@ class Connection:
                 await self._task
 
     def _kick(self) -> None:
-        if self._task is None and self.close_code is None:
+        if self._task is not None or self._draining or self.close_code is not None:
+            return
+        if self._resync:
+            self._task = asyncio.create_task(self._pump())
+            return
+        # Queued frames are written at once, in the caller's turn of the loop: a socket write
+        # seldom waits, and a task per frame and socket is most of a fan-out's own cost. A
+        # send that does wait goes on in a task, so the caller is never held up by it.
+        self._draining = True
+        pump = self._pump()
+        try:
+            waiting_on = pump.send(None)
+        except StopIteration:
+            pass
+        else:
+            self._task = asyncio.create_task(_resume(pump, waiting_on))
+        finally:
+            self._draining = False
+        if self._task is None and self._resync and self.close_code is None:
             self._task = asyncio.create_task(self._pump())
 
     def _hold(self, frame: EventFrame) -> None:
@@ -226,6 +247,9 @@ class Connection:
                     if created_at is not None and self._on_push is not None:
                         self._on_push(created_at)
                 elif self._resync:
+                    if self._task is None:
+                        # Drained in a caller's turn: the replay gets a task of its own.
+                        break
                     self._resync = False
                     await self._catch_up()
                 else:
@@ -259,3 +283,27 @@ class Connection:
             return
         self._syncing = False
         self._release_held()
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    """Finish, as a task, a coroutine that was started outside one and suspended."""
+    await _drive(coro, waiting_on)
+
+
+@types.coroutine
+def _drive(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, Any, None]:
+    # Hands what the coroutine waits on to the running task, and the task's wake-up (a value
+    # or an exception such as a cancellation) back to the coroutine, as `await` would have.
+    while True:
+        try:
+            value = yield waiting_on
+        except BaseException as exc:
+            try:
+                waiting_on = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting_on = coro.send(value)
+            except StopIteration:
+                return
