@@ -120,15 +120,30 @@ def effective_status(code: Code, now: datetime | None = None) -> str:
 
 def resolve(session: Session, typed: str) -> Code | None:
     """The code a payer names: its URL token, or its short code as a person would type it."""
+    found = resolve_with_agency(session, typed)
+    return found[0] if found is not None else None
+
+
+def resolve_with_agency(session: Session, typed: str) -> tuple[Code, str] | None:
+    """``resolve`` with its agency's status, in one read per form tried (the payment's hot
+    path). The code comes back detached: read without the ORM's identity map."""
     if not isinstance(typed, str) or not typed or len(typed) > 200:
         return None
-    by_token = session.exec(select(Code).where(Code.token == typed)).first()
-    if by_token is not None:
-        return by_token
-    canonical = shortcodes.normalize(typed)
-    if canonical is None:
-        return None
-    return session.exec(select(Code).where(Code.short_code == canonical)).first()
+    connection = session.connection()
+    row = connection.execute(_BY_TOKEN, {"typed": typed}).first()
+    if row is None:
+        canonical = shortcodes.normalize(typed)
+        if canonical is None:
+            return None
+        row = connection.execute(_BY_SHORT_CODE, {"typed": canonical}).first()
+        if row is None:
+            return None
+    return detached(row), row.agency_status
+
+
+def detached(row: Any) -> Code:
+    """A Code built from a Core row of the code table."""
+    return Code(**{column.name: row._mapping[column] for column in _code.columns})
 
 
 def lock(session: Session, code_id: str) -> Code:
@@ -331,6 +346,11 @@ _ISSUING_AGENCY = (
 )
 _ISSUING_AGENCY_LOCKED = _ISSUING_AGENCY.with_for_update(of=_agency)
 _code = Code.__table__  # type: ignore[attr-defined]
+_WITH_AGENCY = select_columns(_code, _agency.c.status.label("agency_status")).join(
+    _agency, _agency.c.id == _code.c.agency_id
+)
+_BY_TOKEN = _WITH_AGENCY.where(_code.c.token == bindparam("typed"))
+_BY_SHORT_CODE = _WITH_AGENCY.where(_code.c.short_code == bindparam("typed"))
 _SHORT_CODE_TAKEN = select_columns(_code.c.id).where(_code.c.short_code == bindparam("candidate"))
 _INSERT = _code.insert()
 

@@ -22,7 +22,7 @@ from sqlalchemy import select as select_columns
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Field, Session, SQLModel, select
 
-from models import codes, ledger, shortcodes
+from models import codes, ledger
 from models.accounts import Account, get_by_handle, lock_accounts, party
 from models.agencies import ACTIVE as AGENCY_ACTIVE
 from models.agencies import PENDING as AGENCY_PENDING
@@ -171,17 +171,7 @@ def _optional_text(body: dict[str, Any], field: str) -> str | None:
 
 
 def _refuse_unusable(code: codes.Code, agency_status: str | None) -> None:
-    status = codes.effective_status(code)
-    if status == codes.PAID:
-        raise Conflict("this code has been paid already", code="code_already_paid")
-    if status == codes.EXPIRED:
-        raise Conflict("this code has expired", code="code_expired")
-    if status == codes.CANCELLED:
-        raise Conflict("this code was cancelled", code="code_cancelled")
-    if status == codes.REVOKED:
-        raise Conflict("the agency of this code was revoked", code="agency_revoked")
-    if status != codes.ACTIVE:
-        raise Conflict("this code is not active", code="code_not_active")
+    codes.refuse_unless_active(code)
     if agency_status == AGENCY_REVOKED:
         raise Conflict("the agency of this code was revoked", code="agency_revoked")
     if agency_status == AGENCY_PENDING:
@@ -205,40 +195,12 @@ def _code_amount(code: codes.Code, given: int | None) -> int:
 
 
 _code = codes.Code.__table__  # type: ignore[attr-defined]
-_agency = Agency.__table__  # type: ignore[attr-defined]
-_WITH_AGENCY = select_columns(_code, _agency.c.status.label("agency_status")).join(
-    _agency, _agency.c.id == _code.c.agency_id
-)
-_BY_TOKEN = _WITH_AGENCY.where(_code.c.token == bindparam("typed"))
-_BY_SHORT_CODE = _WITH_AGENCY.where(_code.c.short_code == bindparam("typed"))
 _LOCK_CODE = select_columns(_code).where(_code.c.id == bindparam("code_id")).with_for_update()
-
-
-def _as_code(row: Any) -> codes.Code:
-    """A detached Code from a Core row: read without the ORM's identity map."""
-    return codes.Code(**{column.name: row._mapping[column] for column in _code.columns})
-
-
-def _resolve_code(session: Session, typed: str) -> tuple[codes.Code, str] | None:
-    """What ``codes.resolve`` finds (its URL token, else its typed short code), with its
-    agency's status, in one read per form tried."""
-    if not typed or len(typed) > 200:
-        return None
-    connection = session.connection()
-    row = connection.execute(_BY_TOKEN, {"typed": typed}).first()
-    if row is None:
-        canonical = shortcodes.normalize(typed)
-        if canonical is None:
-            return None
-        row = connection.execute(_BY_SHORT_CODE, {"typed": canonical}).first()
-        if row is None:
-            return None
-    return _as_code(row), row.agency_status
 
 
 def _lock_code(session: Session, code_id: str) -> codes.Code:
     """Re-read the code under its row lock, so its status is decided once."""
-    return _as_code(session.connection().execute(_LOCK_CODE, {"code_id": code_id}).one())
+    return codes.detached(session.connection().execute(_LOCK_CODE, {"code_id": code_id}).one())
 
 
 @dataclass
@@ -262,7 +224,7 @@ def _plan(session: Session, payer_id: str, body: dict[str, Any]) -> _Plan:
         return _Plan(payee.id, given)
     if not isinstance(body["code"], str):
         raise Invalid("code must be a code token or short code", field="code")
-    found = _resolve_code(session, body["code"])
+    found = codes.resolve_with_agency(session, body["code"])
     if found is None:
         raise NotFound("no such code", field="code")
     code, agency_status = found
