@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, bindparam
 from sqlalchemy import select as select_columns
-from sqlmodel import Field, Session, SQLModel, delete, select
+from sqlmodel import Field, Session, SQLModel
 
 from models.clock import utcnow
 from models.errors import Invalid
@@ -131,20 +131,3 @@ def finish(
             "created_at": utcnow(),
         },
     )
-
-
-def purge_expired(session: Session) -> int:
-    result = session.exec(
-        delete(IdempotencyRecord).where(IdempotencyRecord.created_at < utcnow() - TTL)  # type: ignore[arg-type]
-    )
-    return result.rowcount or 0
-
-
-def lookup(session: Session, account_id: str, scope: str, key: str) -> IdempotencyRecord | None:
-    return session.exec(
-        select(IdempotencyRecord).where(
-            IdempotencyRecord.account_id == account_id,
-            IdempotencyRecord.scope == scope,
-            IdempotencyRecord.key == key,
-        )
-    ).first()
