@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -30,6 +30,15 @@ def running_server(
     database_url: str, admin_token: str, *, extra_env: dict[str, str] | None = None
 ) -> Iterator[str]:
     """Start ``paycode serve`` against the database; yield its base URL; stop it after."""
+    with logged_server(database_url, admin_token, extra_env=extra_env) as (base_url, _log):
+        yield base_url
+
+
+@contextmanager
+def logged_server(
+    database_url: str, admin_token: str, *, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, Callable[[], str]]]:
+    """``running_server`` that also yields a reader of everything the server has logged."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {
@@ -49,9 +58,14 @@ def running_server(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+        def read_log() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")
+
         try:
             _wait_ready(process, base_url, log)
-            yield base_url
+            yield base_url, read_log
         finally:
             process.terminate()
             try:

@@ -6,14 +6,7 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,55 +16,7 @@ from websockets.sync.client import connect
 
 from tests.api import PASSWORD, Api
 from tests.conftest import ADMIN_TOKEN
-from tests.services import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@contextmanager
-def logged_server(database_url: str) -> Iterator[tuple[str, Callable[[], str]]]:
-    """``paycode serve`` at debug level; yields its URL and a reader of everything it logged."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "PAYCODE_DATABASE_URL": database_url,
-        "PAYCODE_ADMIN_TOKEN": ADMIN_TOKEN,
-        "PAYCODE_BROKER_URL": "memory://",
-        "PAYCODE_LOG_LEVEL": "debug",
-    }
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-        def read_log() -> str:
-            log.seek(0)
-            return log.read().decode(errors="replace")
-
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert process.poll() is None, read_log()
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, read_log()
-                time.sleep(0.1)
-            yield base, read_log
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+from tests.server import logged_server
 
 
 def full_run(http: httpx.Client, ws_base: str) -> list[str]:
@@ -119,7 +64,10 @@ def test_a_full_run_logs_no_token_or_password(database_url: str) -> None:
     """Everything a real server printed over a whole shop day — passwords (right and wrong),
     device tokens (good and bad, over HTTP and the socket), the admin token, code tokens and
     full short codes — holds none of those secrets, while the log did record the requests."""
-    with logged_server(database_url) as (base, read_log):
+    with logged_server(database_url, ADMIN_TOKEN, extra_env={"PAYCODE_LOG_LEVEL": "debug"}) as (
+        base,
+        read_log,
+    ):
         with httpx.Client(base_url=base, timeout=10) as http:
             secrets = full_run(http, "ws://" + base.removeprefix("http://"))
         time.sleep(0.3)
