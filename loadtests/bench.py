@@ -160,6 +160,28 @@ async def profile_phase(
     return profiling.top(raw)
 
 
+async def bare_sale(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    """The sale's framework floor: the same floor, counters, warm-up and saturation as a paycode
+    config, against ``loadtests/bare_shop.py`` (no database, hashing, signing or middleware)."""
+    server = servers.start_bare_shop(logs)
+    try:
+        floor_shop = await shop.build(server.host, server.port, args.counters)
+        floor = Floor(server.host, server.port, floor_shop)
+        await floor.open()
+        try:
+            await saturate(floor, args.warmup)
+            with CpuWatch(server) as cpu:
+                saturation = await saturate(floor, args.seconds)
+            faults = floor.seq_faults()
+        finally:
+            await floor.close()
+    finally:
+        server.stop()
+    saturation.update(cpu.shares)
+    saturation["server_cpu_ms_per_payment"] = cpu.per_operation_ms(saturation["completed"])
+    return ceilings.sale_ceiling(saturation, args.counters, faults)
+
+
 async def measure_ceilings(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     found: dict[str, Any] = {}
     base = servers.start_baseline(logs)
@@ -174,6 +196,9 @@ async def measure_ceilings(args: argparse.Namespace, logs: Path) -> dict[str, An
             found["ws_floor"] = await idle.bare_sockets(base, floor_sockets)
     finally:
         base.stop()
+    found["sale"] = await bare_sale(args, logs)
+    if found["http"]["rate"]:
+        found["sale"]["share_of_http"] = round(found["sale"]["rate"] / found["http"]["rate"], 4)
     found["sqlite"] = await asyncio.to_thread(ceilings.sqlite_ceiling, args.seconds)
     if "postgresql-redis-2" in args.configs:
         with servers.pg_database() as url:
@@ -212,6 +237,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             results["idle"] = await run_idle(args, logs)
     say("done")
     results["bars"] = report.bars(results)
+    results["bare_sale_shares"] = report.sale_shares(results)
     return results
 
 

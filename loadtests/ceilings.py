@@ -1,7 +1,8 @@
 """What this machine allows without paycode: one payment-shaped transaction in raw stdlib
 sqlite3 and in raw asyncpg, with the same shape as a paycode payment (one payee row shared by
 every payment, payer/payee/agent rows locked, two balance updates, the payment, two ledger
-legs, three outbox events with per-account seq)."""
+legs, three outbox events with per-account seq); a bare JSON POST; and a bare sale (the
+framework and wire work of one sale with no product logic, ``loadtests/bare_shop.py``)."""
 
 from __future__ import annotations
 
@@ -192,4 +193,18 @@ async def http_ceiling(
     return {
         "name": f"bare Starlette JSON POST ({connections} connections)",
         **summarize(latencies, elapsed),
+    }
+
+
+def sale_ceiling(
+    saturation: dict[str, Any], counters: int, seq_faults: dict[str, int]
+) -> dict[str, Any]:
+    """The bare sale as a rated ceiling: its rate is sales/s and its percentiles are commit →
+    every device, as for paycode's saturation; the whole saturation record stays beside them."""
+    return {
+        "name": f"bare Starlette sale, no product logic ({counters} counters)",
+        **saturation["confirmation_every_device"],
+        "server_cpu_ms_per_sale": saturation.get("server_cpu_ms_per_payment"),
+        "saturation": saturation,
+        "seq_faults": seq_faults,
     }

@@ -26,6 +26,65 @@ def _at_half(config: dict[str, Any]) -> dict[str, Any] | None:
     return next((r for r in config["rates"] if r["share"] == 0.5), None)
 
 
+def _cpu_per_op(ceiling: dict[str, Any]) -> float | None:
+    return ceiling.get("server_cpu_ms_per_request") or ceiling.get("server_cpu_ms_per_sale")
+
+
+def sale_shares(results: dict[str, Any]) -> dict[str, Any]:
+    """How much of the 25% bar the stack allows at all (the bare sale against the bare POST),
+    and how far each paycode configuration is from the bare sale, by rate and by server CPU."""
+    ceilings = results["ceilings"]
+    sale, http = ceilings.get("sale"), ceilings.get("http")
+    if not sale or not sale.get("rate"):
+        return {}
+    out: dict[str, Any] = {"bare_sale_per_s": sale["rate"]}
+    sale_cpu = sale.get("server_cpu_ms_per_sale")
+    if http and http.get("rate"):
+        out["bare_sale_of_bare_post"] = round(sale["rate"] / http["rate"], 4)
+        http_cpu = http.get("server_cpu_ms_per_request")
+        if http_cpu and sale_cpu:
+            out["bare_sale_of_bare_post_by_cpu"] = round(http_cpu / sale_cpu, 4)
+    for c in results["configs"]:
+        sat = c["saturation"]
+        paycode_cpu = sat.get("server_cpu_ms_per_payment")
+        out[c["name"]] = {
+            "of_bare_sale": round(sat["payments_per_s"] / sale["rate"], 4),
+            "of_bare_sale_by_cpu": round(sale_cpu / paycode_cpu, 4)
+            if sale_cpu and paycode_cpu
+            else None,
+        }
+    return out
+
+
+def _share_notes(results: dict[str, Any]) -> list[str]:
+    shares = results.get("bare_sale_shares") or sale_shares(results)
+    if not shares:
+        return []
+    lines = [""]
+    if "bare_sale_of_bare_post" in shares:
+        of_post = shares["bare_sale_of_bare_post"]
+        by_cpu = shares.get("bare_sale_of_bare_post_by_cpu")
+        lines.append(
+            f"Bare sale (the framework floor of a sale, no product logic): "
+            f"{shares['bare_sale_per_s']}/s = **{of_post:.1%} of the bare POST**"
+            + (f" (by server CPU: {by_cpu:.1%})" if by_cpu else "")
+            + f", so at most {min(of_post / BAR_SHARE_OF_HTTP, 1.0):.0%} of the 25% bar "
+            "is reachable on this stack at all."
+        )
+    for c in results["configs"]:
+        mine = shares.get(c["name"])
+        if not mine:
+            continue
+        by_cpu = mine.get("of_bare_sale_by_cpu")
+        lines.append(
+            f"paycode {c['name']}: {c['saturation']['payments_per_s']}/s = "
+            f"**{mine['of_bare_sale']:.1%} of the bare sale**"
+            + (f" (by server CPU: {by_cpu:.1%})" if by_cpu else "")
+            + "."
+        )
+    return lines
+
+
 def bars(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each bar of the issue with its target, what this run measured, and whether it is met."""
     out: list[dict[str, Any]] = []
@@ -131,10 +190,16 @@ def markdown(results: dict[str, Any]) -> str:
                     ceiling["p50_ms"],
                     ceiling["p99_ms"],
                     ceiling["p999_ms"],
-                    ceiling.get("server_cpu_ms_per_request"),
+                    _cpu_per_op(ceiling),
                 ]
             )
         )
+    if "sale" in results["ceilings"]:
+        lines += [
+            "",
+            "The bare sale (`loadtests/bare_shop.py`) runs the same floor as paycode below: its "
+            "rate is sales/s, its percentiles are commit → every device, its CPU is per sale.",
+        ]
     http = results["ceilings"].get("http", {}).get("rate")
     lines += [
         "",
@@ -159,13 +224,16 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         _row(["---"] * 12),
     ]
-    for c in results["configs"]:
-        s = c["saturation"]
+    sale = results["ceilings"].get("sale")
+    rows = [(c["name"], c["counters"], c["saturation"]) for c in results["configs"]]
+    if sale:
+        rows.insert(0, ("bare sale (ceiling)", results["settings"]["counters"], sale["saturation"]))
+    for name, counters, s in rows:
         lines.append(
             _row(
                 [
-                    c["name"],
-                    c["counters"],
+                    name,
+                    counters,
                     s["payments_per_s"],
                     f"{s['payments_per_s'] / http:.1%}" if http else "",
                     f"{s['code_http']['p50_ms']} / {s['code_http']['p99_ms']}",
@@ -266,6 +334,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             _row([bar["bar"], bar["target"], bar["measured"], "yes" if bar["met"] else "**no**"])
         )
+    lines += _share_notes(results)
     return "\n".join(lines) + "\n"
 
 
@@ -274,6 +343,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     written: list[Path] = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -303,8 +373,16 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     rates = [ceiling["rate"] for ceiling in rated(results)]
     names += [f"paycode {c['name']}" for c in results["configs"]]
     rates += [c["saturation"]["payments_per_s"] for c in results["configs"]]
-    ax.barh(names, rates, color=["#999"] * len(rated(results)) + ["#2a7"] * len(results["configs"]))
+    # The bare sale is a ceiling too, but the one paycode's sale is compared with first.
+    colours = ["#79c" if c is results["ceilings"].get("sale") else "#999" for c in rated(results)]
+    ax.barh(names, rates, color=colours + ["#2a7"] * len(results["configs"]))
+    http = results["ceilings"].get("http", {}).get("rate")
+    if http:
+        ax.axvline(BAR_SHARE_OF_HTTP * http, color="C3", linestyle="--", linewidth=0.8)
+        ax.text(BAR_SHARE_OF_HTTP * http, -0.6, " 25% bar", color="C3", fontsize=7, va="bottom")
     ax.set_xscale("log")
+    # A short log axis labels its minor ticks too, and they overlap.
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("per second (log)")
     ax.set_title("Payments/s against this machine's ceilings")
     fig.tight_layout()

@@ -135,16 +135,21 @@ def start_paycode(
     return Server(proc, port, log)
 
 
-def start_baseline(logs: Path) -> Server:
-    """The bare app under the uvicorn settings ``paycode serve`` uses (uvloop, httptools,
-    permessage-deflate off, warning log level)."""
+def start_baseline(logs: Path, app: str = "loadtests.baseline_app:app") -> Server:
+    """A bare app under the uvicorn settings ``paycode serve`` uses (uvloop, httptools,
+    permessage-deflate off, warning log level): the bare POST by default."""
     port = free_port()
     log = logs / f"baseline-{port}.log"
-    cmd = [sys.executable, "-m", "uvicorn", "loadtests.baseline_app:app", "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--ws-per-message-deflate", "false", "--log-level", "warning"]
-    proc = _spawn(cmd, dict(os.environ), log)
+    proc = _spawn(cmd, {**os.environ, "PAYCODE_ADMIN_TOKEN": ADMIN_TOKEN}, log)
     _wait_http(port, "/healthz", proc, log, 30)
     return Server(proc, port, log)
+
+
+def start_bare_shop(logs: Path) -> Server:
+    """The bare sale (``loadtests/bare_shop.py``) under the same settings as the bare POST."""
+    return start_baseline(logs, "loadtests.bare_shop:app")
 
 
 @contextlib.contextmanager

@@ -46,9 +46,15 @@ def test_bench_quick_writes_complete_sane_results(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
 
     assert results["machine"]["nproc"] >= 1
-    for name in ("http", "sqlite"):
+    for name in ("http", "sqlite", "sale"):
         assert results["ceilings"][name]["rate"] > 0
         assert results["ceilings"][name]["p99_ms"] > 0
+
+    # The bare sale ran the same floor as paycode, and every confirmation arrived in seq order.
+    sale = results["ceilings"]["sale"]
+    assert sale["saturation"]["errors"] == {} and sale["saturation"]["missing_confirmations"] == 0
+    assert sale["seq_faults"] == {"gaps": 0, "duplicates": 0, "reconnects": 0}
+    assert sale["server_cpu_ms_per_sale"] > 0 and sale["share_of_http"] > 0
 
     (config,) = results["configs"]
     saturation = config["saturation"]
@@ -60,12 +66,86 @@ def test_bench_quick_writes_complete_sane_results(tmp_path: Path) -> None:
     assert all(r["missing_confirmations"] == 0 for r in config["rates"])
     assert config["seq_faults"] == {"gaps": 0, "duplicates": 0, "reconnects": 0}
 
+    shares = results["bare_sale_shares"]
+    assert shares["bare_sale_of_bare_post"] == sale["share_of_http"]
+    assert shares["sqlite-memory"]["of_bare_sale"] > 0
+
     idle = results["idle"]
     assert idle["sockets"] == 50
     assert idle["storm_caught_up"] == 50 and idle["gaps"] == 0 and idle["duplicates"] == 0
     assert idle["kib_per_socket"] > 0
 
     assert {bar["bar"].split(":")[0] for bar in results["bars"]} >= {"sqlite-memory"}
-    assert "### The bars" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert "### The bars" in table
+    assert "| bare sale (ceiling) |" in table and "of the bare sale" in table
     for plot in ("latency.png", "throughput.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bare_shop_sells_with_ordered_frames_and_refuses_bad_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bare sale's app speaks the part of the API the floor uses: a payment's events reach
+    every socket of the payee and the agent with the next seq, and bad input still gets a 4xx."""
+    from starlette.testclient import TestClient
+
+    from loadtests import bare_shop
+    from loadtests.servers import ADMIN_TOKEN
+
+    monkeypatch.setattr(bare_shop, "ADMIN_TOKEN", ADMIN_TOKEN)
+    client = TestClient(bare_shop.app)
+    api, tokens = "/api/v1", {}
+    for handle in ("bshop", "bclerk", "bbuyer"):
+        body = {"handle": handle, "display_name": handle, "password": "password-123"}
+        assert client.post(f"{api}/accounts", json=body).status_code == 201
+        login = {"handle": handle, "password": "password-123", "device_name": "d"}
+        tokens[handle] = client.post(f"{api}/sessions", json=login).json()["token"]
+    assert client.post(f"{api}/accounts", json=body).status_code == 409
+    wrong = {"handle": "bbuyer", "password": "nope-nope-nope", "device_name": "d"}
+    assert client.post(f"{api}/sessions", json=wrong).status_code == 401
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    deposit = {"handle": "bbuyer", "amount": 5000}
+    assert client.post(f"{api}/admin/deposits", json=deposit, headers=admin).status_code == 201
+    assert client.post(f"{api}/admin/deposits", json=deposit).status_code == 401
+    bad_amount = {"handle": "bbuyer", "amount": 1.5}
+    assert client.post(f"{api}/admin/deposits", json=bad_amount, headers=admin).status_code == 422
+
+    def auth(handle: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tokens[handle]}"}
+
+    agency = client.post(f"{api}/agencies", json={"agent": "bclerk"}, headers=auth("bshop"))
+    assert agency.status_code == 201
+    items = [{"name": "tea", "quantity": 2, "unit_amount": 300}]
+    issue = {"agency_id": agency.json()["id"], "kind": "dynamic", "items": items}
+    assert client.post(f"{api}/codes", json={"kind": "dynamic"}).status_code == 401
+    no_amount = {**issue, "items": []}
+    assert client.post(f"{api}/codes", json=no_amount, headers=auth("bclerk")).status_code == 422
+    code = client.post(f"{api}/codes", json=issue, headers=auth("bclerk")).json()
+    assert code["amount"] == 600
+
+    with (
+        client.websocket_connect(f"{api}/ws", subprotocols=["paycode.v1.json"]) as shop_ws,
+        client.websocket_connect(f"{api}/ws", subprotocols=["paycode.v1.json"]) as clerk_ws,
+    ):
+        welcomes = []
+        for ws, handle in ((shop_ws, "bshop"), (clerk_ws, "bclerk")):
+            ws.send_json({"type": "hello", "token": tokens[handle], "after": None})
+            welcome = ws.receive_json()
+            assert welcome["type"] == "welcome"
+            welcomes.append(welcome["last_seq"])
+        pay_headers = {**auth("bbuyer"), "Idempotency-Key": "k-1"}
+        paid = client.post(f"{api}/payments", json={"code": code["token"]}, headers=pay_headers)
+        assert paid.status_code == 201 and paid.json()["amount"] == 600
+        again = client.post(f"{api}/payments", json={"code": code["token"]}, headers=pay_headers)
+        assert again.status_code == 409
+        for ws, last in zip((shop_ws, clerk_ws), welcomes, strict=True):
+            frames = [ws.receive_json(), ws.receive_json()]
+            assert [f["seq"] for f in frames] == [last + 1, last + 2]
+            assert [f["event"]["type"] for f in frames] == ["payment.succeeded", "code.paid"]
+            assert frames[0]["event"]["data"]["id"] == paid.json()["id"]
+    code = client.post(f"{api}/codes", json=issue, headers=auth("bclerk")).json()
+    own = client.post(f"{api}/payments", json={"code": code["token"]}, headers=auth("bshop"))
+    assert own.status_code == 422 and own.json()["error"]["code"] == "self_payment"
+    broke = client.post(f"{api}/payments", content=b"{not json", headers=auth("bbuyer"))
+    assert broke.status_code == 400
