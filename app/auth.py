@@ -7,16 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, bindparam, select
-from sqlmodel import Session
 from starlette.requests import HTTPConnection
 
 from app.http import in_thread
 from app.state import state_of
 from models import accounts
-from models.accounts import Account, Device
 from models.db import Database
 from models.errors import Unauthorized
+from models.sql import Tx
 
 T = TypeVar("T")
 
@@ -37,23 +35,20 @@ def bearer_token(conn: HTTPConnection) -> str | None:
     return token.strip()
 
 
-# accounts.authenticate's query, as plain columns on a connection: it runs on every request,
-# and loading the device and account as ORM objects in a session costs five times the query.
+# accounts.authenticate's query in hand-written SQL: it runs on every request, and loading
+# the device and account as ORM objects in a session costs several times the query.
 _BY_TOKEN_HASH = (
-    select(Account.id, Account.handle, Account.display_name, Device.id)
-    .join(Account, Account.id == Device.account_id)  # type: ignore[arg-type]
-    .where(
-        Device.token_hash == bindparam("token_hash"),
-        Device.revoked_at.is_(None),  # type: ignore[union-attr]
-    )
+    "SELECT account.id, account.handle, account.display_name, device.id"
+    " FROM device JOIN account ON account.id = device.account_id"
+    " WHERE device.token_hash = ? AND device.revoked_at IS NULL"
 )
 
 
-def principal_of(connection: Connection, token: str) -> Principal:
+def principal_of(tx: Tx, token: str) -> Principal:
     """The device of a bearer token; Unauthorized if unknown or revoked."""
     if not token or len(token) > 200:
         raise Unauthorized("missing or invalid token")
-    row = connection.execute(_BY_TOKEN_HASH, {"token_hash": accounts.hash_token(token)}).first()
+    row = tx.one(_BY_TOKEN_HASH, (accounts.hash_token(token),))
     if row is None:
         raise Unauthorized("missing or invalid token")
     account_id, handle, display_name, device_id = row
@@ -61,8 +56,8 @@ def principal_of(connection: Connection, token: str) -> Principal:
 
 
 def resolve_token(db: Database, token: str) -> Principal:
-    with db.reader.connect() as connection:
-        return principal_of(connection, token)
+    with db.raw_read() as tx:
+        return principal_of(tx, token)
 
 
 async def require_user(conn: HTTPConnection) -> Principal:
@@ -73,19 +68,18 @@ async def require_user(conn: HTTPConnection) -> Principal:
 
 
 # Checks that belong with the caller's identity (the request's own parts, a limiter's read)
-# and may use the read transaction the token was resolved in.
-Vet = Callable[[Session, Principal], None]
+# and may use the read connection the token was resolved on.
+Vet = Callable[[Tx, Principal], None]
 
 
 def run_as(
     db: Database, token: str, vet: Vet | None, fn: Callable[..., T], *args: Any, **kwargs: Any
 ) -> T:
-    # One read transaction, rolled back when the connection goes back to the pool.
-    with db.reader.connect() as connection:
-        who = principal_of(connection, token)
+    # One read connection, reset when it goes back to the pool.
+    with db.raw_read() as tx:
+        who = principal_of(tx, token)
         if vet is not None:
-            with Session(bind=connection) as session:
-                vet(session, who)
+            vet(tx, who)
     return fn(who, *args, **kwargs)
 
 

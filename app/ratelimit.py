@@ -12,11 +12,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TypeVar
 
-from sqlmodel import Session
-
 from app.state import AppState
 from models import ratelimit
 from models.errors import DomainError, NotFound
+from models.sql import Tx
 
 T = TypeVar("T")
 
@@ -25,11 +24,11 @@ T = TypeVar("T")
 _checked: ContextVar[tuple[str, str] | None] = ContextVar("paycode_lookup_checked", default=None)
 
 
-def check(state: AppState, account_id: str, client: str, session: Session | None = None) -> None:
-    if session is not None:
-        ratelimit.check(session, account_id, client, _limits(state))
+def check(state: AppState, account_id: str, client: str, tx: Tx | None = None) -> None:
+    if tx is not None:
+        ratelimit.check(tx, account_id, client, _limits(state))
         return
-    with state.db.read() as own:
+    with state.db.raw_read() as own:
         ratelimit.check(own, account_id, client, _limits(state))
 
 

@@ -4,6 +4,8 @@ tokens and typed short codes, expiry, cancellation, and the views a party and a 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,24 +16,21 @@ from sqlalchemy import (
     Column,
     Index,
     String,
-    bindparam,
     or_,
     update,
 )
-from sqlalchemy import select as select_columns
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Field, Session, SQLModel, select
 
-from models import shortcodes
-from models.accounts import Account, party
+from models import shortcodes, sql
+from models.accounts import Account, LockedAccount, Party, party
 from models.agencies import ACTIVE as AGENCY_ACTIVE
 from models.agencies import PENDING as AGENCY_PENDING
-from models.agencies import Agency
 from models.clock import rfc3339, utcnow
 from models.errors import Conflict, Invalid, NotFound
 from models.events import Published
 from models.ids import new_id
 from models.money import MAX_AMOUNT, parse_amount
+from models.sql import Tx
 
 STATIC = "static"
 DYNAMIC = "dynamic"
@@ -95,6 +94,33 @@ class Code(SQLModel, table=True):
     paid_payment_id: str | None = Field(default=None, max_length=40)
 
 
+@dataclass(slots=True)
+class CodeRow:
+    """A code row as plain data, for the hot paths (issue, scan, pay): building an ORM
+    ``Code`` costs more than reading the row."""
+
+    id: str
+    agency_id: str
+    payee_id: str
+    agent_id: str
+    created_by_id: str
+    kind: str
+    status: str
+    label: str | None
+    amount: int | None
+    items: list[dict[str, Any]]
+    memo: str | None
+    token: str
+    short_code: str
+    expires_at: datetime | None
+    created_at: datetime
+    paid_payment_id: str | None
+
+
+AnyCode = Code | CodeRow
+Parties = Mapping[str, Account | Party | LockedAccount]
+
+
 # --- state ------------------------------------------------------------------------------------
 
 
@@ -107,7 +133,7 @@ def revoke_unpaid_of_agency(session: Session, agency_id: str) -> None:
     )
 
 
-def effective_status(code: Code, now: datetime | None = None) -> str:
+def effective_status(code: AnyCode, now: datetime | None = None) -> str:
     """Stored status, except that an active code past its expiry reads as expired."""
     if code.status == ACTIVE and code.expires_at is not None:
         expires_at = code.expires_at
@@ -118,32 +144,37 @@ def effective_status(code: Code, now: datetime | None = None) -> str:
     return code.status
 
 
-def resolve(session: Session, typed: str) -> Code | None:
+def resolve(session: Session, typed: str) -> CodeRow | None:
     """The code a payer names: its URL token, or its short code as a person would type it."""
     found = resolve_with_agency(session, typed)
     return found[0] if found is not None else None
 
 
-def resolve_with_agency(session: Session, typed: str) -> tuple[Code, str] | None:
+def resolve_with_agency(work: Session | Tx, typed: str) -> tuple[CodeRow, str] | None:
     """``resolve`` with its agency's status, in one read per form tried (the payment's hot
-    path). The code comes back detached: read without the ORM's identity map."""
+    path). The code comes back as plain data, not an ORM object."""
     if not isinstance(typed, str) or not typed or len(typed) > 200:
         return None
-    connection = session.connection()
-    row = connection.execute(_BY_TOKEN, {"typed": typed}).first()
+    tx = sql.tx(work)
+    row = tx.one(_BY_TOKEN, (typed,))
     if row is None:
         canonical = shortcodes.normalize(typed)
         if canonical is None:
             return None
-        row = connection.execute(_BY_SHORT_CODE, {"typed": canonical}).first()
+        row = tx.one(_BY_SHORT_CODE, (canonical,))
         if row is None:
             return None
-    return detached(row), row.agency_status
+    return read_row(tx, row), row[_CODE_COLUMNS]
 
 
-def detached(row: Any) -> Code:
-    """A Code built from a Core row of the code table."""
-    return Code(**{column.name: row._mapping[column] for column in _code.columns})
+def read_row(tx: Tx, row: Sequence[Any]) -> CodeRow:
+    """The code of a row that selects ``CODE_COLUMNS`` first."""
+    values = list(row[:_CODE_COLUMNS])
+    for at in _JSON_AT:
+        values[at] = tx.read_json(values[at])
+    for at in _MOMENT_AT:
+        values[at] = tx.read_moment(values[at])
+    return CodeRow(*values)
 
 
 def lock(session: Session, code_id: str) -> Code:
@@ -154,21 +185,17 @@ def lock(session: Session, code_id: str) -> Code:
     return session.exec(query.execution_options(populate_existing=True)).one()
 
 
-_MARK_PAID = (
-    update(Code.__table__)  # type: ignore[attr-defined]
-    .where(Code.__table__.c.id == bindparam("code_id"))  # type: ignore[attr-defined]
-    .values(status=PAID, paid_payment_id=bindparam("payment_id"))
-)
+_MARK_PAID = "UPDATE code SET status = 'paid', paid_payment_id = ? WHERE id = ?"
 
 
-def mark_paid(session: Session, code: Code, payment_id: str) -> None:
-    """One UPDATE, no flush; the in-memory code reads as paid for the views built after."""
-    session.connection().execute(_MARK_PAID, {"code_id": code.id, "payment_id": payment_id})
-    set_committed_value(code, "status", PAID)
-    set_committed_value(code, "paid_payment_id", payment_id)
+def mark_paid(work: Session | Tx, code: AnyCode, payment_id: str) -> None:
+    """One UPDATE; the in-memory code reads as paid for the views built after."""
+    sql.tx(work).run(_MARK_PAID, (payment_id, code.id))
+    code.status = PAID
+    code.paid_payment_id = payment_id
 
 
-def refuse_unless_active(code: Code, now: datetime | None = None) -> None:
+def refuse_unless_active(code: AnyCode, now: datetime | None = None) -> None:
     """The 409 that says why a code cannot be used (or cancelled) any more."""
     status = effective_status(code, now)
     if status == PAID:
@@ -186,14 +213,14 @@ def refuse_unless_active(code: Code, now: datetime | None = None) -> None:
 # --- views ------------------------------------------------------------------------------------
 
 
-def url_of(code: Code, public_url: str) -> str:
+def url_of(code: AnyCode, public_url: str) -> str:
     """The QR content: the payer page a phone camera opens."""
     return f"{public_url.rstrip('/')}/c/{code.token}"
 
 
 def code_view(
-    code: Code,
-    parties: dict[str, Account],
+    code: AnyCode,
+    parties: Parties,
     *,
     public_url: str,
     currency: str,
@@ -222,7 +249,7 @@ def code_view(
 
 
 def scan_view(
-    code: Code, parties: dict[str, Account], *, currency: str, now: datetime | None = None
+    code: AnyCode, parties: Parties, *, currency: str, now: datetime | None = None
 ) -> dict[str, Any]:
     """What a payer sees before paying (C8): who is paid, through whom, for what."""
     return {
@@ -239,7 +266,7 @@ def scan_view(
     }
 
 
-def parties_of(session: Session, codes: list[Code]) -> dict[str, Account]:
+def parties_of(session: Session, codes: list[AnyCode]) -> dict[str, Account]:
     ids = sorted({i for code in codes for i in (code.payee_id, code.agent_id)})
     if not ids:
         return {}
@@ -325,47 +352,52 @@ def _expires_in(kind: str, value: Any) -> int | None:
     return _integer(value, "expires_in", MIN_EXPIRES_IN, MAX_EXPIRES_IN)
 
 
-_agency = Agency.__table__  # type: ignore[attr-defined]
-_payee = Account.__table__.alias("payee")  # type: ignore[attr-defined]
-_agent = Account.__table__.alias("agent")  # type: ignore[attr-defined]
+# The code table's columns in model order: a CodeRow is built from them by position.
+_FIELDS = list(Code.model_fields)
+CODE_COLUMNS = ", ".join(f"code.{name}" for name in _FIELDS)
+_CODE_COLUMNS = len(_FIELDS)
+# Stored as text on SQLite: converted on the way in and out.
+_JSON_AT = (_FIELDS.index("items"),)
+_MOMENT_AT = (_FIELDS.index("expires_at"), _FIELDS.index("created_at"))
 # The agency and both of its parties in one read; only the agency row is locked.
 _ISSUING_AGENCY = (
-    select_columns(
-        _agency.c.id,
-        _agency.c.payee_id,
-        _agency.c.agent_id,
-        _agency.c.status,
-        _payee.c.handle.label("payee_handle"),
-        _payee.c.display_name.label("payee_display_name"),
-        _agent.c.handle.label("agent_handle"),
-        _agent.c.display_name.label("agent_display_name"),
-    )
-    .join(_payee, _payee.c.id == _agency.c.payee_id)
-    .join(_agent, _agent.c.id == _agency.c.agent_id)
-    .where(_agency.c.id == bindparam("agency_id"))
+    "SELECT agency.id, agency.payee_id, agency.agent_id, agency.status,"
+    " payee.handle, payee.display_name, agent.handle, agent.display_name"
+    " FROM agency JOIN account AS payee ON payee.id = agency.payee_id"
+    " JOIN account AS agent ON agent.id = agency.agent_id"
+    " WHERE agency.id = ?"
 )
-_ISSUING_AGENCY_LOCKED = _ISSUING_AGENCY.with_for_update(of=_agency)
-_code = Code.__table__  # type: ignore[attr-defined]
-_WITH_AGENCY = select_columns(_code, _agency.c.status.label("agency_status")).join(
-    _agency, _agency.c.id == _code.c.agency_id
+_ISSUING_AGENCY_LOCKED = _ISSUING_AGENCY + " FOR UPDATE OF agency"
+_WITH_AGENCY = (
+    f"SELECT {CODE_COLUMNS}, agency.status FROM code JOIN agency ON agency.id = code.agency_id"
 )
-_BY_TOKEN = _WITH_AGENCY.where(_code.c.token == bindparam("typed"))
-_BY_SHORT_CODE = _WITH_AGENCY.where(_code.c.short_code == bindparam("typed"))
-_SHORT_CODE_TAKEN = select_columns(_code.c.id).where(_code.c.short_code == bindparam("candidate"))
-_INSERT = _code.insert()
+_BY_TOKEN = _WITH_AGENCY + " WHERE code.token = ?"
+_BY_SHORT_CODE = _WITH_AGENCY + " WHERE code.short_code = ?"
+_SHORT_CODE_TAKEN = "SELECT id FROM code WHERE short_code = ?"
+_INSERT = f"INSERT INTO code ({', '.join(_FIELDS)}) VALUES ({', '.join('?' for _ in _FIELDS)})"
 
 
-def _issuing_agency(session: Session, caller_id: str, value: Any) -> Any:
+@dataclass(frozen=True, slots=True)
+class _IssuingAgency:
+    id: str
+    payee_id: str
+    agent_id: str
+    status: str
+    payee_handle: str
+    payee_display_name: str
+    agent_handle: str
+    agent_display_name: str
+
+
+def _issuing_agency(tx: Tx, caller_id: str, value: Any) -> _IssuingAgency:
     """The agency named in the body with its parties' names, the agency's row locked so a
     concurrent revoke cannot miss the new code."""
     if not isinstance(value, str) or not value or len(value) > 40:
         raise Invalid("agency_id must be the id of an agency", field="agency_id")
     # Revoke updates the agency row before it revokes the codes, so holding it here orders the
     # two: either this code exists when revoke's update runs, or we see the revocation.
-    query = (
-        _ISSUING_AGENCY if session.get_bind().dialect.name == "sqlite" else _ISSUING_AGENCY_LOCKED
-    )
-    agency = session.connection().execute(query, {"agency_id": value}).first()
+    row = tx.one(_ISSUING_AGENCY if tx.is_sqlite else _ISSUING_AGENCY_LOCKED, (value,))
+    agency = _IssuingAgency(*row) if row is not None else None
     if agency is None or caller_id not in (agency.payee_id, agency.agent_id):
         raise NotFound("no such agency", field="agency_id")
     if agency.status == AGENCY_PENDING:
@@ -375,20 +407,18 @@ def _issuing_agency(session: Session, caller_id: str, value: Any) -> Any:
     return agency
 
 
-def _fresh_short_code(session: Session) -> str:
+def _fresh_short_code(tx: Tx) -> str:
     # 32^9 possibilities make a clash rare; checking first keeps it from ever reaching the user.
-    connection = session.connection()
     for _ in range(_SHORT_CODE_ATTEMPTS):
         candidate = shortcodes.generate()
-        taken = connection.execute(_SHORT_CODE_TAKEN, {"candidate": candidate}).first()
-        if taken is None:
+        if tx.one(_SHORT_CODE_TAKEN, (candidate,)) is None:
             return candidate
     raise RuntimeError("could not find a free short code")
 
 
 def issue(
-    session: Session,
-    caller: Account,
+    work: Session | Tx,
+    caller_id: str,
     body: dict[str, Any],
     *,
     public_url: str,
@@ -399,7 +429,7 @@ def issue(
 
     The body is checked whole before the agency is looked at, so a bad request is 422 whoever
     asks. No event is written: the code comes back to the client that asked for it. The code
-    is written with one Core INSERT, not through the ORM's unit of work."""
+    is written with one hand-written INSERT, not through the ORM's unit of work."""
     kind = body.get("kind")
     if kind not in KINDS:
         raise Invalid("kind must be static or dynamic", field="kind")
@@ -410,14 +440,15 @@ def issue(
     expires_in = _expires_in(kind, body.get("expires_in"))
     if "agency_id" not in body:
         raise Invalid("agency_id is required", field="agency_id")
-    agency = _issuing_agency(session, caller.id, body["agency_id"])
+    tx = sql.tx(work)
+    agency = _issuing_agency(tx, caller_id, body["agency_id"])
     created_at = now or utcnow()
     row: dict[str, Any] = {
         "id": new_id("cod"),
         "agency_id": agency.id,
         "payee_id": agency.payee_id,
         "agent_id": agency.agent_id,
-        "created_by_id": caller.id,
+        "created_by_id": caller_id,
         "kind": kind,
         "status": ACTIVE,
         "label": label,
@@ -425,27 +456,24 @@ def issue(
         "items": items,
         "memo": memo,
         "token": secrets.token_urlsafe(TOKEN_BYTES),
-        "short_code": _fresh_short_code(session),
+        "short_code": _fresh_short_code(tx),
         "expires_at": (
             created_at + timedelta(seconds=expires_in) if expires_in is not None else None
         ),
         "created_at": created_at,
         "paid_payment_id": None,
     }
-    session.connection().execute(_INSERT, row)
+    values = [row[name] for name in _FIELDS]
+    for at in _JSON_AT:
+        values[at] = tx.json(values[at])
+    for at in _MOMENT_AT:
+        values[at] = tx.moment(values[at])
+    tx.run(_INSERT, values)
     parties = {
-        agency.payee_id: Account(
-            id=agency.payee_id,
-            handle=agency.payee_handle,
-            display_name=agency.payee_display_name,
-        ),
-        agency.agent_id: Account(
-            id=agency.agent_id,
-            handle=agency.agent_handle,
-            display_name=agency.agent_display_name,
-        ),
+        agency.payee_id: Party(agency.payee_id, agency.payee_handle, agency.payee_display_name),
+        agency.agent_id: Party(agency.agent_id, agency.agent_handle, agency.agent_display_name),
     }
-    return code_view(Code(**row), parties, public_url=public_url, currency=currency), []
+    return code_view(CodeRow(**row), parties, public_url=public_url, currency=currency), []
 
 
 # --- the parties' operations ------------------------------------------------------------------

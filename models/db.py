@@ -10,13 +10,15 @@ ascending id order.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
+
+from models import sql
 
 
 def normalize_url(url: str) -> str:
@@ -85,6 +87,13 @@ class Database:
     def read(self) -> Iterator[Session]:
         with Session(self.reader, expire_on_commit=False) as session, session.begin():
             yield session
+
+    def raw_write(self) -> AbstractContextManager[sql.Tx]:
+        """``write`` without the ORM session, for the hot paths' hand-written SQL."""
+        return sql.unit(self.writer, write=True)
+
+    def raw_read(self) -> AbstractContextManager[sql.Tx]:
+        return sql.unit(self.reader, write=False)
 
     def dispose(self) -> None:
         self.writer.dispose()

@@ -8,11 +8,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, CheckConstraint, Column
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Field, Session, SQLModel, select
 
-from models.accounts import Account
+from models.accounts import Account, LockedAccount
 from models.clock import rfc3339, utcnow
+from models.sql import Tx
 
 PAYMENT_SUCCEEDED = "payment.succeeded"
 PAYMENT_REFUNDED = "payment.refunded"
@@ -60,29 +60,33 @@ def append(session: Session, account: Account, type_: str, data: dict[str, Any])
     return Published(account.id, row.seq, event_body(row))
 
 
-_INSERT = Event.__table__.insert()  # type: ignore[attr-defined]
-
-
 def stage(
-    account: Account, type_: str, data: dict[str, Any], created_at: datetime
+    account: LockedAccount, type_: str, data: dict[str, Any], created_at: datetime
 ) -> tuple[dict[str, Any], Published]:
     """The account's next event as a row for ``insert``, without the ORM's unit of work.
 
     The caller holds the account row's lock and must add one to the stored ``last_seq`` for
-    each staged event in the same transaction; the in-memory row already counts it, without
-    being marked for a flush."""
+    each staged event in the same transaction; the in-memory row already counts it."""
     seq = account.last_seq + 1
-    set_committed_value(account, "last_seq", seq)
+    account.last_seq = seq
     row = {"account_id": account.id, "seq": seq, "type": type_, "data": data}
     row["created_at"] = created_at
     body = {"type": type_, "created_at": rfc3339(created_at), "data": data}
     return row, Published(account.id, seq, body)
 
 
-def insert(session: Session, rows: list[dict[str, Any]]) -> None:
+_INSERT = "INSERT INTO event (account_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)"
+
+
+def insert(tx: Tx, rows: list[dict[str, Any]]) -> None:
     """Write staged events in one statement (executemany)."""
-    if rows:
-        session.connection().execute(_INSERT, rows)
+    tx.run_many(
+        _INSERT,
+        [
+            (r["account_id"], r["seq"], r["type"], tx.json(r["data"]), tx.moment(r["created_at"]))
+            for r in rows
+        ],
+    )
 
 
 def list_after(session: Session, account_id: str, after: int, limit: int) -> list[Event]:

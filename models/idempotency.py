@@ -14,15 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, bindparam
-from sqlalchemy import select as select_columns
+from sqlalchemy import JSON, Column
 from sqlmodel import Field, Session, SQLModel
 
+from models import sql
 from models.clock import utcnow
 from models.errors import Invalid
+from models.sql import Tx
 
 TTL = timedelta(hours=24)
 
@@ -60,56 +61,52 @@ def request_fingerprint(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_table = IdempotencyRecord.__table__  # type: ignore[attr-defined]
-_FIND = select_columns(
-    _table.c.request_hash, _table.c.status_code, _table.c.response, _table.c.created_at
-).where(
-    _table.c.account_id == bindparam("account_id"),
-    _table.c.scope == bindparam("scope"),
-    _table.c.key == bindparam("key"),
+_FIND = (
+    "SELECT request_hash, status_code, response, created_at FROM idempotency_record"
+    ' WHERE account_id = ? AND scope = ? AND "key" = ?'
 )
-_DROP = _table.delete().where(
-    _table.c.account_id == bindparam("account_id"),
-    _table.c.scope == bindparam("scope"),
-    _table.c.key == bindparam("key"),
+_DROP = 'DELETE FROM idempotency_record WHERE account_id = ? AND scope = ? AND "key" = ?'
+_INSERT = (
+    "INSERT INTO idempotency_record"
+    ' (account_id, scope, "key", request_hash, status_code, response, created_at)'
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT = _table.insert()
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def begin(
-    session: Session, account_id: str, scope: str, key: str, fingerprint: str
+    work: Session | Tx, account_id: str, scope: str, key: str, fingerprint: str
 ) -> StoredResponse | None:
     """The response stored under the key, or None when the request is to run (and
     ``finish`` must then record it in this same transaction).
 
     Raises ``Invalid(idempotency_key_reused)`` when the key was used with another body.
     """
-    connection = session.connection()
-    where = {"account_id": account_id, "scope": scope, "key": key}
-    existing = connection.execute(_FIND, where).first()
-    if existing is not None and _aware(existing.created_at) < utcnow() - TTL:
-        connection.execute(_DROP, where)
-        existing = None
+    tx = sql.tx(work)
+    where = (account_id, scope, key)
+    existing = tx.one(_FIND, where)
+    if existing is not None:
+        request_hash, status_code, response, created_at = existing
+        created = tx.read_moment(created_at)
+        assert created is not None
+        if created < utcnow() - TTL:
+            tx.run(_DROP, where)
+            existing = None
     if existing is None:
         return None
-    if existing.request_hash != fingerprint:
+    if request_hash != fingerprint:
         raise Invalid(
             "this Idempotency-Key was used with a different request",
             code="idempotency_key_reused",
             field="Idempotency-Key",
         )
-    if existing.status_code is None:
+    if status_code is None:
         # Only reachable from a record written by an older release, which claimed keys first.
         raise RuntimeError("idempotency record without a response")
-    return StoredResponse(existing.status_code, existing.response)
+    return StoredResponse(status_code, tx.read_json(response))
 
 
 def finish(
-    session: Session,
+    work: Session | Tx,
     account_id: str,
     scope: str,
     key: str,
@@ -119,15 +116,8 @@ def finish(
 ) -> None:
     """Record the response under the key; a concurrent request that recorded it first makes
     this raise ``IntegrityError``, which rolls the whole transaction back."""
-    session.connection().execute(
+    tx = sql.tx(work)
+    tx.run(
         _INSERT,
-        {
-            "account_id": account_id,
-            "scope": scope,
-            "key": key,
-            "request_hash": fingerprint,
-            "status_code": status_code,
-            "response": body,
-            "created_at": utcnow(),
-        },
+        (account_id, scope, key, fingerprint, status_code, tx.json(body), tx.moment(utcnow())),
     )

@@ -10,12 +10,19 @@ from typing import Any
 from sqlalchemy import BigInteger, CheckConstraint, Index, func
 from sqlmodel import Field, Session, SQLModel, select
 
-from models.accounts import Account, funding_account, get_by_handle, lock_accounts
+from models.accounts import (
+    Account,
+    LockedAccount,
+    funding_account,
+    get_by_handle,
+    lock_accounts,
+)
 from models.clock import rfc3339, utcnow
 from models.errors import Conflict
 from models.events import DEPOSIT_SUCCEEDED, Published, append
 from models.ids import new_id
 from models.money import parse_amount
+from models.sql import Tx
 
 
 class LedgerEntry(SQLModel, table=True):
@@ -47,7 +54,7 @@ class InsufficientFunds(Conflict):
     code = "insufficient_funds"
 
 
-def _check(legs: Sequence[tuple[Account, int]]) -> None:
+def _check(legs: Sequence[tuple[Account | LockedAccount, int]]) -> None:
     if sum(amount for _, amount in legs) != 0:
         raise ValueError("ledger transaction does not balance")
     for account, amount in legs:
@@ -69,11 +76,8 @@ def post(session: Session, kind: str, txn_id: str, legs: Sequence[tuple[Account,
         )
 
 
-_INSERT = LedgerEntry.__table__.insert()  # type: ignore[attr-defined]
-
-
 def entries(
-    kind: str, txn_id: str, legs: Sequence[tuple[Account, int]], created_at: datetime
+    kind: str, txn_id: str, legs: Sequence[tuple[LockedAccount, int]], created_at: datetime
 ) -> list[dict[str, Any]]:
     """The same checks as ``post``, but the legs come back as rows for ``insert`` and the
     balances are left to the caller, which changes them in the same transaction."""
@@ -91,9 +95,28 @@ def entries(
     ]
 
 
-def insert(session: Session, rows: list[dict[str, Any]]) -> None:
+_INSERT = (
+    "INSERT INTO ledger_entry (id, txn_id, kind, account_id, amount, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def insert(tx: Tx, rows: list[dict[str, Any]]) -> None:
     """Write ledger legs in one statement (executemany)."""
-    session.connection().execute(_INSERT, rows)
+    tx.run_many(
+        _INSERT,
+        [
+            (
+                r["id"],
+                r["txn_id"],
+                r["kind"],
+                r["account_id"],
+                r["amount"],
+                tx.moment(r["created_at"]),
+            )
+            for r in rows
+        ],
+    )
 
 
 def deposit_view(deposit: Deposit, handle: str, currency: str) -> dict[str, Any]:

@@ -3,8 +3,10 @@ per involved account, and the invariants the database itself enforces."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
@@ -13,17 +15,21 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Index,
-    bindparam,
     func,
     text,
-    update,
 )
-from sqlalchemy import select as select_columns
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Field, Session, SQLModel, select
 
-from models import codes, ledger
-from models.accounts import Account, get_by_handle, lock_accounts, party
+from models import codes, ledger, sql
+from models.accounts import (
+    Account,
+    LockedAccount,
+    Party,
+    lock_accounts,
+    lock_rows,
+    party,
+    user_id_by_handle,
+)
 from models.agencies import ACTIVE as AGENCY_ACTIVE
 from models.agencies import PENDING as AGENCY_PENDING
 from models.agencies import REVOKED as AGENCY_REVOKED
@@ -37,6 +43,7 @@ from models.ids import new_id
 from models.ledger import post
 from models.money import parse_amount
 from models.receipts import Signer
+from models.sql import Tx
 
 SUCCEEDED = "succeeded"
 PARTIALLY_REFUNDED = "partially_refunded"
@@ -114,7 +121,12 @@ class Context:
 # --- views ------------------------------------------------------------------------------------
 
 
-def payment_view(payment: Payment, parties: dict[str, Account], currency: str) -> dict[str, Any]:
+Parties = Mapping[str, Account | Party | LockedAccount]
+
+
+def payment_view(
+    payment: Payment | SimpleNamespace, parties: Parties, currency: str
+) -> dict[str, Any]:
     return {
         "id": payment.id,
         "status": payment.status,
@@ -170,7 +182,7 @@ def _optional_text(body: dict[str, Any], field: str) -> str | None:
     return value.strip() or None
 
 
-def _refuse_unusable(code: codes.Code, agency_status: str | None) -> None:
+def _refuse_unusable(code: codes.CodeRow, agency_status: str | None) -> None:
     codes.refuse_unless_active(code)
     if agency_status == AGENCY_REVOKED:
         raise Conflict("the agency of this code was revoked", code="agency_revoked")
@@ -180,7 +192,7 @@ def _refuse_unusable(code: codes.Code, agency_status: str | None) -> None:
         raise Conflict("the agency of this code is not active", code="agency_not_active")
 
 
-def _code_amount(code: codes.Code, given: int | None) -> int:
+def _code_amount(code: codes.CodeRow, given: int | None) -> int:
     if code.amount is not None:
         if given is not None and given != code.amount:
             raise Invalid(
@@ -194,37 +206,38 @@ def _code_amount(code: codes.Code, given: int | None) -> int:
     return given
 
 
-_code = codes.Code.__table__  # type: ignore[attr-defined]
-_LOCK_CODE = select_columns(_code).where(_code.c.id == bindparam("code_id")).with_for_update()
+_LOCK_CODE = f"SELECT {codes.CODE_COLUMNS} FROM code WHERE code.id = ? FOR UPDATE"
 
 
-def _lock_code(session: Session, code_id: str) -> codes.Code:
+def _lock_code(tx: Tx, code_id: str) -> codes.CodeRow:
     """Re-read the code under its row lock, so its status is decided once."""
-    return codes.detached(session.connection().execute(_LOCK_CODE, {"code_id": code_id}).one())
+    row = tx.one(_LOCK_CODE, (code_id,))
+    assert row is not None, "a code is never deleted"
+    return codes.read_row(tx, row)
 
 
 @dataclass
 class _Plan:
     payee_id: str
     amount: int
-    code: codes.Code | None = None
+    code: codes.CodeRow | None = None
     agency_id: str | None = None
 
 
-def _plan(session: Session, payer_id: str, body: dict[str, Any]) -> _Plan:
+def _plan(tx: Tx, payer_id: str, body: dict[str, Any]) -> _Plan:
     has_code = body.get("code") is not None
     has_payee = body.get("payee") is not None
     if has_code == has_payee:
         raise Invalid("give exactly one of code or payee", field="code")
     given = parse_amount(body["amount"]) if body.get("amount") is not None else None
     if has_payee:
-        payee = get_by_handle(session, body["payee"], field="payee")
+        payee_id = user_id_by_handle(tx, body["payee"], field="payee")
         if given is None:
             raise Invalid("amount is required", code="amount_required", field="amount")
-        return _Plan(payee.id, given)
+        return _Plan(payee_id, given)
     if not isinstance(body["code"], str):
         raise Invalid("code must be a code token or short code", field="code")
-    found = codes.resolve_with_agency(session, body["code"])
+    found = codes.resolve_with_agency(tx, body["code"])
     if found is None:
         raise NotFound("no such code", field="code")
     code, agency_status = found
@@ -232,7 +245,7 @@ def _plan(session: Session, payer_id: str, body: dict[str, Any]) -> _Plan:
     return _Plan(code.payee_id, _code_amount(code, given), code, code.agency_id)
 
 
-def _receipt_facts(payment: Payment, parties: dict[str, Account], currency: str) -> dict[str, Any]:
+def _receipt_facts(payment: SimpleNamespace, parties: Parties, currency: str) -> dict[str, Any]:
     return {
         "payment_id": payment.id,
         "amount": payment.amount,
@@ -245,41 +258,44 @@ def _receipt_facts(payment: Payment, parties: dict[str, Account], currency: str)
     }
 
 
-_INSERT = Payment.__table__.insert()  # type: ignore[attr-defined]
-_account = Account.__table__  # type: ignore[attr-defined]
-# Relative, so the statement is right whatever the row held; the rows are locked besides.
-_MOVE = (
-    update(_account)
-    .where(_account.c.id == bindparam("account_id"))
-    .values(
-        balance=_account.c.balance + bindparam("balance_delta"),
-        last_seq=_account.c.last_seq + bindparam("events"),
-    )
+_PAYMENT_FIELDS = list(Payment.model_fields)
+_JSON = {"items", "receipt"}
+_CREATED_AT = _PAYMENT_FIELDS.index("created_at")
+_INSERT = (
+    f"INSERT INTO payment ({', '.join(_PAYMENT_FIELDS)})"
+    f" VALUES ({', '.join('?' for _ in _PAYMENT_FIELDS)})"
 )
+# Relative, so the statement is right whatever the row held; the rows are locked besides.
+_MOVE = "UPDATE account SET balance = balance + ?, last_seq = last_seq + ? WHERE id = ?"
 
 
-def _save_accounts(session: Session, changes: dict[str, list[int]]) -> None:
+def _save_accounts(tx: Tx, changes: dict[str, list[int]]) -> None:
     """Each account's balance change and event count, one UPDATE per row (executemany), in
     ascending id order like the locks."""
-    session.connection().execute(
+    tx.run_many(
         _MOVE,
-        [
-            {"account_id": account_id, "balance_delta": delta, "events": count}
-            for account_id, (delta, count) in sorted(changes.items())
-        ],
+        [(delta, count, account_id) for account_id, (delta, count) in sorted(changes.items())],
     )
+
+
+def _insert_payment(tx: Tx, row: dict[str, Any]) -> None:
+    values = [tx.json(row[name]) if name in _JSON else row[name] for name in _PAYMENT_FIELDS]
+    values[_CREATED_AT] = tx.moment(row["created_at"])
+    tx.run(_INSERT, values)
 
 
 def pay(
-    session: Session, payer_id: str, body: dict[str, Any], ctx: Context
+    work: Session | Tx, payer_id: str, body: dict[str, Any], ctx: Context
 ) -> tuple[dict[str, Any], list[Published]]:
     """Move money from the caller to a payee, by code or directly, in the caller's transaction.
 
     Checks first (cheap reads), then locks the accounts in ascending id order, re-reads the
     code under its lock and decides its status once, then writes everything with one Core
-    statement per table (no ORM flush), so the locks are held for as short a time as can be."""
+    statement per table in hand-written SQL, so the locks are held for as short a time as can
+    be."""
+    tx = sql.tx(work)
     memo = _optional_text(body, "memo")
-    plan = _plan(session, payer_id, body)
+    plan = _plan(tx, payer_id, body)
     if plan.payee_id == payer_id:
         raise Invalid(
             "the payee cannot pay itself",
@@ -290,13 +306,13 @@ def pay(
     agent_id = code.agent_id if code is not None else None
     involved = {payer_id, plan.payee_id} | ({agent_id} if agent_id else set())
     payment_id = new_id("pay")
-    locked = lock_accounts(session, involved)
+    locked = lock_rows(tx, involved)
     if code is not None:
-        if session.get_bind().dialect.name != "sqlite":
+        if not tx.is_sqlite:
             # SQLite's write transaction began before the code was read (BEGIN IMMEDIATE), so
             # nothing can have changed it; elsewhere another transaction may have paid,
             # cancelled or revoked it while we waited.
-            code = _lock_code(session, code.id)
+            code = _lock_code(tx, code.id)
         _refuse_unusable(code, None)
     payer, payee = locked[payer_id], locked[plan.payee_id]
     now = utcnow()
@@ -318,7 +334,8 @@ def pay(
         "receipt": {},
         "created_at": now,
     }
-    payment = Payment(**row)
+    # Plain attributes for the view: a SQLModel instance costs more to build than the INSERT.
+    payment = SimpleNamespace(**row)
     row["receipt"] = payment.receipt = ctx.signer.sign(
         _receipt_facts(payment, locked, ctx.currency)
     )
@@ -338,19 +355,18 @@ def pay(
     for account_id in sorted(involved):
         stage(account_id, PAYMENT_SUCCEEDED, view)
     if code is not None and code.kind == codes.DYNAMIC:
-        codes.mark_paid(session, code, payment_id)
+        codes.mark_paid(tx, code, payment_id)
         code_body = codes.code_view(
             code, locked, public_url=ctx.public_url, currency=ctx.currency, now=now
         )
         for account_id in sorted({code.agent_id, code.payee_id}):
             stage(account_id, CODE_PAID, code_body)
-    connection = session.connection()
-    connection.execute(_INSERT, row)
-    ledger.insert(session, legs)
-    _save_accounts(session, changes)
-    insert_events(session, rows)
+    _insert_payment(tx, row)
+    ledger.insert(tx, legs)
+    _save_accounts(tx, changes)
+    insert_events(tx, rows)
     for account in (payer, payee):
-        set_committed_value(account, "balance", account.balance + changes[account.id][0])
+        account.balance += changes[account.id][0]
     return view, events
 
 

@@ -8,14 +8,16 @@ sliding one read from the table, so every process behind one database shares it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Index, delete
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel
 
+from models import sql
 from models.clock import utcnow
 from models.errors import RateLimited
 from models.ids import new_id
+from models.sql import Tx
 
 WINDOW = timedelta(minutes=15)
 # A person mistypes a code a few times; twenty misses in a quarter hour is a script.
@@ -47,28 +49,31 @@ class Limits:
 DEFAULT = Limits()
 
 
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; they were written as UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+_RECENT_BY_ACCOUNT = (
+    "SELECT created_at FROM lookup_failure WHERE account_id = ? AND created_at > ?"
+    " ORDER BY created_at DESC LIMIT ?"
+)
+_RECENT_BY_CLIENT = (
+    "SELECT created_at FROM lookup_failure WHERE client = ? AND created_at > ?"
+    " ORDER BY created_at DESC LIMIT ?"
+)
 
 
-def check(session: Session, account_id: str, client: str, limits: Limits = DEFAULT) -> None:
+def check(work: Session | Tx, account_id: str, client: str, limits: Limits = DEFAULT) -> None:
     """RateLimited while either the account or the address has too many recent failures."""
+    tx = sql.tx(work)
     now = utcnow()
-    since = now - limits.window
-    for column, value, limit in (
-        (LookupFailure.account_id, account_id, limits.per_account),
-        (LookupFailure.client, client[:100], limits.per_client),
+    since = tx.moment(now - limits.window)
+    for statement, value, limit in (
+        (_RECENT_BY_ACCOUNT, account_id, limits.per_account),
+        (_RECENT_BY_CLIENT, client[:100], limits.per_client),
     ):
-        recent = session.exec(
-            select(LookupFailure.created_at)
-            .where(column == value, LookupFailure.created_at > since)
-            .order_by(LookupFailure.created_at.desc())  # type: ignore[attr-defined]
-            .limit(limit)
-        ).all()
+        recent = tx.all(statement, (value, since, limit))
         if len(recent) >= limit:
             # Free again when the limit-th most recent failure leaves the window.
-            unlock_at = _aware(recent[limit - 1]) + limits.window
+            oldest = tx.read_moment(recent[limit - 1][0])
+            assert oldest is not None
+            unlock_at = oldest + limits.window
             raise RateLimited(
                 "too many unknown codes; try again later",
                 retry_after=int((unlock_at - now).total_seconds()) + 1,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,6 +26,7 @@ from app.services import idempotent
 from app.state import state_of
 from models.codes import STATUSES
 from models.idempotency import validate_key
+from models.sql import Tx
 
 # An image shows only the token or short code, which never change, but only its parties may
 # fetch it: cacheable for a day, never by a shared cache.
@@ -85,8 +85,8 @@ async def scan_code(request: Request) -> Response:
     client = client_address(request)
     lookup = partial(service.scan, state, typed)
 
-    def vet(session: Session, who: Principal) -> None:
-        ratelimit.check(state, who.account_id, client, session)
+    def vet(tx: Tx, who: Principal) -> None:
+        ratelimit.check(state, who.account_id, client, tx)
 
     def scan(who: Principal) -> dict[str, Any]:
         with ratelimit.checked(who.account_id, client):

@@ -7,7 +7,6 @@ import io
 from collections.abc import Iterator
 from typing import Any
 
-from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -30,6 +29,7 @@ from app.state import state_of
 from models.errors import Invalid
 from models.idempotency import validate_key
 from models.payments import ROLES, Filters
+from models.sql import Tx
 
 CSV_HEADER = [
     "id",
@@ -75,11 +75,11 @@ async def create_payment(request: Request) -> Response:
     state = state_of(request)
     client = client_address(request)
 
-    def vet(session: Session, who: Principal) -> None:
+    def vet(tx: Tx, who: Principal) -> None:
         # The order of the checks is the order of the answers: key, body, then the limiter.
         key.get()
         if body.get().get("code") is not None:
-            ratelimit.check(state, who.account_id, client, session)
+            ratelimit.check(state, who.account_id, client, tx)
 
     def pay(who: Principal) -> idempotent.Result:
         with ratelimit.checked(who.account_id, client):

@@ -7,8 +7,9 @@ from typing import Any
 from app import render
 from app.services import idempotent
 from app.state import AppState
-from models import accounts, codes, shortcodes
+from models import codes, shortcodes
 from models.events import Published
+from models.sql import Tx
 
 Outcome = tuple[dict[str, Any], list[Published]]
 CREATE_SCOPE = "POST /codes"
@@ -21,13 +22,11 @@ def _presentation(state: AppState) -> dict[str, str]:
 def create(
     state: AppState, caller_id: str, body: dict[str, Any], key: str | None
 ) -> idempotent.Result:
-    def operation(session: Any) -> tuple[int, Any, list[Published]]:
-        caller = session.get(accounts.Account, caller_id)
-        assert caller is not None
-        view, events = codes.issue(session, caller, body, **_presentation(state))
+    def operation(tx: Tx) -> tuple[int, Any, list[Published]]:
+        view, events = codes.issue(tx, caller_id, body, **_presentation(state))
         return 201, view, events
 
-    return idempotent.run(state, caller_id, CREATE_SCOPE, key, body, operation)
+    return idempotent.run(state, caller_id, CREATE_SCOPE, key, body, operation, raw=True)
 
 
 def get(state: AppState, caller_id: str, code_id: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ got; 5xx are never stored, so a retry after an outage runs afresh.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from app.state import AppState
 from models import idempotency
 from models.errors import DomainError
 from models.events import Published
+from models.sql import Tx
 
 
 @dataclass
@@ -33,7 +35,12 @@ class Result:
     error: DomainError | None = None
 
 
-Operation = Callable[[Session], tuple[int, Any, list[Published]]]
+Operation = Callable[[Any], tuple[int, Any, list[Published]]]
+
+
+def _unit(state: AppState, raw: bool) -> AbstractContextManager[Session | Tx]:
+    # A raw operation takes the hot path's hand-written SQL unit; the others an ORM session.
+    return state.db.raw_write() if raw else state.db.write()
 
 
 def run(
@@ -43,15 +50,18 @@ def run(
     key: str | None,
     request_body: Any,
     operation: Operation,
+    *,
+    raw: bool = False,
 ) -> Result:
+    """``operation`` gets a :class:`Tx` when ``raw``, else a SQLModel session."""
     if key is None:
-        with state.db.write() as session:
-            status_code, body, events = operation(session)
+        with _unit(state, raw) as work:
+            status_code, body, events = operation(work)
             return Result(status_code, body, events)
     fingerprint = idempotency.request_fingerprint(request_body)
     for attempt in range(3):
         try:
-            return _run_once(state, account_id, scope, key, fingerprint, operation)
+            return _run_once(state, account_id, scope, key, fingerprint, operation, raw)
         except IntegrityError:
             # Lost the race for the key (or another unique key): the retry sees the winner's
             # stored response; a genuine conflict fails again and surfaces on the last try.
@@ -67,23 +77,24 @@ def _run_once(
     key: str,
     fingerprint: str,
     operation: Operation,
+    raw: bool,
 ) -> Result:
     try:
-        with state.db.write() as session:
-            stored = idempotency.begin(session, account_id, scope, key, fingerprint)
+        with _unit(state, raw) as work:
+            stored = idempotency.begin(work, account_id, scope, key, fingerprint)
             if stored is not None:
                 return Result(stored.status_code, stored.body)
-            status_code, body, events = operation(session)
-            idempotency.finish(session, account_id, scope, key, fingerprint, status_code, body)
+            status_code, body, events = operation(work)
+            idempotency.finish(work, account_id, scope, key, fingerprint, status_code, body)
             return Result(status_code, body, events)
     except DomainError as exc:
         if exc.code == "idempotency_key_reused":
             raise
         status_code = status_of(exc)
         body = error_body(exc.code, exc.message, exc.field)
-        with state.db.write() as session:
-            stored = idempotency.begin(session, account_id, scope, key, fingerprint)
+        with state.db.raw_write() as tx:
+            stored = idempotency.begin(tx, account_id, scope, key, fingerprint)
             if stored is not None:
                 return Result(stored.status_code, stored.body)
-            idempotency.finish(session, account_id, scope, key, fingerprint, status_code, body)
+            idempotency.finish(tx, account_id, scope, key, fingerprint, status_code, body)
         return Result(status_code, body, error=exc)

@@ -17,6 +17,7 @@ from app.settings import Settings
 from app.state import AppState
 from models import payments, receipts
 from models.events import Published
+from models.sql import Tx
 
 # A rotation made by another process reaches this one within this many seconds; until then
 # it keeps signing with the previous key, whose receipts stay valid.
@@ -38,12 +39,15 @@ def _signer_key(state: AppState) -> tuple[str, str | None]:
     return (state.db.url, state.settings.receipt_key)
 
 
-def _signer(state: AppState, session: Session) -> receipts.Signer:
+def _signer(state: AppState) -> receipts.Signer:
+    """The cached signer; past its TTL it is read again in a transaction of its own, before the
+    payment's (SQLite has one writer connection, which the payment is about to take)."""
     key = _signer_key(state)
     cached = _signers.get(key)
     if cached is not None and time.monotonic() - cached[0] < SIGNER_TTL:
         return cached[1]
-    signer = receipts.current_signer(session, state.settings.receipt_key)
+    with state.db.write() as session:
+        signer = receipts.current_signer(session, state.settings.receipt_key)
     with _signers_lock:
         _signers[key] = (time.monotonic(), signer)
     return signer
@@ -52,17 +56,18 @@ def _signer(state: AppState, session: Session) -> receipts.Signer:
 def pay(
     state: AppState, caller_id: str, key: str | None, body: dict[str, Any], client: str
 ) -> idempotent.Result:
-    def operation(session: Session) -> tuple[int, Any, list[Published]]:
-        ctx = payments.Context(
-            currency=state.settings.currency,
-            public_url=state.settings.public_url,
-            signer=_signer(state, session),
-        )
-        view, events = payments.pay(session, caller_id, body, ctx)
+    ctx = payments.Context(
+        currency=state.settings.currency,
+        public_url=state.settings.public_url,
+        signer=_signer(state),
+    )
+
+    def operation(tx: Tx) -> tuple[int, Any, list[Published]]:
+        view, events = payments.pay(tx, caller_id, body, ctx)
         return 201, view, events
 
     def run() -> idempotent.Result:
-        return idempotent.run(state, caller_id, "payments", key, body, operation)
+        return idempotent.run(state, caller_id, "payments", key, body, operation, raw=True)
 
     if body.get("code") is None:
         return run()

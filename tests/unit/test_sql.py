@@ -1,0 +1,64 @@
+"""The hand-written SQL of the hot paths stores what SQLAlchemy's types store, so rows written
+by either side read the same through the other."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+from sqlalchemy import DateTime, create_engine
+from sqlalchemy.dialects import sqlite
+
+from models import codes, payments, sql
+
+
+def test_a_code_row_has_the_code_table_columns_in_order() -> None:
+    """CodeRow is built from the row by position: its fields must be the table's columns."""
+    fields = [field.name for field in dataclasses.fields(codes.CodeRow)]
+    assert fields == [column.name for column in codes.Code.__table__.columns]  # type: ignore[attr-defined]
+
+
+def test_the_payment_insert_names_every_payment_column() -> None:
+    columns = [column.name for column in payments.Payment.__table__.columns]  # type: ignore[attr-defined]
+    assert columns == payments._PAYMENT_FIELDS
+
+
+def test_a_moment_is_stored_on_sqlite_as_sqlalchemy_stores_it(tmp_path: Path) -> None:
+    """The same text as SQLAlchemy's SQLite DATETIME (UTC, no offset, microseconds), from
+    any aware time; read back as the same aware UTC time."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    dialect = sqlite.dialect()
+    process = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert process is not None
+    with sql.unit(engine, write=True) as tx:
+        for moment in (
+            datetime(2026, 11, 27, 5, 2, 55, 533968, tzinfo=UTC),
+            datetime(2026, 1, 1, tzinfo=UTC),
+            datetime(2026, 6, 1, 12, 0, 0, 1, tzinfo=timezone(timedelta(hours=8))),
+        ):
+            stored = tx.moment(moment)
+            assert stored == process(moment.astimezone(UTC).replace(tzinfo=None))
+            assert tx.read_moment(stored) == moment
+    engine.dispose()
+
+
+def test_a_failed_unit_rolls_back_and_a_driver_error_is_sqlalchemys(tmp_path: Path) -> None:
+    """A driver error surfaces as SQLAlchemy's class (the HTTP handlers map those), and the
+    unit's writes are gone."""
+    from sqlalchemy.exc import IntegrityError
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    try:
+        with sql.unit(engine, write=True) as tx:
+            tx.run("INSERT INTO t (id) VALUES (?)", (1,))
+            tx.run("INSERT INTO t (id) VALUES (?)", (1,))
+    except IntegrityError:
+        pass
+    else:
+        raise AssertionError("a duplicate key must fail")
+    with sql.unit(engine, write=False) as tx:
+        assert tx.all("SELECT id FROM t") == []
+    engine.dispose()
