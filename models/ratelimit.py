@@ -49,13 +49,14 @@ class Limits:
 DEFAULT = Limits()
 
 
-_RECENT_BY_ACCOUNT = (
-    "SELECT created_at FROM lookup_failure WHERE account_id = ? AND created_at > ?"
-    " ORDER BY created_at DESC LIMIT ?"
-)
-_RECENT_BY_CLIENT = (
-    "SELECT created_at FROM lookup_failure WHERE client = ? AND created_at > ?"
-    " ORDER BY created_at DESC LIMIT ?"
+# The limit-th most recent failure in the window, of the account and of the address, in one
+# read: either one existing means that side is over its limit (NULL when it is not).
+_LIMITING = (
+    "SELECT"
+    " (SELECT created_at FROM lookup_failure WHERE account_id = ? AND created_at > ?"
+    "  ORDER BY created_at DESC LIMIT 1 OFFSET ?),"
+    " (SELECT created_at FROM lookup_failure WHERE client = ? AND created_at > ?"
+    "  ORDER BY created_at DESC LIMIT 1 OFFSET ?)"
 )
 
 
@@ -64,20 +65,19 @@ def check(work: Session | Tx, account_id: str, client: str, limits: Limits = DEF
     tx = sql.tx(work)
     now = utcnow()
     since = tx.moment(now - limits.window)
-    for statement, value, limit in (
-        (_RECENT_BY_ACCOUNT, account_id, limits.per_account),
-        (_RECENT_BY_CLIENT, client[:100], limits.per_client),
-    ):
-        recent = tx.all(statement, (value, since, limit))
-        if len(recent) >= limit:
-            # Free again when the limit-th most recent failure leaves the window.
-            oldest = tx.read_moment(recent[limit - 1][0])
-            assert oldest is not None
-            unlock_at = oldest + limits.window
-            raise RateLimited(
-                "too many unknown codes; try again later",
-                retry_after=int((unlock_at - now).total_seconds()) + 1,
-            )
+    row = tx.one(
+        _LIMITING,
+        (account_id, since, limits.per_account - 1, client[:100], since, limits.per_client - 1),
+    )
+    assert row is not None
+    limiting = [moment for moment in map(tx.read_moment, row) if moment is not None]
+    if limiting:
+        # Free again when the limit-th most recent failure leaves the window.
+        unlock_at = max(limiting) + limits.window
+        raise RateLimited(
+            "too many unknown codes; try again later",
+            retry_after=int((unlock_at - now).total_seconds()) + 1,
+        )
 
 
 def record(session: Session, account_id: str, client: str, limits: Limits = DEFAULT) -> None:

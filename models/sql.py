@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -38,10 +38,11 @@ class Tx:
     """Statements in one transaction on a DBAPI connection that someone else opened and will
     commit: a raw unit of work (:func:`unit`) or a SQLModel session (:meth:`of`)."""
 
-    __slots__ = ("_connection", "_dbapi_error", "is_sqlite")
+    __slots__ = ("_cursor", "_dbapi_error", "is_sqlite")
 
     def __init__(self, connection: Any, *, is_sqlite: bool, dbapi_error: type[Exception]):
-        self._connection = connection
+        # One cursor for the whole unit: every read is fetched before the next statement.
+        self._cursor = connection.cursor()
         self._dbapi_error = dbapi_error
         self.is_sqlite = is_sqlite
 
@@ -56,44 +57,46 @@ class Tx:
             dbapi_error=dialect.loaded_dbapi.Error,
         )
 
-    def _run(self, statement: str, params: Params, many: bool = False) -> Any:
+    def _error(self, exc: Exception, statement: str, params: Any) -> DBAPIError:
+        return DBAPIError.instance(statement, params, exc, self._dbapi_error)
+
+    def _run(self, statement: str, params: Params, many: bool = False) -> None:
         sql = statement if self.is_sqlite else _pyformat(statement)
-        cursor = self._connection.cursor()
         try:
             if many:
-                cursor.executemany(sql, params)
+                self._cursor.executemany(sql, params)
             else:
-                cursor.execute(sql, params)
+                self._cursor.execute(sql, params)
         except self._dbapi_error as exc:
-            cursor.close()
-            raise DBAPIError.instance(sql, params, exc, self._dbapi_error) from exc
-        return cursor
+            raise self._error(exc, sql, params) from exc
+
+    def _fetch(self, statement: str, fetch: Any) -> Any:
+        # In a PostgreSQL pipeline a fetch is where an earlier queued statement's error shows.
+        try:
+            return fetch()
+        except self._dbapi_error as exc:
+            raise self._error(exc, statement, ()) from exc
 
     def one(self, statement: str, params: Params = ()) -> tuple[Any, ...] | None:
         """The first row, or None."""
-        cursor = self._run(statement, params)
-        try:
-            return cursor.fetchone()  # type: ignore[no-any-return]
-        finally:
-            cursor.close()
+        self._run(statement, params)
+        return self._fetch(statement, self._cursor.fetchone)  # type: ignore[no-any-return]
 
     def all(self, statement: str, params: Params = ()) -> list[tuple[Any, ...]]:
-        cursor = self._run(statement, params)
-        try:
-            return cursor.fetchall()  # type: ignore[no-any-return]
-        finally:
-            cursor.close()
+        self._run(statement, params)
+        return self._fetch(statement, self._cursor.fetchall)  # type: ignore[no-any-return]
 
-    def run(self, statement: str, params: Params = ()) -> int:
-        """Run a write; the number of rows it changed."""
-        cursor = self._run(statement, params)
-        count = int(cursor.rowcount)
-        cursor.close()
-        return count
+    def run(self, statement: str, params: Params = ()) -> None:
+        """Run a write. In a PostgreSQL write unit it is only queued: its error, if any, shows
+        at the next read or at commit."""
+        self._run(statement, params)
 
     def run_many(self, statement: str, rows: Sequence[Params]) -> None:
         if rows:
-            self._run(statement, rows, many=True).close()
+            self._run(statement, rows, many=True)
+
+    def close(self) -> None:
+        self._cursor.close()
 
     # Values, as SQLAlchemy's UTCDateTime and JSON types store them.
 
@@ -131,25 +134,33 @@ def tx(work: Session | Tx) -> Tx:
 def unit(engine: Engine, *, write: bool) -> Iterator[Tx]:
     """One transaction on a pooled connection: committed when the block ends, rolled back if
     it raises. On SQLite a write begins IMMEDIATE (the write lock first, as ``Database.write``
-    does); reads run in autocommit, each statement its own snapshot."""
+    does); reads run in autocommit, each statement its own snapshot.
+
+    A PostgreSQL write runs in pipeline mode: writes are queued and go to the server with the
+    next read or with the COMMIT, so the writes after the last read and the COMMIT take one
+    round trip. That is what shortens the time a payment holds its payee's row lock."""
     is_sqlite = engine.dialect.name == "sqlite"
     dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
     proxy = engine.raw_connection()
     connection = proxy.driver_connection
-    tx = Tx(connection, is_sqlite=is_sqlite, dbapi_error=dbapi_error)
     try:
-        if is_sqlite and write:
-            tx.run("BEGIN IMMEDIATE")
-        yield tx
-        if write:
+        with nullcontext() if is_sqlite or not write else connection.pipeline():
+            tx = Tx(connection, is_sqlite=is_sqlite, dbapi_error=dbapi_error)
             try:
-                connection.commit()
-            except dbapi_error as exc:
-                raise DBAPIError.instance("COMMIT", (), exc, dbapi_error) from exc
-    except BaseException:
+                if is_sqlite and write:
+                    tx.run("BEGIN IMMEDIATE")
+                yield tx
+                if write:
+                    tx._fetch("COMMIT", connection.commit)
+            finally:
+                tx.close()
+    except BaseException as exc:
         # A broken connection cannot roll back; the pool finds it dead at the next checkout.
         with suppress(dbapi_error):
             connection.rollback()
+        if isinstance(exc, dbapi_error):
+            # Leaving a pipeline syncs it, which can raise a queued statement's error.
+            raise DBAPIError.instance("COMMIT", (), exc, dbapi_error) from exc
         raise
     finally:
         # Back to the pool, which resets (rolls back) whatever a read left open.
