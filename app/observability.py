@@ -35,6 +35,8 @@ from prometheus_client import (
 )
 from starlette.routing import Mount
 
+from realtime.protocol import commit_time
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 Scope = MutableMapping[str, Any]
@@ -124,20 +126,14 @@ def websocket_closed() -> None:
 
 def frame_pushed(committed_at: datetime | str | float | None) -> None:
     """A live event's frame was written to a socket; ``committed_at`` is the event's
-    ``created_at`` (datetime, RFC 3339 text or epoch seconds). Replayed frames are not pushes:
-    call this for live frames only, or the histogram measures the client's absence."""
-    if committed_at is None:
-        return
-    if isinstance(committed_at, str):
-        try:
-            committed_at = datetime.fromisoformat(committed_at.replace("Z", "+00:00"))
-        except ValueError:
+    ``created_at`` (datetime, RFC 3339 text or epoch seconds; the hub passes the epoch seconds
+    it read once for every socket). Replayed frames are not pushes: call this for live frames
+    only, or the histogram measures the client's absence."""
+    if type(committed_at) is not float:
+        committed_at = commit_time(committed_at)
+        if committed_at is None:
             return
-    if isinstance(committed_at, datetime):
-        if committed_at.tzinfo is None:
-            committed_at = committed_at.replace(tzinfo=UTC)
-        committed_at = committed_at.timestamp()
-    PUSH_LATENCY.observe(max(0.0, time.time() - float(committed_at)))
+    PUSH_LATENCY.observe(max(0.0, time.time() - committed_at))
 
 
 def broker_reconnected() -> None:
@@ -286,6 +282,10 @@ def _request_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
     return found
 
 
+# Scope key of a WebSocket's server send (see ObservabilityMiddleware._websocket).
+SERVER_SEND = "paycode.server_send"
+
+
 class ObservabilityMiddleware:
     """Pure ASGI: ids, metrics and the access log line for HTTP; for WebSockets an id and the
     open-socket gauge (accepted until the handler returns), frames otherwise untouched."""
@@ -346,6 +346,10 @@ class ObservabilityMiddleware:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = request_id_var.set(request_id_from(scope.get("headers", [])))
         accepted = False
+        # The server's own send, for an endpoint to write frames with once it has accepted:
+        # the wrappers between here and the endpoint (this one, Starlette's exception
+        # handling, the WebSocket's state checks) only concern the handshake and the close.
+        scope[SERVER_SEND] = send
 
         async def send_counting(message: Message) -> None:
             nonlocal accepted

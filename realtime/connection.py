@@ -24,9 +24,15 @@ log = logging.getLogger("paycode.ws")
 
 # (account_id, after, limit) -> up to `limit` (seq, event) with seq > after, oldest first.
 FetchAfter = Callable[[str, int, int], Awaitable[list[tuple[int, dict[str, Any]]]]]
-Send = Callable[[Wire], Awaitable[None]]
-# Told the `created_at` of each live event once its frame is written (push latency metric).
+# Writes one frame. A coroutine, not any awaitable: a write that needs no wait is run to its
+# end in the caller's turn, without a task or a coroutine of the connection's own.
+Send = Callable[[Wire], Coroutine[Any, Any, None]]
+# Told the commit time of each live event (epoch seconds, `EventFrame.committed`) once its
+# frame is written (push latency metric).
 OnPush = Callable[[Any], None]
+
+# A write that had to wait: its coroutine, what it waits on, the event's commit time.
+_Pending = tuple[Coroutine[Any, Any, None], Any, Any]
 
 REPLAY_PAGE = 200
 GAP_WAIT = 0.25
@@ -192,12 +198,16 @@ class Connection:
             self._arm_gap_timer()
 
     def _push(self, frame: EventFrame) -> None:
-        if self._enqueue(frame.wire(self.fmt), frame.event.get("created_at")):
+        if self._enqueue(frame.wire(self.fmt), frame.committed):
             self.last_sent = frame.seq
 
     def _enqueue(self, wire: Wire, created_at: Any = None) -> bool:
         queue = self._queue
         if queue is None:
+            if self._task is None and not self._resync and not self._draining:
+                # Nothing queued or in flight: the usual case of a live frame.
+                self._write(wire, created_at)
+                return True
             queue = self._queue = deque()
         elif len(queue) >= self.queue_limit:
             self.close(CLOSE_TRY_AGAIN, "too slow: send queue full; reconnect with after")
@@ -205,6 +215,25 @@ class Connection:
         queue.append((wire, created_at))
         self._kick()
         return True
+
+    def _write(self, wire: Wire, created_at: Any) -> None:
+        """Write one frame now: the send's coroutine is stepped here, in the caller's turn,
+        and handed to a task only if it has to wait (the transport paused by a full buffer);
+        frames queued meanwhile follow it in that task."""
+        self._draining = True
+        try:
+            send = self._send(wire)
+            waiting_on = send.send(None)
+        except StopIteration:
+            if created_at is not None and self._on_push is not None:
+                self._on_push(created_at)
+            return
+        except Exception as exc:
+            self._failed(exc)
+            return
+        finally:
+            self._draining = False
+        self._task = asyncio.create_task(self._pump((send, waiting_on, created_at)))
 
     def _release_held(self) -> None:
         """Move held events that now follow `last_sent` into the queue."""
@@ -237,8 +266,14 @@ class Connection:
         if self._held and self.close_code is None:
             self.request_resync()
 
-    async def _pump(self) -> None:
+    async def _pump(self, pending: _Pending | None = None) -> None:
         try:
+            if pending is not None:
+                # A write `_write` began that has to wait: finish it before the queue.
+                send, waiting_on, created_at = pending
+                await _drive(send, waiting_on)
+                if created_at is not None and self._on_push is not None:
+                    self._on_push(created_at)
             while self.close_code is None:
                 queue = self._queue
                 if queue:
@@ -259,12 +294,17 @@ class Connection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # A dead socket or an unreadable outbox: the client reconnects and replays.
-            log.info("socket of %s stops: %s", self.device_id, exc.__class__.__name__)
-            self.close(CLOSE_TRY_AGAIN, "delivery failed; reconnect with after")
+            self._failed(exc)
         finally:
-            if self._task is asyncio.current_task():
+            # A pump driven in a caller's turn has no task; only a task clears its own.
+            task = self._task
+            if task is not None and task is asyncio.current_task():
                 self._task = None
+
+    def _failed(self, exc: Exception) -> None:
+        # A dead socket or an unreadable outbox: the client reconnects and replays.
+        log.info("socket of %s stops: %s", self.device_id, exc.__class__.__name__)
+        self.close(CLOSE_TRY_AGAIN, "delivery failed; reconnect with after")
 
     async def _catch_up(self) -> None:
         """Send the outbox after `last_sent`, then what was held meanwhile. The queue is empty

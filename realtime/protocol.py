@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
@@ -51,10 +52,14 @@ def negotiate(offered: list[str]) -> str:
     return JSON
 
 
+# json.dumps builds an encoder on every call that asks for anything but the defaults.
+_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode(fmt: str, frame: dict[str, Any]) -> Wire:
     if fmt == MSGPACK:
         return msgpack.packb(frame, use_bin_type=True)  # type: ignore[no-any-return]
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    return _to_json(frame)
 
 
 def decode(fmt: str, message: Wire) -> dict[str, Any]:
@@ -110,13 +115,35 @@ def error(code: str, message: str) -> dict[str, Any]:
 PONG: dict[str, Any] = {"type": "pong"}
 
 
+def commit_time(created_at: Any) -> float | None:
+    """An event's `created_at` (RFC 3339 text, a datetime or epoch seconds) as epoch seconds,
+    or None when it is missing or unreadable."""
+    if isinstance(created_at, str):
+        try:
+            created_at = datetime.fromisoformat(created_at)
+        except ValueError:
+            return None
+    if isinstance(created_at, datetime):
+        if created_at.tzinfo is None:
+            created_at = created_at.replace(tzinfo=UTC)
+        return created_at.timestamp()
+    if isinstance(created_at, int | float) and not isinstance(created_at, bool):
+        return float(created_at)
+    return None
+
+
+_UNREAD = -1.0
+
+
 @dataclass(slots=True)
 class EventFrame:
-    """One event as every socket of its account receives it, encoded lazily once per format."""
+    """One event as every socket of its account receives it, encoded lazily once per format,
+    its commit time read once for every socket's push latency."""
 
     seq: int
     event: dict[str, Any]
     _wire: dict[str, Wire] = field(default_factory=dict)
+    _committed: float | None = field(default=_UNREAD, repr=False, compare=False)
 
     def wire(self, fmt: str) -> Wire:
         cached = self._wire.get(fmt)
@@ -124,3 +151,11 @@ class EventFrame:
             cached = encode(fmt, {"type": "event", "seq": self.seq, "event": self.event})
             self._wire[fmt] = cached
         return cached
+
+    @property
+    def committed(self) -> float | None:
+        """The event's `created_at` in epoch seconds, None if it has none that reads."""
+        committed = self._committed
+        if committed == _UNREAD:
+            committed = self._committed = commit_time(self.event.get("created_at"))
+        return committed

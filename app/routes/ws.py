@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.http import in_thread
+from app.observability import SERVER_SEND
 from app.state import AppState, state_of
 from models import accounts, events
 from models.db import Database
@@ -76,16 +79,32 @@ async def _receive(websocket: WebSocket) -> Wire:
     return bytes(message.get("bytes") or b"")
 
 
+async def _reply(websocket: WebSocket, fmt: str, wire: Wire) -> None:
+    if fmt == protocol.MSGPACK:
+        await websocket.send_bytes(wire)  # type: ignore[arg-type]
+    else:
+        await websocket.send_text(wire)  # type: ignore[arg-type]
+
+
 def _sender(websocket: WebSocket, fmt: str) -> Any:
+    """The connection's frame writer."""
+    server_send = websocket.scope.get(SERVER_SEND)
+    if server_send is None:
+        # Not under ObservabilityMiddleware: through Starlette's WebSocket, as any endpoint.
+        return partial(_reply, websocket, fmt)
+    # The frames of an accepted socket go to the server's send: the message that
+    # `WebSocket.send_text`/`send_bytes` would pass down, without the wrappers in between and
+    # a coroutine for each. The server's send still refuses a frame after the close or the
+    # client's disconnect, and the endpoint closes the socket through Starlette as before.
     if fmt == protocol.MSGPACK:
 
-        async def send_bytes(wire: Wire) -> None:
-            await websocket.send_bytes(wire)  # type: ignore[arg-type]
+        def send_bytes(wire: Wire) -> Coroutine[Any, Any, None]:
+            return server_send({"type": "websocket.send", "bytes": wire})  # type: ignore[no-any-return]
 
         return send_bytes
 
-    async def send_text(wire: Wire) -> None:
-        await websocket.send_text(wire)  # type: ignore[arg-type]
+    def send_text(wire: Wire) -> Coroutine[Any, Any, None]:
+        return server_send({"type": "websocket.send", "text": wire})  # type: ignore[no-any-return]
 
     return send_text
 
@@ -101,7 +120,7 @@ async def _await_hello(websocket: WebSocket, fmt: str) -> protocol.Hello:
             reply = protocol.PONG
         else:
             reply = protocol.error("hello_required", "say hello first")
-        await _sender(websocket, fmt)(protocol.encode(fmt, reply))
+        await _reply(websocket, fmt, protocol.encode(fmt, reply))
 
 
 async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
