@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 from realtime.brokers import Broker, make_broker
+from realtime.brokers.memory import MemoryBroker
 from realtime.connection import Connection
 from realtime.protocol import CLOSE_RESTART, CLOSE_UNAUTHORIZED, EventFrame
 
@@ -64,6 +65,11 @@ class Hub:
         self.queue_limit = queue_limit
         self.publish_backlog = publish_backlog
         self.broker: Broker = make_broker(broker_url, self)
+        # A private memory bus (``memory://`` with no name) carries this hub's messages back to
+        # this hub alone, which drops them as its own echo: publishing to it is pure cost.
+        self._publishes = not (
+            isinstance(self.broker, MemoryBroker) and not broker_url.split("://", 1)[1].strip("/")
+        )
         self._sockets: dict[str, set[Connection]] = {}
         self._refs: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -183,6 +189,8 @@ class Hub:
     async def publish(self, account_id: str, seq: int, event: dict[str, Any]) -> None:
         """Deliver a committed event here at once and queue it for the other instances."""
         self.deliver_local(account_id, seq, event)
+        if not self._publishes:
+            return
         if len(self._outgoing) >= self.publish_backlog:
             # The broker is not keeping up; the relay and the sockets' catch-up cover it.
             self._outgoing.popleft()

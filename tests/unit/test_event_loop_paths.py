@@ -1,5 +1,5 @@
 """The event loop's share of a sale, kept short: a live frame is written to the server's own
-send in the publisher's call."""
+send in the publisher's call, and a private memory bus is not published to."""
 
 from __future__ import annotations
 
@@ -15,12 +15,47 @@ from starlette.websockets import WebSocket
 from app import observability
 from app.routes import ws as ws_routes
 from realtime.connection import Connection
+from realtime.hub import Hub
 from realtime.protocol import CLOSE_TRY_AGAIN, JSON, EventFrame, commit_time
 from tests.unit.test_realtime_connection import Socket, event, until
 
 
 async def no_history(_account: str, _after: int, _limit: int) -> list[Any]:
     return []
+
+
+def test_a_private_memory_bus_is_not_published_to_and_a_named_one_is() -> None:
+    """`memory://` reaches this hub alone, so its events go to local sockets only; a named
+    bus still carries every event to the other hubs on it."""
+
+    async def main() -> tuple[list[int], int, int]:
+        private, named = Hub("memory://"), Hub("memory://bus-publish-check")
+        sent = {"private": 0, "named": 0}
+        for label, hub in (("private", private), ("named", named)):
+            await hub.start()
+            publish = hub.broker.publish
+
+            async def counting(messages: Any, label: str = label, publish: Any = publish) -> None:
+                messages = list(messages)
+                sent[label] += len(messages)
+                await publish(messages)
+
+            hub.broker.publish = counting  # type: ignore[method-assign]
+        socket = Socket()
+        conn = Connection("acct", "dev", JSON, socket.send, no_history, after=0)
+        async with private.attach(conn):
+            conn.start()
+            await until(lambda: not conn.syncing)
+            await private.publish("acct", 1, event(1))
+            await named.publish("acct", 1, event(1))
+            await until(lambda: sent["named"] == 1)
+            await asyncio.sleep(0.02)
+            conn.close(1000)
+        await private.stop()
+        await named.stop()
+        return socket.seqs, sent["private"], sent["named"]
+
+    assert asyncio.run(main()) == ([1], 0, 1)
 
 
 def test_a_live_frame_is_written_in_the_publishers_call_and_timed_from_its_commit() -> None:
