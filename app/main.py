@@ -29,7 +29,7 @@ from app.routes import payments as payments_routes
 from app.routes import receipts as receipts_routes
 from app.routes import reports as reports_routes
 from app.routes import ws as ws_routes
-from app.security_headers import SecurityHeaders
+from app.security_headers import security_headers
 from app.services import payments as payments_service
 from app.settings import Settings, from_env
 from app.state import AppState
@@ -108,7 +108,9 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             *openapi.routes,
             *pages_routes.routes,
         ],
-        middleware=[Middleware(observability.ObservabilityMiddleware), Middleware(SecurityHeaders)],
+        middleware=[
+            Middleware(observability.ObservabilityMiddleware, extra_headers=security_headers)
+        ],
         exception_handlers={
             domain_errors.DomainError: errors.domain_error_handler,
             HTTPException: errors.http_error_handler,

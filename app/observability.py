@@ -18,10 +18,10 @@ import logging
 import os
 import re
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from random import getrandbits
 from typing import Any
 
 from prometheus_client import (
@@ -238,14 +238,27 @@ def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
     could smuggle log lines or unbounded text is replaced, not echoed."""
     for name, value in headers:
         if name.lower() == b"x-request-id":
-            try:
-                text = value.decode("ascii")
-            except UnicodeDecodeError:
-                break
+            return _request_id(value)
+    return _fresh_request_id()
+
+
+def _request_id(value: bytes | None) -> str:
+    if value is not None:
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError:
+            pass
+        else:
             if _SANE_REQUEST_ID.fullmatch(text):
                 return text
-            break
-    return uuid.uuid4().hex
+    return _fresh_request_id()
+
+
+def _fresh_request_id() -> str:
+    # 32 hex digits, like a uuid4's: unique, with no need to be unguessable (a client may
+    # choose its own). Not uuid4, whose read of the OS's randomness lets go of the GIL on the
+    # event loop for every request.
+    return f"{getrandbits(128):032x}"
 
 
 def route_template(scope: Scope) -> str:
@@ -282,16 +295,45 @@ def _request_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
     return found
 
 
+def _response_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+    id_header: tuple[bytes, bytes],
+    extra: Sequence[tuple[bytes, bytes]],
+) -> list[tuple[bytes, bytes]]:
+    """The app's headers without any X-Request-ID of its own, then each extra header the app
+    did not set, then the request's id."""
+    out = []
+    present = set()
+    for pair in headers:
+        name = pair[0].lower()
+        if name != b"x-request-id":
+            out.append(pair)
+            present.add(name)
+    for pair in extra:
+        if pair[0] not in present:
+            out.append(pair)
+    out.append(id_header)
+    return out
+
+
+# Headers for every HTTP response, by the request's Host (None without one).
+ExtraHeaders = Callable[[str | None], Sequence[tuple[bytes, bytes]]]
+
 # Scope key of a WebSocket's server send (see ObservabilityMiddleware._websocket).
 SERVER_SEND = "paycode.server_send"
 
 
 class ObservabilityMiddleware:
     """Pure ASGI: ids, metrics and the access log line for HTTP; for WebSockets an id and the
-    open-socket gauge (accepted until the handler returns), frames otherwise untouched."""
+    open-socket gauge (accepted until the handler returns), frames otherwise untouched.
 
-    def __init__(self, app: ASGIApp) -> None:
+    ``extra_headers(host)`` names headers every HTTP response carries unless the app set them
+    (the security headers): added in the same ``send`` wrapper as the request id, rather
+    than by a middleware and a wrapper of their own around every request."""
+
+    def __init__(self, app: ASGIApp, extra_headers: ExtraHeaders | None = None) -> None:
         self.app = app
+        self.extra_headers = extra_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -301,25 +343,34 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send)
             return
 
-        request_id = request_id_from(scope.get("headers", []))
+        # One pass over the request's headers for both the id and the Host.
+        given_id = host = None
+        for name, value in scope.get("headers", ()):
+            name = name.lower()
+            if name == b"host" and host is None:
+                host = value
+            elif name == b"x-request-id" and given_id is None:
+                given_id = value
+        request_id = _request_id(given_id)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
-        header_value = request_id.encode("ascii")
+        id_header = (b"x-request-id", request_id.encode("ascii"))
+        extra = (
+            ()
+            if self.extra_headers is None
+            else self.extra_headers(None if host is None else host.decode("latin-1"))
+        )
 
-        async def send_with_id(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                headers = [
-                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
-                ]
-                headers.append((b"x-request-id", header_value))
-                message["headers"] = headers
+                message["headers"] = _response_headers(message.get("headers", ()), id_header, extra)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_headers)
         except BaseException:
             status = 500
             raise

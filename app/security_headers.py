@@ -1,4 +1,6 @@
-"""Security headers on every HTTP response (pure ASGI, so streaming bodies pass untouched).
+"""Security headers on every HTTP response. ``ObservabilityMiddleware`` adds them (unless the
+response sets its own) in the same ``send`` wrapper as X-Request-ID, so a request pays for one
+wrapper, not two; streaming bodies pass untouched.
 
 The Content-Security-Policy forbids inline script and inline style: every page loads its code
 from /static, so an injected <script> or on* attribute cannot run. Referrer-Policy no-referrer
@@ -8,8 +10,6 @@ keeps the /c/{token} URL (a bearer of the code) out of the Referer of anything t
 from __future__ import annotations
 
 import re
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _SAFE_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
@@ -49,31 +49,3 @@ def security_headers(host: str | None) -> list[tuple[bytes, bytes]]:
     if len(_by_host) < _CACHE_LIMIT:
         _by_host[host] = headers
     return headers
-
-
-class SecurityHeaders:
-    """Adds the headers above to every HTTP response that does not already set them."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        host = None
-        for name, value in scope.get("headers", ()):
-            if name == b"host":
-                host = value.decode("latin-1")
-                break
-        extra = security_headers(host)
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                present = {name.lower() for name, _ in headers}
-                headers.extend(pair for pair in extra if pair[0] not in present)
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)

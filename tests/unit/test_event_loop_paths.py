@@ -1,19 +1,24 @@
 """The event loop's share of a sale, kept short: a live frame is written to the server's own
-send in the publisher's call, and a private memory bus is not published to."""
+send in the publisher's call, a private memory bus is not published to, and one middleware
+wrapper adds both the request id and the security headers."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 from app import observability
 from app.routes import ws as ws_routes
+from app.security_headers import security_headers
 from realtime.connection import Connection
 from realtime.hub import Hub
 from realtime.protocol import CLOSE_TRY_AGAIN, JSON, EventFrame, commit_time
@@ -114,3 +119,30 @@ def test_socket_frames_go_to_the_server_send_under_the_middleware() -> None:
     with TestClient(app) as client, client.websocket_connect("/ws") as ws:
         assert ws.receive_text() == '{"type":"pong"}'
     assert seen["server_send"] is not None
+
+
+def test_one_wrapper_adds_the_request_id_and_the_security_headers() -> None:
+    """Security headers the response lacks are added, one it sets itself is kept, and the
+    app's own X-Request-ID is replaced by the request's, which comes last and only once."""
+
+    async def framed(_request: Request) -> Response:
+        return JSONResponse({}, headers={"X-Frame-Options": "SAMEORIGIN", "X-Request-ID": "app"})
+
+    app = Starlette(
+        routes=[Route("/framed", framed)],
+        middleware=[
+            Middleware(observability.ObservabilityMiddleware, extra_headers=security_headers)
+        ],
+    )
+    with TestClient(app) as client:
+        reply = client.get("/framed", headers={"X-Request-ID": "given-1"})
+        fresh = client.get("/framed")
+    names = [name.lower() for name, _ in reply.headers.multi_items()]
+    assert reply.headers["x-frame-options"] == "SAMEORIGIN"
+    assert names.count("x-frame-options") == 1
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    assert reply.headers["referrer-policy"] == "no-referrer"
+    assert "ws://testserver" in reply.headers["content-security-policy"]
+    assert names.count("x-request-id") == 1 and names[-1] == "x-request-id"
+    assert reply.headers["x-request-id"] == "given-1"
+    assert re.fullmatch(r"[0-9a-f]{32}", fresh.headers["x-request-id"])
