@@ -162,7 +162,9 @@ def lock_accounts(session: Session, account_ids: set[str]) -> dict[str, Account]
     ordered = sorted(account_ids)
     query = select(Account).where(Account.id.in_(ordered)).order_by(Account.id)  # type: ignore[union-attr]
     if session.get_bind().dialect.name != "sqlite":
-        query = query.with_for_update()
+        # NO KEY UPDATE: writers still exclude each other, but the foreign-key checks of other
+        # inserts (a new code of this payee, an event row) do not wait for this transaction.
+        query = query.with_for_update(key_share=True)
     rows = session.exec(query.execution_options(populate_existing=True)).all()
     return {row.id: row for row in rows}
 
@@ -180,7 +182,7 @@ def lock_rows(tx: Tx, account_ids: set[str]) -> dict[str, LockedAccount]:
     SQLite needs no row lock: the write transaction began IMMEDIATE."""
     ordered = sorted(account_ids)
     statement = _LOCK_ROWS.format(marks=", ".join("?" for _ in ordered))
-    rows = tx.all(statement if tx.is_sqlite else statement + " FOR UPDATE", ordered)
+    rows = tx.all(statement if tx.is_sqlite else statement + " FOR NO KEY UPDATE", ordered)
     return {row[0]: LockedAccount(*row) for row in rows}
 
 

@@ -181,7 +181,7 @@ def lock(session: Session, code_id: str) -> Code:
     """Re-read the code under a row lock (PostgreSQL) so its status is decided once."""
     query = select(Code).where(Code.id == code_id)
     if session.get_bind().dialect.name != "sqlite":
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)
     return session.exec(query.execution_options(populate_existing=True)).one()
 
 
@@ -367,7 +367,7 @@ _ISSUING_AGENCY = (
     " JOIN account AS agent ON agent.id = agency.agent_id"
     " WHERE agency.id = ?"
 )
-_ISSUING_AGENCY_LOCKED = _ISSUING_AGENCY + " FOR UPDATE OF agency"
+_ISSUING_AGENCY_LOCKED = _ISSUING_AGENCY + " FOR NO KEY UPDATE OF agency"
 _WITH_AGENCY = (
     f"SELECT {CODE_COLUMNS}, agency.status FROM code JOIN agency ON agency.id = code.agency_id"
 )

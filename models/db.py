@@ -3,7 +3,7 @@
 SQLite: WAL, a busy timeout, foreign keys on, and write transactions opened with
 ``BEGIN IMMEDIATE`` on a single pooled connection, so writers queue in the pool instead of
 spinning on SQLite's busy handler. Reads use their own pool and never block on writers.
-PostgreSQL: one pool; writers lock the rows they change (``SELECT … FOR UPDATE``) in
+PostgreSQL: one pool; writers lock the rows they change (``SELECT … FOR NO KEY UPDATE``) in
 ascending id order.
 """
 

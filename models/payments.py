@@ -206,7 +206,7 @@ def _code_amount(code: codes.CodeRow, given: int | None) -> int:
     return given
 
 
-_LOCK_CODE = f"SELECT {codes.CODE_COLUMNS} FROM code WHERE code.id = ? FOR UPDATE"
+_LOCK_CODE = f"SELECT {codes.CODE_COLUMNS} FROM code WHERE code.id = ? FOR NO KEY UPDATE"
 
 
 def _lock_code(tx: Tx, code_id: str) -> codes.CodeRow:
