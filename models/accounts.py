@@ -176,14 +176,22 @@ _LOCK_ROWS = (
 _USER_BY_HANDLE = "SELECT id FROM account WHERE handle = ? AND kind = 'user'"
 
 
+def lock_rows_query(tx: Tx, account_ids: set[str]) -> tuple[str, list[str]]:
+    """The statement of ``lock_rows``, for a caller that runs it together with another."""
+    ordered = sorted(account_ids)
+    statement = _LOCK_ROWS.format(marks=", ".join("?" for _ in ordered))
+    return (statement if tx.is_sqlite else statement + " FOR NO KEY UPDATE"), ordered
+
+
+def locked_rows(rows: list[tuple[Any, ...]]) -> dict[str, LockedAccount]:
+    return {row[0]: LockedAccount(*row) for row in rows}
+
+
 def lock_rows(tx: Tx, account_ids: set[str]) -> dict[str, LockedAccount]:
     """``lock_accounts`` for the hot path: the same ascending-id locks in one hand-written
     query, rows as plain data instead of ORM objects (building those cost more than the query).
     SQLite needs no row lock: the write transaction began IMMEDIATE."""
-    ordered = sorted(account_ids)
-    statement = _LOCK_ROWS.format(marks=", ".join("?" for _ in ordered))
-    rows = tx.all(statement if tx.is_sqlite else statement + " FOR NO KEY UPDATE", ordered)
-    return {row[0]: LockedAccount(*row) for row in rows}
+    return locked_rows(tx.all(*lock_rows_query(tx, account_ids)))
 
 
 def user_id_by_handle(tx: Tx, value: Any, *, field: str) -> str:

@@ -27,6 +27,8 @@ from models.accounts import (
     Party,
     lock_accounts,
     lock_rows,
+    lock_rows_query,
+    locked_rows,
     party,
     user_id_by_handle,
 )
@@ -206,14 +208,8 @@ def _code_amount(code: codes.CodeRow, given: int | None) -> int:
     return given
 
 
+# The code re-read under its row lock (PostgreSQL), so its status is decided once.
 _LOCK_CODE = f"SELECT {codes.CODE_COLUMNS} FROM code WHERE code.id = ? FOR NO KEY UPDATE"
-
-
-def _lock_code(tx: Tx, code_id: str) -> codes.CodeRow:
-    """Re-read the code under its row lock, so its status is decided once."""
-    row = tx.one(_LOCK_CODE, (code_id,))
-    assert row is not None, "a code is never deleted"
-    return codes.read_row(tx, row)
 
 
 @dataclass
@@ -306,13 +302,16 @@ def pay(
     agent_id = code.agent_id if code is not None else None
     involved = {payer_id, plan.payee_id} | ({agent_id} if agent_id else set())
     payment_id = new_id("pay")
-    locked = lock_rows(tx, involved)
+    if code is not None and not tx.is_sqlite:
+        # SQLite's write transaction began before the code was read (BEGIN IMMEDIATE), so
+        # nothing can have changed it; elsewhere another transaction may have paid, cancelled
+        # or revoked it while we waited. Accounts first, then the code: one round trip.
+        account_rows, code_rows = tx.both(*lock_rows_query(tx, involved), _LOCK_CODE, (code.id,))
+        locked = locked_rows(account_rows)
+        code = codes.read_row(tx, code_rows[0])
+    else:
+        locked = lock_rows(tx, involved)
     if code is not None:
-        if not tx.is_sqlite:
-            # SQLite's write transaction began before the code was read (BEGIN IMMEDIATE), so
-            # nothing can have changed it; elsewhere another transaction may have paid,
-            # cancelled or revoked it while we waited.
-            code = _lock_code(tx, code.id)
         _refuse_unusable(code, None)
     payer, payee = locked[payer_id], locked[plan.payee_id]
     now = utcnow()

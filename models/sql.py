@@ -86,6 +86,25 @@ class Tx:
         self._run(statement, params)
         return self._fetch(statement, self._cursor.fetchall)  # type: ignore[no-any-return]
 
+    def both(
+        self, first: str, first_params: Params, second: str, second_params: Params
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Two reads run in order, in one round trip inside a PostgreSQL write unit (pipeline
+        mode sends both before waiting): two row locks taken for the price of one wait."""
+        if self.is_sqlite:
+            return self.all(first, first_params), self.all(second, second_params)
+        other = self._cursor.connection.cursor()
+        try:
+            self._run(first, first_params)
+            try:
+                other.execute(_pyformat(second), second_params)
+            except self._dbapi_error as exc:
+                raise self._error(exc, second, second_params) from exc
+            rows = self._fetch(first, self._cursor.fetchall)
+            return rows, self._fetch(second, other.fetchall)
+        finally:
+            other.close()
+
     def run(self, statement: str, params: Params = ()) -> None:
         """Run a write. In a PostgreSQL write unit it is only queued: its error, if any, shows
         at the next read or at commit."""
