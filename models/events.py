@@ -79,14 +79,18 @@ _INSERT = "INSERT INTO event (account_id, seq, type, data, created_at) VALUES (?
 
 
 def insert(tx: Tx, rows: list[dict[str, Any]]) -> None:
-    """Write staged events in one statement (executemany)."""
-    tx.run_many(
-        _INSERT,
-        [
-            (r["account_id"], r["seq"], r["type"], tx.json(r["data"]), tx.moment(r["created_at"]))
-            for r in rows
-        ],
-    )
+    """Write staged events in one statement (executemany). Every party of a payment gets the
+    same data object: it is serialized once."""
+    encoded: dict[int, Any] = {}
+    values = []
+    for r in rows:
+        data = r["data"]
+        if id(data) not in encoded:
+            encoded[id(data)] = tx.json(data)
+        values.append(
+            (r["account_id"], r["seq"], r["type"], encoded[id(data)], tx.moment(r["created_at"]))
+        )
+    tx.run_many(_INSERT, values)
 
 
 def list_after(session: Session, account_id: str, after: int, limit: int) -> list[Event]:
