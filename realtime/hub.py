@@ -22,7 +22,7 @@ import msgpack
 from realtime.brokers import Broker, make_broker
 from realtime.brokers.memory import MemoryBroker
 from realtime.connection import Connection
-from realtime.protocol import CLOSE_RESTART, CLOSE_UNAUTHORIZED, EventFrame
+from realtime.protocol import CLOSE_RESTART, CLOSE_UNAUTHORIZED, EventBody, EventFrame
 
 log = logging.getLogger("paycode.hub")
 
@@ -76,6 +76,7 @@ class Hub:
         self._outgoing: deque[tuple[str, bytes]] = deque()
         self._outgoing_ready = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
+        self._last_body: EventBody | None = None
         self.dropped_publishes = 0
         self.resyncs = 0
 
@@ -202,7 +203,12 @@ class Hub:
         conns = self._sockets.get(account_id)
         if not conns:
             return
-        frame = EventFrame(seq, event)
+        # The parties of one payment are published one after another with equal events (the
+        # same data object, so the comparison is short): their frames encode it once.
+        body = self._last_body
+        if body is None or body.event != event:
+            body = self._last_body = EventBody(event)
+        frame = EventFrame(seq, event, body=body)
         for conn in list(conns):
             conn.offer(frame)
 

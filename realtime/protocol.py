@@ -135,27 +135,60 @@ def commit_time(created_at: Any) -> float | None:
 _UNREAD = -1.0
 
 
+class EventBody:
+    """What frames of equal events can share: the event's own encodings and its commit time.
+    Every party of one payment gets the same event under its own `seq`."""
+
+    __slots__ = ("committed", "encoded", "event")
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self.event = event
+        self.encoded: dict[str, Wire] = {}
+        self.committed: float | None = _UNREAD
+
+
+# A frame is the map {"type": "event", "seq": seq, "event": event}: its encoding is these
+# bytes around the encoding of `seq` and of the event, in the order json and msgpack write it.
+_MSGPACK_HEAD = b"\x83" + msgpack.packb("type") + msgpack.packb("event") + msgpack.packb("seq")
+_MSGPACK_EVENT = msgpack.packb("event")
+
+
 @dataclass(slots=True)
 class EventFrame:
     """One event as every socket of its account receives it, encoded lazily once per format,
-    its commit time read once for every socket's push latency."""
+    its commit time read once for every socket's push latency. Frames made with the same
+    `EventBody` encode the event and read its time once between them."""
 
     seq: int
     event: dict[str, Any]
     _wire: dict[str, Wire] = field(default_factory=dict)
-    _committed: float | None = field(default=_UNREAD, repr=False, compare=False)
+    body: EventBody | None = field(default=None, repr=False, compare=False)
 
     def wire(self, fmt: str) -> Wire:
         cached = self._wire.get(fmt)
         if cached is None:
-            cached = encode(fmt, {"type": "event", "seq": self.seq, "event": self.event})
+            body = self._body()
+            event = body.encoded.get(fmt)
+            if event is None:
+                event = body.encoded[fmt] = encode(fmt, self.event)
+            if fmt == MSGPACK:
+                cached = _MSGPACK_HEAD + msgpack.packb(self.seq) + _MSGPACK_EVENT + event  # type: ignore[operator]
+            else:
+                cached = f'{{"type":"event","seq":{int(self.seq)},"event":{event}}}'
             self._wire[fmt] = cached
         return cached
 
     @property
     def committed(self) -> float | None:
         """The event's `created_at` in epoch seconds, None if it has none that reads."""
-        committed = self._committed
+        body = self._body()
+        committed = body.committed
         if committed == _UNREAD:
-            committed = self._committed = commit_time(self.event.get("created_at"))
+            committed = body.committed = commit_time(self.event.get("created_at"))
         return committed
+
+    def _body(self) -> EventBody:
+        body = self.body
+        if body is None:
+            body = self.body = EventBody(self.event)
+        return body

@@ -1,13 +1,16 @@
 """The event loop's share of a sale, kept short: a live frame is written to the server's own
-send in the publisher's call, a private memory bus is not published to, and one middleware
-wrapper adds both the request id and the security headers."""
+send in the publisher's call, a payment's parties share their event's encoding, a private
+memory bus is not published to, and one middleware wrapper adds both the request id and the
+security headers."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any
 
+import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -19,9 +22,10 @@ from starlette.websockets import WebSocket
 from app import observability
 from app.routes import ws as ws_routes
 from app.security_headers import security_headers
+from realtime import protocol
 from realtime.connection import Connection
 from realtime.hub import Hub
-from realtime.protocol import CLOSE_TRY_AGAIN, JSON, EventFrame, commit_time
+from realtime.protocol import CLOSE_TRY_AGAIN, JSON, MSGPACK, EventFrame, commit_time
 from tests.unit.test_realtime_connection import Socket, event, until
 
 
@@ -61,6 +65,63 @@ def test_a_private_memory_bus_is_not_published_to_and_a_named_one_is() -> None:
         return socket.seqs, sent["private"], sent["named"]
 
     assert asyncio.run(main()) == ([1], 0, 1)
+
+
+def test_the_parties_of_one_payment_share_the_encoding_of_their_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Equal events published one after another to different accounts (a payment's parties)
+    are encoded once per format; each frame still carries its own account's seq, byte for
+    byte what encoding the whole frame gives."""
+    encoded: list[Any] = []
+    real_encode = protocol.encode
+
+    def counting(fmt: str, frame: dict[str, Any]) -> Any:
+        encoded.append(frame)
+        return real_encode(fmt, frame)
+
+    monkeypatch.setattr(protocol, "encode", counting)
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        hub = Hub("memory://")
+        await hub.start()
+        json_wires: list[Any] = []
+        packed_wires: list[Any] = []
+
+        async def to_json(wire: str | bytes) -> None:
+            json_wires.append(wire)
+
+        async def to_msgpack(wire: str | bytes) -> None:
+            packed_wires.append(wire)
+
+        conns = [
+            Connection("payee", "d1", JSON, to_json, no_history, after=4),
+            Connection("agent", "d2", JSON, to_json, no_history, after=8),
+            Connection("agent", "d3", MSGPACK, to_msgpack, no_history, after=8),
+        ]
+        for conn in conns:
+            await hub.join(conn)
+            conn.start()
+        await until(lambda: all(not c.syncing for c in conns))
+        shared = event(1)
+        await hub.publish("payee", 5, shared)
+        await hub.publish("agent", 9, dict(shared))
+        for conn in conns:
+            conn.close(1000)
+            await hub.leave(conn)
+        await hub.stop()
+        return json_wires, packed_wires
+
+    json_wires, packed_wires = asyncio.run(main())
+    assert len(encoded) == 2  # the event once as JSON, once as msgpack
+    assert [json.loads(w) for w in json_wires] == [
+        {"type": "event", "seq": 5, "event": event(1)},
+        {"type": "event", "seq": 9, "event": event(1)},
+    ]
+    assert json_wires[0] == real_encode(JSON, {"type": "event", "seq": 5, "event": event(1)})
+    assert packed_wires == [
+        real_encode(MSGPACK, {"type": "event", "seq": 9, "event": event(1)}),
+    ]
 
 
 def test_a_live_frame_is_written_in_the_publishers_call_and_timed_from_its_commit() -> None:
