@@ -160,7 +160,12 @@ def unit(engine: Engine, *, write: bool) -> Iterator[Tx]:
     round trip. That is what shortens the time a payment holds its payee's row lock."""
     is_sqlite = engine.dialect.name == "sqlite"
     dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
-    proxy = engine.raw_connection()
+    try:
+        proxy = engine.raw_connection()
+    except dbapi_error as exc:
+        # The pool hands a refused connect through as the driver's own error; Engine.connect
+        # would have raised SQLAlchemy's (the 503 handler's) class.
+        raise DBAPIError.instance("connect", (), exc, dbapi_error) from exc
     connection = proxy.driver_connection
     try:
         with nullcontext() if is_sqlite or not write else connection.pipeline():

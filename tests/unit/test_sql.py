@@ -62,3 +62,21 @@ def test_a_failed_unit_rolls_back_and_a_driver_error_is_sqlalchemys(tmp_path: Pa
     with sql.unit(engine, write=False) as tx:
         assert tx.all("SELECT id FROM t") == []
     engine.dispose()
+
+
+def test_a_refused_connect_is_sqlalchemys_operational_error() -> None:
+    """The pool hands a refused connect through as the driver's error; the unit raises
+    SQLAlchemy's class, which the app answers with 503 (not 500)."""
+    from sqlalchemy.exc import OperationalError
+
+    from models.db import normalize_url
+    from tests.server import free_port
+
+    engine = create_engine(normalize_url(f"postgresql://nobody@127.0.0.1:{free_port()}/none"))
+    try:
+        with sql.unit(engine, write=False):
+            raise AssertionError("no server listens there")
+    except OperationalError:
+        pass
+    finally:
+        engine.dispose()
