@@ -20,7 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,22 +99,36 @@ def backing(database: str, broker: str, logs: Path) -> Iterator[tuple[str, str]]
         yield db_url, broker_url
 
 
+@contextlib.asynccontextmanager
+async def shop_floor(server: servers.Server, counters: int) -> AsyncIterator[Floor]:
+    """A shop made through the server's API, with every device's socket open."""
+    floor = Floor(server.host, server.port, await shop.build(server.host, server.port, counters))
+    await floor.open()
+    try:
+        yield floor
+    finally:
+        await floor.close()
+
+
+async def saturation_of(
+    floor: Floor, server: servers.Server, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Sales back to back after a warm-up, with the server's CPU per sale."""
+    await saturate(floor, args.warmup)
+    with CpuWatch(server) as cpu:
+        saturation = await saturate(floor, args.seconds)
+    saturation.update(cpu.shares)
+    saturation["server_cpu_ms_per_payment"] = cpu.per_operation_ms(saturation["completed"])
+    return saturation
+
+
 async def run_config(name: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     database, broker, workers = CONFIGS[name]
     with backing(database, broker, logs) as (db_url, broker_url):
         server = servers.start_paycode(db_url, broker_url, workers, logs)
         try:
-            floor_shop = await shop.build(server.host, server.port, args.counters)
-            floor = Floor(server.host, server.port, floor_shop)
-            await floor.open()
-            try:
-                await saturate(floor, args.warmup)
-                with CpuWatch(server) as cpu:
-                    saturation = await saturate(floor, args.seconds)
-                saturation.update(cpu.shares)
-                saturation["server_cpu_ms_per_payment"] = cpu.per_operation_ms(
-                    saturation["completed"]
-                )
+            async with shop_floor(server, args.counters) as floor:
+                saturation = await saturation_of(floor, server, args)
                 rates = []
                 for share in SHARES:
                     rate = max(1.0, share * saturation["payments_per_s"])
@@ -124,8 +138,6 @@ async def run_config(name: str, args: argparse.Namespace, logs: Path) -> dict[st
                 if args.profile:
                     profile = await profile_phase(floor, server, name, args.seconds, logs, args.out)
                 faults = floor.seq_faults()
-            finally:
-                await floor.close()
         finally:
             server.stop()
     return {
@@ -165,20 +177,11 @@ async def bare_sale(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     config, against ``loadtests/bare_shop.py`` (no database, hashing, signing or middleware)."""
     server = servers.start_bare_shop(logs)
     try:
-        floor_shop = await shop.build(server.host, server.port, args.counters)
-        floor = Floor(server.host, server.port, floor_shop)
-        await floor.open()
-        try:
-            await saturate(floor, args.warmup)
-            with CpuWatch(server) as cpu:
-                saturation = await saturate(floor, args.seconds)
+        async with shop_floor(server, args.counters) as floor:
+            saturation = await saturation_of(floor, server, args)
             faults = floor.seq_faults()
-        finally:
-            await floor.close()
     finally:
         server.stop()
-    saturation.update(cpu.shares)
-    saturation["server_cpu_ms_per_payment"] = cpu.per_operation_ms(saturation["completed"])
     return ceilings.sale_ceiling(saturation, args.counters, faults)
 
 
