@@ -368,7 +368,8 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     plt.close(fig)
     written.append(path)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # Wide enough for the long ceiling names and the title beside them.
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     names = [ceiling["name"] for ceiling in rated(results)]
     rates = [ceiling["rate"] for ceiling in rated(results)]
     names += [f"paycode {c['name']}" for c in results["configs"]]
