@@ -6,11 +6,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 
 from app.cluster import ClusterError, find_nginx
-from tests.services import free_port
+from tests.services import PostgresFactory, free_port, unavailable
 
 
 def cluster_available() -> str | None:
@@ -79,3 +81,21 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+@contextmanager
+def postgres_and_redis(pg_factory: PostgresFactory) -> Iterator[tuple[str, RedisServer]]:
+    """A fresh PostgreSQL database and a private redis-server, both gone afterwards; the test
+    is unavailable (a failure under PAYCODE_REQUIRE_SERVICES) when either cannot be had."""
+    if not pg_factory.available():
+        unavailable("PostgreSQL is not reachable on 127.0.0.1:5432")
+    if not RedisServer.available():
+        unavailable("redis-server is not installed")
+    database_url = pg_factory.create()
+    redis_server = RedisServer()
+    try:
+        redis_server.start()
+        yield database_url, redis_server
+    finally:
+        redis_server.stop()
+        pg_factory.drop(database_url)

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from app.cluster import Cluster
 from tests.api import Api, User
-from tests.cluster import RedisServer, cluster_available
+from tests.cluster import cluster_available, postgres_and_redis
 from tests.conftest import ADMIN_TOKEN
 from tests.services import PostgresFactory, unavailable
 
@@ -31,28 +31,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 @pytest.fixture
 def cluster(pg_factory: PostgresFactory, tmp_path: Path) -> Iterator[Cluster]:
     """3 `paycode serve` processes + nginx on a fresh PostgreSQL database and a private Redis."""
-    if not pg_factory.available():
-        unavailable("PostgreSQL is not reachable on 127.0.0.1:5432")
     missing = cluster_available()
     if missing:
         unavailable(missing)
-    redis_server = RedisServer()
-    redis_server.start()
-    database_url = pg_factory.create()
-    topology = Cluster(
-        3,
-        database_url=database_url,
-        broker_url=redis_server.url,
-        env={"PAYCODE_ADMIN_TOKEN": ADMIN_TOKEN, "PAYCODE_LOG_LEVEL": "info"},
-        run_dir=tmp_path / "cluster",
-    )
-    try:
-        topology.start()
-        yield topology
-    finally:
-        topology.stop()
-        redis_server.stop()
-        pg_factory.drop(database_url)
+    with postgres_and_redis(pg_factory) as (database_url, redis_server):
+        topology = Cluster(
+            3,
+            database_url=database_url,
+            broker_url=redis_server.url,
+            env={"PAYCODE_ADMIN_TOKEN": ADMIN_TOKEN, "PAYCODE_LOG_LEVEL": "info"},
+            run_dir=tmp_path / "cluster",
+        )
+        try:
+            topology.start()
+            yield topology
+        finally:
+            topology.stop()
 
 
 def process_metric(url: str, name: str) -> float:

@@ -16,10 +16,10 @@ import pytest
 
 from app.cli import main as cli
 from realtime.client import Event, LiveClient, Unauthorized
-from tests.cluster import RedisServer
+from tests.cluster import RedisServer, postgres_and_redis
 from tests.conftest import ADMIN_TOKEN
 from tests.realtime_server import ServeProcess
-from tests.services import PostgresFactory, unavailable
+from tests.services import PostgresFactory
 
 PASSWORD = "correct horse battery"
 
@@ -34,24 +34,16 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(pg_factory: PostgresFactory) -> Iterator[Cluster]:
-    if not pg_factory.available():
-        unavailable("PostgreSQL is not reachable on 127.0.0.1:5432")
-    if not RedisServer.available():
-        unavailable("redis-server is not installed")
-    database_url = pg_factory.create()
-    redis = RedisServer()
-    redis.start()
-    a = ServeProcess(database_url, redis.url, ADMIN_TOKEN)
-    b = ServeProcess(database_url, redis.url, ADMIN_TOKEN)
-    try:
-        a.start()
-        b.start()
-        yield Cluster(redis, a, b, database_url)
-    finally:
-        a.stop()
-        b.stop()
-        redis.stop()
-        pg_factory.drop(database_url)
+    with postgres_and_redis(pg_factory) as (database_url, redis):
+        a = ServeProcess(database_url, redis.url, ADMIN_TOKEN)
+        b = ServeProcess(database_url, redis.url, ADMIN_TOKEN)
+        try:
+            a.start()
+            b.start()
+            yield Cluster(redis, a, b, database_url)
+        finally:
+            a.stop()
+            b.stop()
 
 
 _handles = iter(range(1, 10_000))

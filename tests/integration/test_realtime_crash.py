@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.cluster import RedisServer
+from tests.cluster import postgres_and_redis
 from tests.conftest import ADMIN_TOKEN
 from tests.integration.test_realtime_cluster import (
     Watcher,
@@ -21,31 +21,23 @@ from tests.integration.test_realtime_cluster import (
     until,
 )
 from tests.realtime_server import ServeProcess
-from tests.services import PostgresFactory, unavailable
+from tests.services import PostgresFactory
 
 
 @pytest.fixture
 def doomed_pair(pg_factory: PostgresFactory) -> Iterator[tuple[ServeProcess, ServeProcess]]:
-    if not pg_factory.available():
-        unavailable("PostgreSQL is not reachable on 127.0.0.1:5432")
-    if not RedisServer.available():
-        unavailable("redis-server is not installed")
-    database_url = pg_factory.create()
-    redis = RedisServer()
-    redis.start()
-    survivor = ServeProcess(database_url, redis.url, ADMIN_TOKEN)
-    doomed = ServeProcess(
-        database_url, redis.url, ADMIN_TOKEN, {"PAYCODE_FAULT_KILL_AFTER_COMMIT": "1"}
-    )
-    try:
-        survivor.start()
-        doomed.start()
-        yield survivor, doomed
-    finally:
-        doomed.kill()
-        survivor.stop()
-        redis.stop()
-        pg_factory.drop(database_url)
+    with postgres_and_redis(pg_factory) as (database_url, redis):
+        survivor = ServeProcess(database_url, redis.url, ADMIN_TOKEN)
+        doomed = ServeProcess(
+            database_url, redis.url, ADMIN_TOKEN, {"PAYCODE_FAULT_KILL_AFTER_COMMIT": "1"}
+        )
+        try:
+            survivor.start()
+            doomed.start()
+            yield survivor, doomed
+        finally:
+            doomed.kill()
+            survivor.stop()
 
 
 def test_a_payment_committed_by_an_instance_killed_before_publishing_still_arrives(
