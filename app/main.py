@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
 from app import errors, observability, openapi
+from app.admission import Admission
 from app.http import in_thread
 from app.relay import Relay
 from app.routes import accounts as accounts_routes
@@ -86,7 +87,8 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         await hub.start()
         relay = Relay(db, hub, interval=float(settings.extra.get("relay_interval", 0.5)))
         relay.start()
-        app.state.paycode = AppState(settings=settings, db=db, hub=hub)
+        admission = Admission(db.write_slots, settings.admission_budget_ms / 1000)
+        app.state.paycode = AppState(settings=settings, db=db, hub=hub, admission=admission)
         # The receipt signing key exists from the first start, not the first payment.
         await in_thread(payments_service.prepare, app.state.paycode)
         try:

@@ -27,6 +27,8 @@ class Settings:
     receipt_key: str | None = None
     # Fault injection for the test suite: die by SIGKILL between commit and publish.
     fault_kill_after_commit: bool = False
+    # How long a code issue or a payment may wait for its turn before it is refused with 503.
+    admission_budget_ms: int = 100
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -51,12 +53,21 @@ class Settings:
                 "sockets of its own process, so confirmations would be lost between workers. "
                 "Set PAYCODE_BROKER_URL=redis://host:6379/0."
             )
+        if self.admission_budget_ms < 1:
+            raise SettingsError("PAYCODE_ADMISSION_BUDGET_MS must be at least 1")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise SettingsError("PAYCODE_ADMIN_TOKEN must be at least 16 characters")
         return self
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _milliseconds(env: Any, name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    if not raw.isdigit() or len(raw) > 9:
+        raise SettingsError(f"{name} must be a whole number of milliseconds")
+    return int(raw)
 
 
 def from_env(environ: dict[str, str] | None = None) -> Settings:
@@ -69,4 +80,5 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
         admin_token=env.get("PAYCODE_ADMIN_TOKEN") or None,
         receipt_key=env.get("PAYCODE_RECEIPT_KEY") or None,
         fault_kill_after_commit=env.get("PAYCODE_FAULT_KILL_AFTER_COMMIT") == "1",
+        admission_budget_ms=_milliseconds(env, "PAYCODE_ADMISSION_BUDGET_MS", 100),
     )

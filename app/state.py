@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
+from app.admission import Admission
 from app.settings import Settings
 from models.db import Database
 from models.events import Published
@@ -23,6 +24,7 @@ class AppState:
     settings: Settings
     db: Database
     hub: Hub
+    admission: Admission
 
     async def publish(self, events: Iterable[Published]) -> None:
         """Hand committed events to the hub. A failure here loses nothing: the outbox relay

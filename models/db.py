@@ -62,6 +62,7 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 8):
         self.url = normalize_url(url)
         self.dialect = make_url(self.url).get_backend_name()
+        self.pool_size = pool_size
         if self.dialect == "sqlite":
             self.writer = _sqlite_engine(self.url, immediate=True, pool_size=1)
             self.reader = _sqlite_engine(self.url, immediate=False, pool_size=pool_size)
@@ -72,6 +73,12 @@ class Database:
             self.reader = self.writer
         else:
             raise ValueError(f"unsupported database URL scheme: {self.dialect}")
+
+    @property
+    def write_slots(self) -> int:
+        """Write units worth running at once: SQLite's one writer and one unit getting ready
+        behind it (its token read); on PostgreSQL, the pool's steady connections."""
+        return 2 if self.is_sqlite else self.pool_size
 
     @property
     def is_sqlite(self) -> bool:

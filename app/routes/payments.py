@@ -85,7 +85,8 @@ async def create_payment(request: Request) -> Response:
         with ratelimit.checked(who.account_id, client):
             return service.pay(state, who.account_id, key.get(), body.get(), client)
 
-    result = await as_user(request, pay, vet=vet)
+    async with state.admission.slot():
+        result = await as_user(request, pay, vet=vet)
     observability.record_committed(result.events)
     await state.publish(result.events)
     return ok(result.body, result.status_code)

@@ -88,9 +88,10 @@ def _run_once(
             idempotency.finish(work, account_id, scope, key, fingerprint, status_code, body)
             return Result(status_code, body, events)
     except DomainError as exc:
-        if exc.code == "idempotency_key_reused":
-            raise
         status_code = status_of(exc)
+        if exc.code == "idempotency_key_reused" or status_code >= 500:
+            # A 5xx did nothing and is never stored: the retry must run afresh.
+            raise
         body = error_body(exc.code, exc.message, exc.field)
         with state.db.raw_write() as tx:
             stored = idempotency.begin(tx, account_id, scope, key, fingerprint)
