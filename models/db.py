@@ -102,6 +102,10 @@ class Database:
     def raw_read(self) -> AbstractContextManager[sql.Tx]:
         return sql.unit(self.reader, write=False)
 
+    def autocommit(self) -> AbstractContextManager[sql.Tx]:
+        """PostgreSQL only: each statement its own transaction (see ``sql.autocommit``)."""
+        return sql.autocommit(self.writer)
+
     def dispose(self) -> None:
         self.writer.dispose()
         if self.reader is not self.writer:

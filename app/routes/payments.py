@@ -26,6 +26,7 @@ from app.http import (
 from app.services import idempotent
 from app.services import payments as service
 from app.state import state_of
+from models.accounts import Party
 from models.errors import Invalid
 from models.idempotency import validate_key
 from models.payments import ROLES, Filters
@@ -83,7 +84,8 @@ async def create_payment(request: Request) -> Response:
 
     def pay(who: Principal) -> idempotent.Result:
         with ratelimit.checked(who.account_id, client):
-            return service.pay(state, who.account_id, key.get(), body.get(), client)
+            payer = Party(who.account_id, who.handle, who.display_name)
+            return service.pay(state, payer, key.get(), body.get(), client)
 
     async with state.admission.slot():
         result = await as_user(request, pay, vet=vet)

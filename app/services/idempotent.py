@@ -70,6 +70,53 @@ def run(
     raise AssertionError("unreachable")
 
 
+def run_in_server(
+    state: AppState,
+    account_id: str,
+    scope: str,
+    key: str | None,
+    request_body: Any,
+    operation: Callable[[Tx, idempotency.Claim | None], tuple[int, Any, list[Published]]],
+) -> Result:
+    """``run`` for an operation whose write, the key's record included, is one call that does
+    everything inside the database (PostgreSQL). The stored response is looked up first; the
+    reads and the call share one connection, each statement its own transaction."""
+    claim = None
+    if key is not None:
+        claim = idempotency.Claim(
+            account_id, scope, key, idempotency.request_fingerprint(request_body)
+        )
+    for attempt in range(3):
+        try:
+            return _run_in_server_once(state, claim, operation)
+        except IntegrityError:
+            # Lost the race for the key: the retry reads the winner's stored response.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _run_in_server_once(
+    state: AppState,
+    claim: idempotency.Claim | None,
+    operation: Callable[[Tx, idempotency.Claim | None], tuple[int, Any, list[Published]]],
+) -> Result:
+    try:
+        with state.db.autocommit() as tx:
+            if claim is not None:
+                stored = idempotency.begin(
+                    tx, claim.account_id, claim.scope, claim.key, claim.fingerprint
+                )
+                if stored is not None:
+                    return Result(stored.status_code, stored.body)
+            status_code, body, events = operation(tx, claim)
+            return Result(status_code, body, events)
+    except DomainError as exc:
+        if claim is None:
+            raise
+        return _refused(state, claim.account_id, claim.scope, claim.key, claim.fingerprint, exc)
+
+
 def _run_once(
     state: AppState,
     account_id: str,
@@ -88,14 +135,22 @@ def _run_once(
             idempotency.finish(work, account_id, scope, key, fingerprint, status_code, body)
             return Result(status_code, body, events)
     except DomainError as exc:
-        status_code = status_of(exc)
-        if exc.code == "idempotency_key_reused" or status_code >= 500:
-            # A 5xx did nothing and is never stored: the retry must run afresh.
-            raise
-        body = error_body(exc.code, exc.message, exc.field)
-        with state.db.raw_write() as tx:
-            stored = idempotency.begin(tx, account_id, scope, key, fingerprint)
-            if stored is not None:
-                return Result(stored.status_code, stored.body)
-            idempotency.finish(tx, account_id, scope, key, fingerprint, status_code, body)
-        return Result(status_code, body, error=exc)
+        return _refused(state, account_id, scope, key, fingerprint, exc)
+
+
+def _refused(
+    state: AppState, account_id: str, scope: str, key: str, fingerprint: str, exc: DomainError
+) -> Result:
+    """The refusal recorded under the key in a transaction of its own (the effect's rolled
+    back), or the response someone recorded first."""
+    status_code = status_of(exc)
+    if exc.code == "idempotency_key_reused" or status_code >= 500:
+        # A 5xx did nothing and is never stored: the retry must run afresh.
+        raise exc
+    body = error_body(exc.code, exc.message, exc.field)
+    with state.db.raw_write() as tx:
+        stored = idempotency.begin(tx, account_id, scope, key, fingerprint)
+        if stored is not None:
+            return Result(stored.status_code, stored.body)
+        idempotency.finish(tx, account_id, scope, key, fingerprint, status_code, body)
+    return Result(status_code, body, error=exc)
