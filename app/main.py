@@ -34,6 +34,7 @@ from app.security_headers import security_headers
 from app.services import payments as payments_service
 from app.settings import Settings, from_env
 from app.state import AppState
+from app.tokens import TokenCache
 from models import errors as domain_errors
 from models import migrate
 from models.db import Database
@@ -85,10 +86,15 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             hooks=observability.REALTIME_HOOKS,
         )
         await hub.start()
-        relay = Relay(db, hub, interval=float(settings.extra.get("relay_interval", 0.5)))
+        tokens = TokenCache()
+        hub.revocation_listeners.append(tokens.forget_device)
+        interval = float(settings.extra.get("relay_interval", 0.5))
+        relay = Relay(db, hub, interval=interval, tokens=tokens)
         relay.start()
         admission = Admission(db.write_slots, settings.admission_budget_ms / 1000)
-        app.state.paycode = AppState(settings=settings, db=db, hub=hub, admission=admission)
+        app.state.paycode = AppState(
+            settings=settings, db=db, hub=hub, admission=admission, tokens=tokens
+        )
         # The receipt signing key exists from the first start, not the first payment.
         await in_thread(payments_service.prepare, app.state.paycode)
         try:
