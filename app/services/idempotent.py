@@ -77,10 +77,13 @@ def run_in_server(
     key: str | None,
     request_body: Any,
     operation: Callable[[Tx, idempotency.Claim | None], tuple[int, Any, list[Published]]],
+    *,
+    before: Callable[[Tx], None] | None = None,
 ) -> Result:
     """``run`` for an operation whose write, the key's record included, is one call that does
-    everything inside the database (PostgreSQL). The stored response is looked up first; the
-    reads and the call share one connection, each statement its own transaction."""
+    everything inside the database (PostgreSQL). ``before`` (the limiter's check) runs first,
+    then the stored response is looked up; the reads and the call share one connection, each
+    statement its own transaction."""
     claim = None
     if key is not None:
         claim = idempotency.Claim(
@@ -88,7 +91,7 @@ def run_in_server(
         )
     for attempt in range(3):
         try:
-            return _run_in_server_once(state, claim, operation)
+            return _run_in_server_once(state, claim, operation, before)
         except IntegrityError:
             # Lost the race for the key: the retry reads the winner's stored response.
             if attempt == 2:
@@ -100,9 +103,13 @@ def _run_in_server_once(
     state: AppState,
     claim: idempotency.Claim | None,
     operation: Callable[[Tx, idempotency.Claim | None], tuple[int, Any, list[Published]]],
+    before: Callable[[Tx], None] | None,
 ) -> Result:
-    try:
-        with state.db.autocommit() as tx:
+    with state.db.autocommit() as tx:
+        if before is not None:
+            # Outside the refusal handling below: a limiter's 429 is never kept under the key.
+            before(tx)
+        try:
             if claim is not None:
                 stored = idempotency.begin(
                     tx, claim.account_id, claim.scope, claim.key, claim.fingerprint
@@ -111,10 +118,13 @@ def _run_in_server_once(
                     return Result(stored.status_code, stored.body)
             status_code, body, events = operation(tx, claim)
             return Result(status_code, body, events)
-    except DomainError as exc:
-        if claim is None:
-            raise
-        return _refused(state, claim.account_id, claim.scope, claim.key, claim.fingerprint, exc)
+        except DomainError as exc:
+            if claim is None:
+                raise
+            refusal = exc
+    # Recorded once this connection is back in the pool.
+    assert claim is not None
+    return _refused(state, claim.account_id, claim.scope, claim.key, claim.fingerprint, refusal)
 
 
 def _run_once(

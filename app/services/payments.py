@@ -72,19 +72,22 @@ def pay(
     def in_server(tx: Tx, claim: Claim | None) -> tuple[int, Any, list[Published]]:
         return payments.pay_in_server(tx, payer, body, ctx, claim)
 
-    def run() -> idempotent.Result:
+    def run(check: ratelimit.Check | None) -> idempotent.Result:
         if state.db.is_sqlite:
-            # No network between SQLite and the process: its transaction stays here.
+            # No network between SQLite and the process: its transaction stays here, and the
+            # limiter reads on the read pool, not under the write lock.
+            if check is not None:
+                with state.db.raw_read() as tx:
+                    check(tx)
             return idempotent.run(state, caller_id, "payments", key, body, operation, raw=True)
-        return idempotent.run_in_server(state, caller_id, "payments", key, body, in_server)
+        return idempotent.run_in_server(
+            state, caller_id, "payments", key, body, in_server, before=check
+        )
 
     if body.get("code") is None:
-        return run()
+        return run(None)
     # Paying by code is a lookup too: guesses through it are limited like /scan.
-    result = ratelimit.guarded(state, caller_id, client, run, "code")
-    if ratelimit.is_unknown_code(result.error, "code"):
-        ratelimit.record_failure(state, caller_id, client)
-    return result
+    return ratelimit.limited(state, caller_id, client, run, "code")
 
 
 def refund(
