@@ -19,6 +19,9 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
 from models import sql
+from models.group import GroupWriter
+
+GROUP_SLOTS = 16
 
 
 def normalize_url(url: str) -> str:
@@ -63,9 +66,12 @@ class Database:
         self.url = normalize_url(url)
         self.dialect = make_url(self.url).get_backend_name()
         self.pool_size = pool_size
+        # The group commit of the hot path's writes (SQLite only: there is one writer anyway).
+        self.group: GroupWriter | None = None
         if self.dialect == "sqlite":
             self.writer = _sqlite_engine(self.url, immediate=True, pool_size=1)
             self.reader = _sqlite_engine(self.url, immediate=False, pool_size=pool_size)
+            self.group = GroupWriter(self.writer)
         elif self.dialect == "postgresql":
             self.writer = create_engine(
                 self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
@@ -76,9 +82,9 @@ class Database:
 
     @property
     def write_slots(self) -> int:
-        """Write units worth running at once: SQLite's one writer and one unit getting ready
-        behind it (its token read); on PostgreSQL, the pool's steady connections."""
-        return 2 if self.is_sqlite else self.pool_size
+        """Write units worth running at once: on SQLite, enough to fill a group commit's
+        batch while the previous one commits; on PostgreSQL, the pool's steady connections."""
+        return GROUP_SLOTS if self.is_sqlite else self.pool_size
 
     @property
     def is_sqlite(self) -> bool:
@@ -107,6 +113,8 @@ class Database:
         return sql.autocommit(self.writer)
 
     def dispose(self) -> None:
+        if self.group is not None:
+            self.group.close()
         self.writer.dispose()
         if self.reader is not self.writer:
             self.reader.dispose()

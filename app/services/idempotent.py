@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -53,14 +54,20 @@ def run(
     *,
     raw: bool = False,
 ) -> Result:
-    """``operation`` gets a :class:`Tx` when ``raw``, else a SQLModel session."""
+    """``operation`` gets a :class:`Tx` when ``raw``, else a SQLModel session. A raw
+    operation on SQLite joins the process's group commit (``models/group.py``)."""
+    group = state.db.group if raw else None
     if key is None:
+        if group is not None:
+            return group.run(partial(_effect, operation))
         with _unit(state, raw) as work:
             status_code, body, events = operation(work)
             return Result(status_code, body, events)
     fingerprint = idempotency.request_fingerprint(request_body)
     for attempt in range(3):
         try:
+            if group is not None:
+                return group.run(partial(_grouped, account_id, scope, key, fingerprint, operation))
             return _run_once(state, account_id, scope, key, fingerprint, operation, raw)
         except IntegrityError:
             # Lost the race for the key (or another unique key): the retry sees the winner's
@@ -68,6 +75,36 @@ def run(
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def _effect(operation: Operation, tx: Tx) -> Result:
+    status_code, body, events = operation(tx)
+    return Result(status_code, body, events)
+
+
+def _grouped(
+    account_id: str, scope: str, key: str, fingerprint: str, operation: Operation, tx: Tx
+) -> Result:
+    """``_run_once`` as one unit of a group commit: the effect in a savepoint of its own, so
+    a refusal rolls back only the effect and is recorded under the key in the same batch."""
+    stored = idempotency.begin(tx, account_id, scope, key, fingerprint)
+    if stored is not None:
+        return Result(stored.status_code, stored.body)
+    tx.run("SAVEPOINT effect")
+    try:
+        status_code, body, events = operation(tx)
+        idempotency.finish(tx, account_id, scope, key, fingerprint, status_code, body)
+    except DomainError as exc:
+        tx.run("ROLLBACK TO effect")
+        tx.run("RELEASE effect")
+        status_code = status_of(exc)
+        if exc.code == "idempotency_key_reused" or status_code >= 500:
+            raise
+        refusal = error_body(exc.code, exc.message, exc.field)
+        idempotency.finish(tx, account_id, scope, key, fingerprint, status_code, refusal)
+        return Result(status_code, refusal, error=exc)
+    tx.run("RELEASE effect")
+    return Result(status_code, body, events)
 
 
 def run_in_server(
