@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
 from app import errors, observability, openapi
+from app.guard import RequestGuard
 from app.http import in_thread
 from app.relay import Relay
 from app.routes import accounts as accounts_routes
@@ -109,7 +110,9 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             *pages_routes.routes,
         ],
         middleware=[
-            Middleware(observability.ObservabilityMiddleware, extra_headers=security_headers)
+            Middleware(observability.ObservabilityMiddleware, extra_headers=security_headers),
+            # Inside the request id's context; unexpected exceptions never reach the server.
+            Middleware(RequestGuard),
         ],
         exception_handlers={
             domain_errors.DomainError: errors.domain_error_handler,
@@ -119,7 +122,6 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             # Every pooled connection stayed busy for the pool's whole timeout: overloaded.
             PoolTimeout: database_unavailable,
             IntegrityError: concurrent_conflict,
-            Exception: errors.unexpected_error_handler,
         },
         lifespan=lifespan,
     )
