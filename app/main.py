@@ -78,7 +78,11 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         if migrate_schema:
             await in_thread(migrate.upgrade, settings.database_url)
         observability.forget_dead_workers()
-        db = Database(settings.database_url)
+        db = Database(
+            settings.database_url,
+            pool_size=int(settings.extra.get("pool_size", 8)),
+            pool_timeout=settings.extra.get("pool_timeout"),
+        )
         hub = Hub(
             settings.broker_url,
             queue_limit=int(settings.extra.get("ws_queue_limit", 256)),
