@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Mount
 from app import errors, observability, openapi
 from app.guard import RequestGuard
 from app.http import in_thread
+from app.purge import Purge
 from app.relay import Relay
 from app.routes import accounts as accounts_routes
 from app.routes import admin as admin_routes
@@ -91,6 +92,8 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         await hub.start()
         relay = Relay(db, hub, interval=float(settings.extra.get("relay_interval", 0.5)))
         relay.start()
+        purger = Purge(db, interval=float(settings.extra.get("purge_interval", 60)))
+        purger.start()
         app.state.paycode = AppState(settings=settings, db=db, hub=hub)
         # The receipt signing key exists from the first start, not the first payment.
         await in_thread(payments_service.prepare, app.state.paycode)
@@ -98,6 +101,7 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             yield
         finally:
             # uvicorn has already closed this process's WebSockets with 1012 by now.
+            await purger.stop()
             await relay.stop()
             await hub.stop()
             db.dispose()
