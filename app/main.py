@@ -92,8 +92,9 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         await hub.start()
         relay = Relay(db, hub, interval=float(settings.extra.get("relay_interval", 0.5)))
         relay.start()
-        purger = Purge(db, interval=float(settings.extra.get("purge_interval", 60)))
-        purger.start()
+        purger = Purge(db, interval=settings.purge_interval)
+        if settings.purge_interval > 0:
+            purger.start()
         app.state.paycode = AppState(settings=settings, db=db, hub=hub)
         # The receipt signing key exists from the first start, not the first payment.
         await in_thread(payments_service.prepare, app.state.paycode)

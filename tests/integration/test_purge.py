@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -163,8 +164,9 @@ def test_two_purges_at_once_remove_each_row_once_and_payments_go_on(
 def test_the_serving_process_purges_by_itself_and_metrics_say_so(settings: Settings) -> None:
     """A serving process's background pass removes expired rows without being asked, and
     /metrics shows the rows removed by table and the oldest kept key's age (under 24 h)."""
-    settings.extra["purge_interval"] = 0.3
-    with TestClient(create_app(settings, migrate_schema=False)) as client:
+    with TestClient(
+        create_app(replace(settings, purge_interval=0.3), migrate_schema=False)
+    ) as client:
         api = Api(client, ADMIN_TOKEN)
         payer, payee = api.user(funds=1_000), api.user()
         assert pay(api, payer, payee, "kept").status_code == 201
