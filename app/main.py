@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         if settings.purge_interval > 0:
             purger.start()
         admission = Admission(db.write_slots, settings.admission_budget_ms / 1000)
+        lag_watch = asyncio.create_task(admission.watch_loop(), name="paycode-loop-lag")
         app.state.paycode = AppState(
             settings=settings, db=db, hub=hub, admission=admission, tokens=tokens
         )
@@ -110,6 +112,9 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             yield
         finally:
             # uvicorn has already closed this process's WebSockets with 1012 by now.
+            lag_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag_watch
             await purger.stop()
             await relay.stop()
             await hub.stop()

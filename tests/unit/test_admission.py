@@ -4,6 +4,7 @@ never lost to a request that gives up."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -67,5 +68,50 @@ def test_a_wait_past_the_budget_is_refused_and_a_cancelled_waiter_loses_no_slot(
         await _hold(gate, entered, 2, release)
         assert entered == [0, 2]
         assert gate.expected_wait() == 0.0
+
+    asyncio.run(scenario())
+
+
+def test_a_loop_running_later_than_the_budget_refuses_at_once() -> None:
+    """When the watched event loop ran a timer later than the budget (it was blocked) while
+    units are running, a request is refused even with slots free; once the loop is on time
+    again it enters."""
+
+    async def scenario() -> None:
+        gate = Admission(slots=4, budget=0.05)
+        watch = asyncio.create_task(gate.watch_loop(period=0.01))
+        release = asyncio.Event()
+        busy = asyncio.create_task(_hold(gate, [], 0, release))
+        await asyncio.sleep(0.03)
+        loop = asyncio.get_running_loop()
+        # One stall of the loop refuses nobody.
+        loop.call_soon(time.sleep, 0.2)
+        await asyncio.sleep(0.02)
+        assert gate.lag <= gate.budget
+        async with gate.slot():
+            pass
+        # Work that holds the loop again and again: it is behind.
+        stalls = iter(range(4))
+
+        def stall() -> None:
+            time.sleep(0.12)
+            if next(stalls, None) is not None:
+                loop.call_soon(stall)
+
+        loop.call_soon(stall)
+        await asyncio.sleep(0.01)
+        assert gate.lag > gate.budget
+        with pytest.raises(Unavailable):
+            async with gate.slot():
+                raise AssertionError("admitted while the loop was behind")
+        for _ in range(200):
+            if gate.lag <= gate.budget:
+                break
+            await asyncio.sleep(0.01)
+        async with gate.slot():
+            pass
+        release.set()
+        await busy
+        watch.cancel()
 
     asyncio.run(scenario())
