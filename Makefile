@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run demo test lint format clean migration loadtest bench cluster chaos
+.PHONY: install run demo test lint format clean migration loadtest bench cluster chaos messages
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,11 @@ PROCESSES ?= 3
 CLUSTER_PORT ?= 8080
 cluster: install
 	$(PY) -m app.cluster --processes $(PROCESSES) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
+
+# The pages' messages: re-extracts app/locales/messages.pot from the templates and JavaScript
+# modules and merges it into each language's .po (then translate the new empty msgstr entries).
+messages: install
+	$(PY) -m app.i18n.extract
 
 # Regenerates the single initial migration from the models while the schema is young.
 migration: install
