@@ -8,6 +8,9 @@ import { t, wireLanguagePicker } from "./i18n.js";
 import { connectLive } from "./live.js";
 
 // The device name a login from each page gets (shown on /devices).
+// An open page says it is still here this often (the devices list's "last seen").
+const STILL_HERE_MS = 5 * 60 * 1000;
+
 const PAGE_DEVICE = {
   counter: () => t("Counter tablet (web)"),
   code: () => t("Phone (web)"),
@@ -147,6 +150,9 @@ export function boot(start, { watch = false } = {}) {
     if (!started) {
       started = true;
       if (watch) connectLive({ onEvent: () => {} });
+      setInterval(() => {
+        if (document.visibilityState === "visible") get("/me").catch(() => {});
+      }, STILL_HERE_MS);
       await start(me);
     }
   };
