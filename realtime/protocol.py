@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
+from pydantic_core import from_json
 
 MSGPACK = "paycode.v1.msgpack"
 JSON = "paycode.v1.json"
@@ -78,7 +79,9 @@ def decode(fmt: str, message: Wire) -> dict[str, Any]:
         if not isinstance(message, str):
             raise ProtocolError(CLOSE_POLICY, "binary frame on the JSON subprotocol")
         try:
-            frame = json.loads(message)
+            # Strict: a \\u escape of a lone surrogate is not text either (1007, as for
+            # invalid UTF-8), and NaN is not JSON.
+            frame = from_json(message, allow_inf_nan=False, cache_strings="keys")
         except ValueError as exc:
             raise ProtocolError(CLOSE_INVALID_DATA, "frame is not valid JSON") from exc
     if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
