@@ -40,6 +40,13 @@ def templates_for(language: str) -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
+def currency_sign(currency: str, language: str) -> str:
+    """The currency's sign as the language writes it (¥, CN¥); a bare "$", which does not say
+    which dollar (繁體 writes TWD so), becomes the English sign: NT$, HK$. As money.js does."""
+    sign = get_currency_symbol(currency, locale=language.replace("-", "_"))
+    return get_currency_symbol(currency, locale="en") if sign == "$" else sign
+
+
 def _render(request: Request, template: str, page: str, script: str) -> Response:
     language = i18n.chosen_language(
         request.cookies.get(i18n.COOKIE), request.headers.get("accept-language")
@@ -51,7 +58,7 @@ def _render(request: Request, template: str, page: str, script: str) -> Response
         "lang_cookie": i18n.COOKIE,
         "brand": BRAND,
         "currency": currency,
-        "currency_symbol": get_currency_symbol(currency, locale=language.replace("-", "_")),
+        "currency_symbol": currency_sign(currency, language),
         "page": page,
         "script": script,
         "script_messages": i18n.script_messages(language),

@@ -113,6 +113,10 @@ def test_clerk_issues_customer_pays_owner_sees_it_in_three_languages(
     expect(payer.locator("#details-label")).to_have_text("Counter 1")
     expect(payer.locator("#details-items")).to_contain_text("Flat white")
     expect(payer.locator("#details-total")).to_have_text("CN¥12.20")
+    # A Taiwan deployment's own currency, as this page writes it: the dollar named.
+    to_money = "async (m) => (await import('/static/js/money.js')).formatMoney(m, 'TWD')"
+    assert payer.evaluate(to_money, 1220) == "NT$12.20"
+    assert payer.evaluate(to_money, 100_000_000_000_000) == "NT$1,000,000,000,000.00"
     assert_in_language(payer, "zh-TW", *people)
     payer.screenshot(path=str(artifacts / "payer-details.png"))
     assert payer.url == url, "after login the payer is back on the code's page"

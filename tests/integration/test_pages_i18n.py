@@ -13,6 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.main import create_app
+from app.routes.pages import currency_sign
 from app.settings import Settings
 
 PAGES = ["/", "/counter", "/c/some-token", "/pay", "/dashboard", "/devices"]
@@ -93,3 +94,12 @@ def test_money_labels_use_the_locales_currency_sign(pages: TestClient) -> None:
     assert "（¥，无商品时填写）" in zh
     en = pages.get("/dashboard", headers={"Accept-Language": "en"}).text
     assert "Amount (CN¥)" in en
+
+
+def test_a_dollar_sign_says_which_dollar() -> None:
+    """繁體 writes TWD with a bare "$"; the labels say NT$ (and HK$), as the pages' money does."""
+    assert currency_sign("TWD", "zh-TW") == "NT$"
+    assert currency_sign("HKD", "zh-TW") == "HK$"
+    assert currency_sign("CNY", "zh-CN") == "¥"
+    assert currency_sign("CNY", "zh-TW") == "CN¥"
+    assert currency_sign("USD", "en") == "$"

@@ -26,15 +26,27 @@ export function decimalOf(minor) {
   return `${sign}${Math.floor(abs / 100)}.${String(abs % 100).padStart(2, "0")}`;
 }
 
+// A bare "$" does not say which dollar (繁體 writes TWD so); the English sign does: NT$, HK$.
+function signOf(value, currency) {
+  if (value !== "$") return value;
+  const english = new Intl.NumberFormat("en", { style: "currency", currency })
+    .formatToParts(1)
+    .find((p) => p.type === "currency");
+  return english ? english.value : value;
+}
+
 export function formatMoney(minor, currency = CURRENCY) {
   // Intl takes a decimal string exactly, so 10^12 minor units print without rounding.
-  return formatter(currency).format(decimalOf(minor));
+  return formatter(currency)
+    .formatToParts(decimalOf(minor))
+    .map((p) => (p.type === "currency" ? signOf(p.value, currency) : p.value))
+    .join("");
 }
 
 // The currency's sign in this locale (¥, CN¥, NT$, …), for labels such as "Unit price (¥)".
 export function currencySymbol(currency = CURRENCY) {
   const part = formatter(currency).formatToParts(1).find((p) => p.type === "currency");
-  return part ? part.value : currency;
+  return part ? signOf(part.value, currency) : currency;
 }
 
 // The amount as the spoken confirmation says it: "12.20 元" / "12.20 yuan" for the yuan, else
