@@ -128,7 +128,7 @@ def test_every_page_fits_and_is_labelled(
     api.agency(owner, clerk, label="Till 1")
     tab = open_tab(viewport, clerk)
     page = tab.page
-    for path in ["/", "/counter", "/pay", "/dashboard"]:
+    for path in ["/", "/counter", "/pay", "/dashboard", "/devices"]:
         page.goto(path)
         expect(page.locator("#app")).to_be_visible()
         page.wait_for_load_state("networkidle")
