@@ -49,8 +49,10 @@ async function loadAgencies() {
   const none = state.agencies.length === 0;
   $("no-agency").hidden = !none;
   $("sale-form").hidden = none;
+  // Both stay disabled from the page's load until there is an agency to act for.
   select.disabled = none;
   $("static-open").disabled = none;
+  $("issue").disabled = none;
 }
 
 // ---- sale form ----------------------------------------------------------------------------
