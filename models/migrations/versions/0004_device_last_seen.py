@@ -1,6 +1,6 @@
 """device.last_seen_at: when a page on the device last asked who it is
 
-Revision ID: 0003
+Revision ID: 0004
 Revises: 0001
 Create Date: 2026-11-29 16:00:00.000000
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = "0003"
+revision: str = "0004"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
