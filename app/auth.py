@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -11,6 +12,7 @@ from starlette.requests import HTTPConnection
 
 from app.http import in_thread
 from app.state import state_of
+from app.tokens import TokenCache
 from models import accounts
 from models.db import Database
 from models.errors import Unauthorized
@@ -44,15 +46,30 @@ _BY_TOKEN_HASH = (
 )
 
 
-def principal_of(tx: Tx, token: str) -> Principal:
-    """The device of a bearer token; Unauthorized if unknown or revoked."""
+def _token_hash(token: str) -> str:
     if not token or len(token) > 200:
         raise Unauthorized("missing or invalid token")
-    row = tx.one(_BY_TOKEN_HASH, (accounts.hash_token(token),))
+    return accounts.hash_token(token)
+
+
+def _read(tx: Tx, token_hash: str) -> Principal:
+    row = tx.one(_BY_TOKEN_HASH, (token_hash,))
     if row is None:
         raise Unauthorized("missing or invalid token")
     account_id, handle, display_name, device_id = row
     return Principal(account_id, handle, display_name, device_id)
+
+
+def principal_of(tx: Tx, token: str) -> Principal:
+    """The device of a bearer token; Unauthorized if unknown or revoked."""
+    return _read(tx, _token_hash(token))
+
+
+def _remembered(tx: Tx, tokens: TokenCache, token_hash: str) -> Principal:
+    read_at = time.monotonic()
+    who = _read(tx, token_hash)
+    tokens.put(token_hash, who, read_at)
+    return who
 
 
 def resolve_token(db: Database, token: str) -> Principal:
@@ -60,11 +77,23 @@ def resolve_token(db: Database, token: str) -> Principal:
         return principal_of(tx, token)
 
 
+def _resolve_hash(db: Database, tokens: TokenCache, token_hash: str) -> Principal:
+    with db.raw_read() as tx:
+        return _remembered(tx, tokens, token_hash)
+
+
 async def require_user(conn: HTTPConnection) -> Principal:
+    """The caller's device: from the token cache when it knows the token (no database read and
+    no thread hop), else read and remembered."""
     token = bearer_token(conn)
     if token is None:
         raise Unauthorized("missing bearer token")
-    return await in_thread(resolve_token, state_of(conn).db, token)
+    state = state_of(conn)
+    token_hash = _token_hash(token)
+    who: Principal | None = state.tokens.get(token_hash)
+    if who is not None:
+        return who
+    return await in_thread(_resolve_hash, state.db, state.tokens, token_hash)
 
 
 # Checks that belong with the caller's identity (the request's own parts, a limiter's read)
@@ -73,13 +102,23 @@ Vet = Callable[[Tx, Principal], None]
 
 
 def run_as(
-    db: Database, token: str, vet: Vet | None, fn: Callable[..., T], *args: Any, **kwargs: Any
+    db: Database,
+    tokens: TokenCache,
+    token: str,
+    vet: Vet | None,
+    fn: Callable[..., T],
+    *args: Any,
+    **kwargs: Any,
 ) -> T:
-    # One read connection, reset when it goes back to the pool.
-    with db.raw_read() as tx:
-        who = principal_of(tx, token)
-        if vet is not None:
-            vet(tx, who)
+    token_hash = _token_hash(token)
+    who: Principal | None = tokens.get(token_hash)
+    if who is None or vet is not None:
+        # One read connection, reset when it goes back to the pool.
+        with db.raw_read() as tx:
+            if who is None:
+                who = _remembered(tx, tokens, token_hash)
+            if vet is not None:
+                vet(tx, who)
     return fn(who, *args, **kwargs)
 
 
@@ -92,11 +131,13 @@ async def as_user(
 ) -> T:
     """``fn(principal, *args, **kwargs)`` for the bearer token's device, in the same worker-thread
     hop as the token lookup: a request costs one hop, not one for the token and one for its
-    work. ``vet`` runs inside the token's read transaction, before ``fn``."""
+    work. The token comes from the cache when it can. ``vet`` runs inside a read transaction,
+    before ``fn``."""
     token = bearer_token(conn)
     if token is None:
         raise Unauthorized("missing bearer token")
-    return await in_thread(run_as, state_of(conn).db, token, vet, fn, *args, **kwargs)
+    state = state_of(conn)
+    return await in_thread(run_as, state.db, state.tokens, token, vet, fn, *args, **kwargs)
 
 
 def require_admin(conn: HTTPConnection) -> None:

@@ -21,6 +21,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.DomainError], int]] = [
     (errors.PayloadTooLarge, 413),
     (errors.Invalid, 422),
     (errors.RateLimited, 429),
+    (errors.Unavailable, 503),
 ]
 
 CODE_BY_STATUS = {
@@ -55,7 +56,7 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 async def domain_error_handler(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.DomainError)
     response = error_response(status_of(exc), exc.code, exc.message, exc.field)
-    if isinstance(exc, errors.RateLimited):
+    if isinstance(exc, (errors.RateLimited, errors.Unavailable)):
         response.headers["Retry-After"] = str(exc.retry_after)
     return response
 

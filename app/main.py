@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
 from app import errors, observability, openapi
+from app.admission import Admission
 from app.guard import RequestGuard
 from app.http import in_thread
 from app.purge import Purge
@@ -35,6 +37,7 @@ from app.security_headers import security_headers
 from app.services import payments as payments_service
 from app.settings import Settings, from_env
 from app.state import AppState
+from app.tokens import TokenCache
 from models import errors as domain_errors
 from models import migrate
 from models.db import Database
@@ -90,18 +93,28 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             hooks=observability.REALTIME_HOOKS,
         )
         await hub.start()
-        relay = Relay(db, hub, interval=float(settings.extra.get("relay_interval", 0.5)))
+        tokens = TokenCache()
+        hub.revocation_listeners.append(tokens.forget_device)
+        interval = float(settings.extra.get("relay_interval", 0.5))
+        relay = Relay(db, hub, interval=interval, tokens=tokens)
         relay.start()
         purger = Purge(db, interval=settings.purge_interval)
         if settings.purge_interval > 0:
             purger.start()
-        app.state.paycode = AppState(settings=settings, db=db, hub=hub)
+        admission = Admission(db.write_slots, settings.admission_budget_ms / 1000)
+        lag_watch = asyncio.create_task(admission.watch_loop(), name="paycode-loop-lag")
+        app.state.paycode = AppState(
+            settings=settings, db=db, hub=hub, admission=admission, tokens=tokens
+        )
         # The receipt signing key exists from the first start, not the first payment.
         await in_thread(payments_service.prepare, app.state.paycode)
         try:
             yield
         finally:
             # uvicorn has already closed this process's WebSockets with 1012 by now.
+            lag_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag_watch
             await purger.stop()
             await relay.stop()
             await hub.stop()

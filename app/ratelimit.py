@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from app.state import AppState
 from models import ratelimit
@@ -64,6 +64,39 @@ def guarded(
         if exc.field == field:
             record_failure(state, account_id, client)
         raise
+
+
+Check = Callable[[Tx], None]
+
+
+class Looked(Protocol):
+    error: DomainError | None
+
+
+L = TypeVar("L", bound=Looked)
+
+
+def limited(
+    state: AppState, account_id: str, client: str, lookup: Callable[[Check], L], field: str
+) -> L:
+    """The limiter around a lookup that runs in its own unit of work, consulted once:
+    ``lookup(check)`` calls ``check(tx)`` on its own connection before it looks the code up
+    (refused with 429 while over the limit), and a NotFound for ``field``, raised or carried
+    as the result's ``error`` (a refusal stored under an Idempotency-Key), counts a failure."""
+    limits = _limits(state)
+
+    def check_on(tx: Tx) -> None:
+        ratelimit.check(tx, account_id, client, limits)
+
+    try:
+        result = lookup(check_on)
+    except NotFound as exc:
+        if exc.field == field:
+            record_failure(state, account_id, client)
+        raise
+    if is_unknown_code(result.error, field):
+        record_failure(state, account_id, client)
+    return result
 
 
 def _limits(state: AppState) -> ratelimit.Limits:

@@ -20,7 +20,9 @@ import time
 
 from sqlmodel import select
 
+from app.auth import Principal
 from app.http import in_thread
+from app.tokens import TokenCache
 from models.accounts import Account, Device
 from models.db import Database
 from realtime.hub import Hub
@@ -55,10 +57,19 @@ def read_marks(
     return last_seqs, set(device_ids) - alive
 
 
+def sweep_tokens(db: Database, tokens: TokenCache) -> int:
+    """Drop the cached tokens of devices revoked through an instance whose broadcast was lost."""
+    with db.raw_read() as tx:
+        return tokens.sweep(tx, Principal)
+
+
 class Relay:
-    def __init__(self, db: Database, hub: Hub, *, interval: float = 0.5) -> None:
+    def __init__(
+        self, db: Database, hub: Hub, *, interval: float = 0.5, tokens: TokenCache | None = None
+    ) -> None:
         self.db = db
         self.hub = hub
+        self.tokens = tokens
         self.interval = interval
         self._seen: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -89,6 +100,8 @@ class Relay:
             self.hub.hook("relay_lag", time.monotonic() - self._last_tick)
 
     async def tick(self) -> None:
+        if self.tokens:
+            await in_thread(sweep_tokens, self.db, self.tokens)
         positions = self.hub.positions()
         devices = self.hub.devices()
         if not positions and not devices:

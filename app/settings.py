@@ -30,6 +30,8 @@ class Settings:
     purge_interval: float = 60.0
     # Fault injection for the test suite: die by SIGKILL between commit and publish.
     fault_kill_after_commit: bool = False
+    # How long a code issue or a payment may wait for its turn before it is refused with 503.
+    admission_budget_ms: int = 100
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -54,6 +56,8 @@ class Settings:
                 "sockets of its own process, so confirmations would be lost between workers. "
                 "Set PAYCODE_BROKER_URL=redis://host:6379/0."
             )
+        if self.admission_budget_ms < 1:
+            raise SettingsError("PAYCODE_ADMISSION_BUDGET_MS must be at least 1")
         if not 0 <= self.purge_interval <= 86400:
             raise SettingsError("PAYCODE_PURGE_INTERVAL must be 0 (off) to 86400 seconds")
         if self.admin_token is not None and len(self.admin_token) < 16:
@@ -62,6 +66,13 @@ class Settings:
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _milliseconds(env: Any, name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    if not raw.isdigit() or len(raw) > 9:
+        raise SettingsError(f"{name} must be a whole number of milliseconds")
+    return int(raw)
 
 
 def from_env(environ: dict[str, str] | None = None) -> Settings:
@@ -75,6 +86,7 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
         receipt_key=env.get("PAYCODE_RECEIPT_KEY") or None,
         purge_interval=_seconds(env, "PAYCODE_PURGE_INTERVAL", 60.0),
         fault_kill_after_commit=env.get("PAYCODE_FAULT_KILL_AFTER_COMMIT") == "1",
+        admission_budget_ms=_milliseconds(env, "PAYCODE_ADMISSION_BUDGET_MS", 100),
     )
 
 

@@ -6,11 +6,13 @@ import logging
 import os
 import signal
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
+from app.admission import Admission
 from app.settings import Settings
+from app.tokens import TokenCache
 from models.db import Database
 from models.events import Published
 from realtime.hub import Hub
@@ -23,6 +25,8 @@ class AppState:
     settings: Settings
     db: Database
     hub: Hub
+    admission: Admission
+    tokens: TokenCache = field(default_factory=TokenCache)
 
     async def publish(self, events: Iterable[Published]) -> None:
         """Hand committed events to the hub. A failure here loses nothing: the outbox relay

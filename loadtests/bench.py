@@ -1,7 +1,7 @@
 """The headline numbers in one run: this machine's ceilings, then paycode on each
 configuration, then idle WebSockets — written as JSON, a Markdown table and PNG plots.
 
-    python -m loadtests.bench            # full run, ~8 minutes on 2 cores
+    python -m loadtests.bench            # full run, ~15 minutes on 2 cores
     python -m loadtests.bench --quick    # a few seconds per phase, for smoke tests
 
 The harness starts and stops every server itself on free ports of 127.0.0.1. This process is
@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from loadtests import ceilings, idle, profiling, report, servers, shop
+from loadtests import ceilings, idle, mall, profiling, report, servers, shop
 from loadtests.sales import Floor, offered, saturate
 
 SHARES = (0.25, 0.5, 0.75)
@@ -134,6 +134,7 @@ async def run_config(name: str, args: argparse.Namespace, logs: Path) -> dict[st
                     rate = max(1.0, share * saturation["payments_per_s"])
                     result = await offered(floor, rate, args.rate_seconds)
                     rates.append({"share": share, **result})
+                mall_result = await mall_phase(server, args) if args.shops else None
                 profile = None
                 if args.profile:
                     profile = await profile_phase(floor, server, name, args.seconds, logs, args.out)
@@ -150,7 +151,38 @@ async def run_config(name: str, args: argparse.Namespace, logs: Path) -> dict[st
         "saturation": saturation,
         "rates": rates,
         "seq_faults": faults,
+        "mall": mall_result,
         "profile": profile,
+    }
+
+
+async def mall_phase(server: servers.Server, args: argparse.Namespace) -> dict[str, Any]:
+    """The many-shops floor on the same server: saturation, then each fixed offered rate."""
+    built = await mall.build(server.host, server.port, args.shops, args.shop_devices)
+    floor = mall.MallFloor(server.host, server.port, built)
+    await floor.open()
+    try:
+        await mall.saturate(floor, args.warmup)
+        with CpuWatch(server) as cpu:
+            saturation = await mall.saturate(floor, args.seconds)
+        saturation.update(cpu.shares)
+        saturation["server_cpu_ms_per_payment"] = cpu.per_operation_ms(saturation["completed"])
+        rates = []
+        for rate in args.shop_rates:
+            with CpuWatch(server) as cpu:
+                result = await mall.offered(floor, rate, args.rate_seconds)
+            result.update(cpu.shares)
+            result["server_cpu_ms_per_payment"] = cpu.per_operation_ms(result["completed"])
+            rates.append(result)
+        faults = floor.seq_faults()
+    finally:
+        await floor.close()
+    return {
+        "shops": args.shops,
+        "devices_per_account": args.shop_devices,
+        "saturation": saturation,
+        "rates": rates,
+        "seq_faults": faults,
     }
 
 
@@ -255,6 +287,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate-seconds", type=float, default=None, help="each fixed-rate phase")
     parser.add_argument("--warmup", type=float, default=None)
     parser.add_argument("--sockets", type=int, default=None, help="idle WebSockets (0: skip)")
+    parser.add_argument(
+        "--shops", type=int, default=None, help="the many-shops floor: N shops (0: skip)"
+    )
+    parser.add_argument(
+        "--shop-rates", type=float, nargs="*", default=None, help="its offered payments/s"
+    )
+    parser.add_argument("--shop-devices", type=int, default=3, help="devices per account")
     parser.add_argument("--profile", action="store_true", help="sample the server with py-spy")
     parser.add_argument("--out", default="docs/bench", help="where JSON, Markdown and PNGs go")
     parser.add_argument("--no-plots", action="store_true")
@@ -267,6 +306,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "rate_seconds": 1.0 if quick else 15.0,
         "warmup": 0.5 if quick else 3.0,
         "sockets": 100 if quick else 10_000,
+        "shops": 4 if quick else 100,
+        "shop_rates": [20.0] if quick else [100.0, 200.0, 400.0, 600.0],
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:

@@ -328,6 +328,7 @@ def markdown(results: dict[str, Any]) -> str:
                 ]
             ),
         ]
+    lines += _mall_lines(results)
     lines += ["", "### The bars", "", _row(["bar", "target", "measured", "met"])]
     lines.append(_row(["---"] * 4))
     for bar in results["bars"]:
@@ -336,6 +337,58 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += _share_notes(results)
     return "\n".join(lines) + "\n"
+
+
+def _mall_lines(results: dict[str, Any]) -> list[str]:
+    """The many-shops floor: payments by static code at fixed offered rates, open loop."""
+    lines: list[str] = []
+    for c in results["configs"]:
+        mall = c.get("mall")
+        if not mall:
+            continue
+        sat = mall["saturation"]
+        lines += [
+            "",
+            f"### {mall['shops']} shops, {c['name']}: payer, payee and agent on "
+            f"{mall['devices_per_account']} devices each (latency: POST written → the frame on "
+            "every one of their devices)",
+            "",
+            _row(
+                [
+                    "offered/s",
+                    "completed/s",
+                    "p50 / p99 / p99.9 ms",
+                    "payment POST p99 ms",
+                    "503 (slowest answer ms)",
+                    "missing",
+                    "server CPU ms/payment",
+                    "load avg",
+                ]
+            ),
+            _row(["---"] * 8),
+        ]
+        for r in [*mall["rates"], {**sat, "offered_rate": "saturation"}]:
+            conf = r["confirmation_every_device"]
+            lines.append(
+                _row(
+                    [
+                        r["offered_rate"],
+                        r["payments_per_s"],
+                        f"{conf['p50_ms']} / {conf['p99_ms']} / {conf['p999_ms']}",
+                        r["payment_http"]["p99_ms"],
+                        f"{r['refused']} ({r['refused_http']['max_ms']})",
+                        r["missing_confirmations"],
+                        r.get("server_cpu_ms_per_payment"),
+                        r.get("load_average"),
+                    ]
+                )
+            )
+        faults = mall["seq_faults"]
+        lines.append(
+            f"\nseq gaps {faults['gaps']}, duplicates {faults['duplicates']}, "
+            f"reconnects {faults['reconnects']}."
+        )
+    return lines
 
 
 def plots(results: dict[str, Any], out: Path) -> list[Path]:

@@ -22,6 +22,7 @@ class WireError(RuntimeError):
 class Reply:
     status: int
     body: bytes
+    retry_after: str | None = None
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -57,10 +58,13 @@ class _Protocol(asyncio.Protocol):
             return None
         head = bytes(self.buffer[:end]).split(b"\r\n")
         length = None
+        retry_after = None
         for line in head[1:]:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value.strip())
+            elif name.strip().lower() == b"retry-after":
+                retry_after = value.strip().decode("latin-1")
             elif name.strip().lower() == b"transfer-encoding":
                 raise WireError("chunked responses are not supported by the bench client")
         length = length or 0
@@ -68,7 +72,7 @@ class _Protocol(asyncio.Protocol):
             return None
         body = bytes(self.buffer[end + 4 : end + 4 + length])
         del self.buffer[: end + 4 + length]
-        return Reply(int(head[0].split(b" ", 2)[1]), body)
+        return Reply(int(head[0].split(b" ", 2)[1]), body, retry_after)
 
 
 class Connection:

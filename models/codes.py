@@ -167,6 +167,29 @@ def resolve_with_agency(work: Session | Tx, typed: str) -> tuple[CodeRow, str] |
     return read_row(tx, row), row[_CODE_COLUMNS]
 
 
+def resolve_with_parties(tx: Tx, typed: str) -> tuple[CodeRow, str, Party, Party] | None:
+    """``resolve_with_agency`` with the code's payee and agent as a view names them, in one
+    read per form tried: what a payment signs and shows, read before any lock is taken."""
+    if not isinstance(typed, str) or not typed or len(typed) > 200:
+        return None
+    row = tx.one(_PARTIES_BY_TOKEN, (typed,))
+    if row is None:
+        canonical = shortcodes.normalize(typed)
+        if canonical is None:
+            return None
+        row = tx.one(_PARTIES_BY_SHORT_CODE, (canonical,))
+        if row is None:
+            return None
+    code = read_row(tx, row)
+    agency_status, payee_handle, payee_name, agent_handle, agent_name = row[_CODE_COLUMNS:]
+    return (
+        code,
+        agency_status,
+        Party(code.payee_id, payee_handle, payee_name),
+        Party(code.agent_id, agent_handle, agent_name),
+    )
+
+
 def read_row(tx: Tx, row: Sequence[Any]) -> CodeRow:
     """The code of a row that selects ``CODE_COLUMNS`` first."""
     values = list(row[:_CODE_COLUMNS])
@@ -373,6 +396,14 @@ _WITH_AGENCY = (
 )
 _BY_TOKEN = _WITH_AGENCY + " WHERE code.token = ?"
 _BY_SHORT_CODE = _WITH_AGENCY + " WHERE code.short_code = ?"
+_WITH_PARTIES = (
+    f"SELECT {CODE_COLUMNS}, agency.status, payee.handle, payee.display_name, agent.handle,"
+    " agent.display_name FROM code JOIN agency ON agency.id = code.agency_id"
+    " JOIN account AS payee ON payee.id = code.payee_id"
+    " JOIN account AS agent ON agent.id = code.agent_id"
+)
+_PARTIES_BY_TOKEN = _WITH_PARTIES + " WHERE code.token = ?"
+_PARTIES_BY_SHORT_CODE = _WITH_PARTIES + " WHERE code.short_code = ?"
 _SHORT_CODE_TAKEN = "SELECT id FROM code WHERE short_code = ?"
 _INSERT = f"INSERT INTO code ({', '.join(_FIELDS)}) VALUES ({', '.join('?' for _ in _FIELDS)})"
 

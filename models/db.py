@@ -19,6 +19,9 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
 from models import sql
+from models.group import GroupWriter
+
+GROUP_SLOTS = 16
 
 
 def normalize_url(url: str) -> str:
@@ -66,6 +69,9 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 8, pool_timeout: float | None = None):
         self.url = normalize_url(url)
         self.dialect = make_url(self.url).get_backend_name()
+        self.pool_size = pool_size
+        # The group commit of the hot path's writes (SQLite only: there is one writer anyway).
+        self.group: GroupWriter | None = None
         if self.dialect == "sqlite":
             self.writer = _sqlite_engine(
                 self.url, immediate=True, pool_size=1, pool_timeout=pool_timeout or 60
@@ -73,6 +79,7 @@ class Database:
             self.reader = _sqlite_engine(
                 self.url, immediate=False, pool_size=pool_size, pool_timeout=pool_timeout or 60
             )
+            self.group = GroupWriter(self.writer)
         elif self.dialect == "postgresql":
             self.writer = create_engine(
                 self.url,
@@ -84,6 +91,12 @@ class Database:
             self.reader = self.writer
         else:
             raise ValueError(f"unsupported database URL scheme: {self.dialect}")
+
+    @property
+    def write_slots(self) -> int:
+        """Write units worth running at once: on SQLite, enough to fill a group commit's
+        batch while the previous one commits; on PostgreSQL, the pool's steady connections."""
+        return GROUP_SLOTS if self.is_sqlite else self.pool_size
 
     @property
     def is_sqlite(self) -> bool:
@@ -117,7 +130,13 @@ class Database:
     def raw_read(self) -> AbstractContextManager[sql.Tx]:
         return sql.unit(self.reader, write=False)
 
+    def autocommit(self) -> AbstractContextManager[sql.Tx]:
+        """PostgreSQL only: each statement its own transaction (see ``sql.autocommit``)."""
+        return sql.autocommit(self.writer)
+
     def dispose(self) -> None:
+        if self.group is not None:
+            self.group.close()
         self.writer.dispose()
         if self.reader is not self.writer:
             self.reader.dispose()

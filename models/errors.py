@@ -60,5 +60,15 @@ class RateLimited(DomainError):
         self.retry_after = max(1, int(retry_after))
 
 
+class Unavailable(DomainError):
+    """The server cannot take this request now; nothing was done (HTTP 503, ``Retry-After``)."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
 class PayloadTooLarge(DomainError):
     code = "payload_too_large"

@@ -93,6 +93,13 @@ def begin(
             existing = None
     if existing is None:
         return None
+    return replay(request_hash, status_code, tx.read_json(response), fingerprint)
+
+
+def replay(
+    request_hash: str, status_code: int | None, body: Any, fingerprint: str
+) -> StoredResponse:
+    """The stored response of a key, for a request with this fingerprint."""
     if request_hash != fingerprint:
         raise Invalid(
             "this Idempotency-Key was used with a different request",
@@ -102,7 +109,22 @@ def begin(
     if status_code is None:
         # Only reachable from a record written by an older release, which claimed keys first.
         raise RuntimeError("idempotency record without a response")
-    return StoredResponse(status_code, tx.read_json(response))
+    return StoredResponse(status_code, body)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A key a request will record its response under, in the transaction of its effect."""
+
+    account_id: str
+    scope: str
+    key: str
+    fingerprint: str
+
+    @property
+    def stale_before(self) -> datetime:
+        """Records older than this are expired: the key may be used afresh."""
+        return utcnow() - TTL
 
 
 def finish(

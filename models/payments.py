@@ -4,7 +4,7 @@ per involved account, and the invariants the database itself enforces."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, Session, SQLModel, select
 
-from models import codes, ledger, sql
+from models import codes, idempotency, ledger, sql
 from models.accounts import (
     Account,
     LockedAccount,
@@ -41,6 +41,7 @@ from models.errors import Conflict, Forbidden, Invalid, NotFound
 from models.events import CODE_PAID, PAYMENT_REFUNDED, PAYMENT_SUCCEEDED, Published, append
 from models.events import insert as insert_events
 from models.events import stage as stage_event
+from models.idempotency import Claim
 from models.ids import new_id
 from models.ledger import post
 from models.money import parse_amount
@@ -367,6 +368,165 @@ def pay(
     for account in (payer, payee):
         account.balance += changes[account.id][0]
     return view, events
+
+
+# --- paying inside PostgreSQL -----------------------------------------------------------------
+
+_USER_PARTY_BY_HANDLE = (
+    "SELECT id, handle, display_name FROM account WHERE handle = ? AND kind = 'user'"
+)
+# Every parameter typed, so the one function is found without guessing.
+_PAY = (
+    "SELECT outcome, stored_status, stored_response, stored_hash, seqs, event_accounts"
+    " FROM paycode_pay(?::text, ?::text, ?::text, ?::text, ?::text, ?::text, ?::text,"
+    " ?::text, ?::json, ?::text, ?::json, ?::bigint, ?::timestamptz, ?::text[], ?::json,"
+    " ?::json, ?::text, ?::text, ?::text, ?::timestamptz)"
+)
+# What the function found changed since the reads before it, as the same errors.
+_REFUSALS: dict[str, tuple[str, str]] = {
+    "insufficient_funds": ("insufficient_funds", "insufficient funds"),
+    "code_already_paid": ("code_already_paid", "this code has been paid already"),
+    "code_expired": ("code_expired", "this code has expired"),
+    "code_cancelled": ("code_cancelled", "this code was cancelled"),
+    "code_not_active": ("code_not_active", "this code is not active"),
+    "agency_revoked": ("agency_revoked", "the agency of this code was revoked"),
+    "agency_pending": ("agency_not_active", "the agency of this code is not active yet"),
+    "agency_not_active": ("agency_not_active", "the agency of this code is not active"),
+}
+
+
+def _named_payee(tx: Tx, value: Any) -> Party:
+    """``user_id_by_handle`` with the name a view shows."""
+    handle = value.strip().lower() if isinstance(value, str) else None
+    row = tx.one(_USER_PARTY_BY_HANDLE, (handle,)) if handle is not None else None
+    if row is None:
+        if not isinstance(value, str):
+            raise Invalid("payee must be a handle", field="payee")
+        raise NotFound("no account with that payee", field="payee")
+    return Party(*row)
+
+
+def _plan_named(tx: Tx, payer: Party, body: dict[str, Any]) -> tuple[_Plan, dict[str, Party]]:
+    """``_plan`` with every party's name, so nothing needs reading once the rows are locked."""
+    has_code = body.get("code") is not None
+    has_payee = body.get("payee") is not None
+    if has_code == has_payee:
+        raise Invalid("give exactly one of code or payee", field="code")
+    given = parse_amount(body["amount"]) if body.get("amount") is not None else None
+    if has_payee:
+        payee = _named_payee(tx, body["payee"])
+        if given is None:
+            raise Invalid("amount is required", code="amount_required", field="amount")
+        return _Plan(payee.id, given), {payee.id: payee, payer.id: payer}
+    if not isinstance(body["code"], str):
+        raise Invalid("code must be a code token or short code", field="code")
+    found = codes.resolve_with_parties(tx, body["code"])
+    if found is None:
+        raise NotFound("no such code", field="code")
+    code, agency_status, payee, agent = found
+    _refuse_unusable(code, agency_status)
+    plan = _Plan(code.payee_id, _code_amount(code, given), code, code.agency_id)
+    return plan, {payee.id: payee, agent.id: agent, payer.id: payer}
+
+
+def pay_in_server(
+    tx: Tx, payer: Party, body: dict[str, Any], ctx: Context, claim: Claim | None
+) -> tuple[int, Any, list[Published]]:
+    """``pay`` with its locked part in one round trip: the checks of what cannot change, the
+    receipt and the views here, then the ``paycode_pay`` function (migration 0003) locks,
+    re-checks what can change, and writes the payment, its legs, the balances, the code, the
+    events and the key's record. ``tx`` is an autocommit connection, so the function's
+    statement is its whole transaction. Returns the status, the body and the events; a key
+    recorded since the caller looked returns its stored response and no events."""
+    memo = _optional_text(body, "memo")
+    plan, parties = _plan_named(tx, payer, body)
+    code = plan.code
+    if plan.payee_id == payer.id:
+        raise Invalid(
+            "the payee cannot pay itself",
+            code="self_payment",
+            field="payee" if code is None else "code",
+        )
+    agent_id = code.agent_id if code is not None else None
+    payment_id = new_id("pay")
+    now = utcnow()
+    payment = SimpleNamespace(
+        id=payment_id,
+        status=SUCCEEDED,
+        amount=plan.amount,
+        refunded_amount=0,
+        payer_id=payer.id,
+        payee_id=plan.payee_id,
+        agent_id=agent_id,
+        agency_id=plan.agency_id,
+        code_id=code.id if code else None,
+        code_kind=code.kind if code else None,
+        code_label=code.label if code else None,
+        items=list(code.items) if code else [],
+        memo=memo if memo is not None or code is None else code.memo,
+        receipt={},
+        created_at=now,
+    )
+    payment.receipt = ctx.signer.sign(_receipt_facts(payment, parties, ctx.currency))
+    view = payment_view(payment, parties, ctx.currency)
+    code_body = None
+    if code is not None and code.kind == codes.DYNAMIC:
+        paid = replace(code, status=codes.PAID, paid_payment_id=payment_id)
+        code_body = codes.code_view(
+            paid, parties, public_url=ctx.public_url, currency=ctx.currency, now=now
+        )
+    outcome, stored_status, stored_body, stored_hash, seqs, accounts = (
+        tx.one(
+            _PAY,
+            (
+                payment_id,
+                payer.id,
+                plan.payee_id,
+                agent_id,
+                plan.agency_id,
+                payment.code_id,
+                payment.code_kind,
+                payment.code_label,
+                tx.json(payment.items),
+                payment.memo,
+                tx.json(payment.receipt),
+                plan.amount,
+                now,
+                [new_id("led"), new_id("led")],
+                tx.json(view),
+                tx.json(code_body) if code_body is not None else None,
+                claim.key if claim else None,
+                claim.scope if claim else None,
+                claim.fingerprint if claim else None,
+                claim.stale_before if claim else None,
+            ),
+        )
+        or (None,) * 6
+    )
+    if outcome == "stored":
+        assert claim is not None
+        stored = idempotency.replay(stored_hash, stored_status, stored_body, claim.fingerprint)
+        return stored.status_code, stored.body, []
+    if outcome != "ok":
+        code_, message = _REFUSALS[outcome]
+        if code_ == ledger.InsufficientFunds.code:
+            raise ledger.InsufficientFunds(message)
+        raise Conflict(message, code=code_)
+    paying = len({payer.id, plan.payee_id, agent_id} - {None})
+    created_at = rfc3339(now)
+    events = [
+        Published(
+            account_id,
+            seq,
+            {
+                "type": PAYMENT_SUCCEEDED if at < paying else CODE_PAID,
+                "created_at": created_at,
+                "data": view if at < paying else code_body,
+            },
+        )
+        for at, (account_id, seq) in enumerate(zip(accounts, seqs, strict=True))
+    ]
+    return 201, view, events
 
 
 # --- reading ----------------------------------------------------------------------------------

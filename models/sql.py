@@ -190,3 +190,28 @@ def unit(engine: Engine, *, write: bool) -> Iterator[Tx]:
     finally:
         # Back to the pool, which resets (rolls back) whatever a read left open.
         proxy.close()
+
+
+@contextmanager
+def autocommit(engine: Engine) -> Iterator[Tx]:
+    """Statements on one pooled PostgreSQL connection, each its own transaction and one round
+    trip: reads that need no common snapshot, then a function that does a whole write inside
+    the server (no BEGIN or COMMIT of its own to wait for)."""
+    dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+    try:
+        proxy = engine.raw_connection()
+    except dbapi_error as exc:
+        raise DBAPIError.instance("connect", (), exc, dbapi_error) from exc
+    connection = proxy.driver_connection
+    try:
+        connection.autocommit = True
+        tx = Tx(connection, is_sqlite=False, dbapi_error=dbapi_error)
+        try:
+            yield tx
+        finally:
+            tx.close()
+    finally:
+        # A broken connection cannot be switched back; the pool finds it dead at checkout.
+        with suppress(dbapi_error):
+            connection.autocommit = False
+        proxy.close()

@@ -79,6 +79,8 @@ class Hub:
         self._last_body: EventBody | None = None
         self.dropped_publishes = 0
         self.resyncs = 0
+        # Called with a device id whenever this process learns the device was revoked.
+        self.revocation_listeners: list[Callable[[str], None]] = []
 
     async def start(self) -> None:
         await self.broker.connect()
@@ -251,6 +253,8 @@ class Hub:
             log.warning("broadcast of device revocation failed: %s", exc)
 
     def close_device(self, account_id: str, device_id: str) -> int:
+        for listener in self.revocation_listeners:
+            listener(device_id)
         count = 0
         for conn in self.connections(account_id):
             if conn.device_id == device_id:

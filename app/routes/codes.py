@@ -42,7 +42,8 @@ async def create_code(request: Request) -> Response:
         idempotency_key = key.get()
         return service.create(state, who.account_id, body.get(), idempotency_key)
 
-    result = await as_user(request, create)
+    async with state.admission.slot():
+        result = await as_user(request, create)
     await state.publish(result.events)
     return ok(result.body, result.status_code)
 

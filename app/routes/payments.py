@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from app import observability, ratelimit
+from app import observability
 from app.auth import Principal, as_user, require_user
 from app.http import (
     client_address,
@@ -28,10 +28,10 @@ from app.http import (
 from app.services import idempotent
 from app.services import payments as service
 from app.state import state_of
+from models.accounts import Party
 from models.errors import Invalid
 from models.idempotency import validate_key
 from models.payments import ROLES, Filters
-from models.sql import Tx
 
 CSV_HEADER = [
     "id",
@@ -77,17 +77,14 @@ async def create_payment(request: Request) -> Response:
     state = state_of(request)
     client = client_address(request)
 
-    def vet(tx: Tx, who: Principal) -> None:
-        # The order of the checks is the order of the answers: key, body, then the limiter.
-        key.get()
-        if body.get().get("code") is not None:
-            ratelimit.check(state, who.account_id, client, tx)
-
     def pay(who: Principal) -> idempotent.Result:
-        with ratelimit.checked(who.account_id, client):
-            return service.pay(state, who.account_id, key.get(), body.get(), client)
+        # The order of the checks is the order of the answers: key, body, then (in the
+        # service) the limiter of a payment by code.
+        payer = Party(who.account_id, who.handle, who.display_name)
+        return service.pay(state, payer, key.get(), body.get(), client)
 
-    result = await as_user(request, pay, vet=vet)
+    async with state.admission.slot():
+        result = await as_user(request, pay)
     observability.record_committed(result.events)
     await state.publish(result.events)
     return ok(result.body, result.status_code)

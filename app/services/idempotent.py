@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -53,14 +54,20 @@ def run(
     *,
     raw: bool = False,
 ) -> Result:
-    """``operation`` gets a :class:`Tx` when ``raw``, else a SQLModel session."""
+    """``operation`` gets a :class:`Tx` when ``raw``, else a SQLModel session. A raw
+    operation on SQLite joins the process's group commit (``models/group.py``)."""
+    group = state.db.group if raw else None
     if key is None:
+        if group is not None:
+            return group.run(partial(_effect, operation))
         with _unit(state, raw) as work:
             status_code, body, events = operation(work)
             return Result(status_code, body, events)
     fingerprint = idempotency.request_fingerprint(request_body)
     for attempt in range(3):
         try:
+            if group is not None:
+                return group.run(partial(_grouped, account_id, scope, key, fingerprint, operation))
             return _run_once(state, account_id, scope, key, fingerprint, operation, raw)
         except IntegrityError:
             # Lost the race for the key (or another unique key): the retry sees the winner's
@@ -68,6 +75,93 @@ def run(
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def _effect(operation: Operation, tx: Tx) -> Result:
+    status_code, body, events = operation(tx)
+    return Result(status_code, body, events)
+
+
+def _grouped(
+    account_id: str, scope: str, key: str, fingerprint: str, operation: Operation, tx: Tx
+) -> Result:
+    """``_run_once`` as one unit of a group commit: the effect in a savepoint of its own, so
+    a refusal rolls back only the effect and is recorded under the key in the same batch."""
+    stored = idempotency.begin(tx, account_id, scope, key, fingerprint)
+    if stored is not None:
+        return Result(stored.status_code, stored.body)
+    tx.run("SAVEPOINT effect")
+    try:
+        status_code, body, events = operation(tx)
+        idempotency.finish(tx, account_id, scope, key, fingerprint, status_code, body)
+    except DomainError as exc:
+        tx.run("ROLLBACK TO effect")
+        tx.run("RELEASE effect")
+        status_code = status_of(exc)
+        if exc.code == "idempotency_key_reused" or status_code >= 500:
+            raise
+        refusal = error_body(exc.code, exc.message, exc.field)
+        idempotency.finish(tx, account_id, scope, key, fingerprint, status_code, refusal)
+        return Result(status_code, refusal, error=exc)
+    tx.run("RELEASE effect")
+    return Result(status_code, body, events)
+
+
+def run_in_server(
+    state: AppState,
+    account_id: str,
+    scope: str,
+    key: str | None,
+    request_body: Any,
+    operation: Callable[[Tx, idempotency.Claim | None], tuple[int, Any, list[Published]]],
+    *,
+    before: Callable[[Tx], None] | None = None,
+) -> Result:
+    """``run`` for an operation whose write, the key's record included, is one call that does
+    everything inside the database (PostgreSQL). ``before`` (the limiter's check) runs first,
+    then the stored response is looked up; the reads and the call share one connection, each
+    statement its own transaction."""
+    claim = None
+    if key is not None:
+        claim = idempotency.Claim(
+            account_id, scope, key, idempotency.request_fingerprint(request_body)
+        )
+    for attempt in range(3):
+        try:
+            return _run_in_server_once(state, claim, operation, before)
+        except IntegrityError:
+            # Lost the race for the key: the retry reads the winner's stored response.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _run_in_server_once(
+    state: AppState,
+    claim: idempotency.Claim | None,
+    operation: Callable[[Tx, idempotency.Claim | None], tuple[int, Any, list[Published]]],
+    before: Callable[[Tx], None] | None,
+) -> Result:
+    with state.db.autocommit() as tx:
+        if before is not None:
+            # Outside the refusal handling below: a limiter's 429 is never kept under the key.
+            before(tx)
+        try:
+            if claim is not None:
+                stored = idempotency.begin(
+                    tx, claim.account_id, claim.scope, claim.key, claim.fingerprint
+                )
+                if stored is not None:
+                    return Result(stored.status_code, stored.body)
+            status_code, body, events = operation(tx, claim)
+            return Result(status_code, body, events)
+        except DomainError as exc:
+            if claim is None:
+                raise
+            refusal = exc
+    # Recorded once this connection is back in the pool.
+    assert claim is not None
+    return _refused(state, claim.account_id, claim.scope, claim.key, claim.fingerprint, refusal)
 
 
 def _run_once(
@@ -88,13 +182,22 @@ def _run_once(
             idempotency.finish(work, account_id, scope, key, fingerprint, status_code, body)
             return Result(status_code, body, events)
     except DomainError as exc:
-        if exc.code == "idempotency_key_reused":
-            raise
-        status_code = status_of(exc)
-        body = error_body(exc.code, exc.message, exc.field)
-        with state.db.raw_write() as tx:
-            stored = idempotency.begin(tx, account_id, scope, key, fingerprint)
-            if stored is not None:
-                return Result(stored.status_code, stored.body)
-            idempotency.finish(tx, account_id, scope, key, fingerprint, status_code, body)
-        return Result(status_code, body, error=exc)
+        return _refused(state, account_id, scope, key, fingerprint, exc)
+
+
+def _refused(
+    state: AppState, account_id: str, scope: str, key: str, fingerprint: str, exc: DomainError
+) -> Result:
+    """The refusal recorded under the key in a transaction of its own (the effect's rolled
+    back), or the response someone recorded first."""
+    status_code = status_of(exc)
+    if exc.code == "idempotency_key_reused" or status_code >= 500:
+        # A 5xx did nothing and is never stored: the retry must run afresh.
+        raise exc
+    body = error_body(exc.code, exc.message, exc.field)
+    with state.db.raw_write() as tx:
+        stored = idempotency.begin(tx, account_id, scope, key, fingerprint)
+        if stored is not None:
+            return Result(stored.status_code, stored.body)
+        idempotency.finish(tx, account_id, scope, key, fingerprint, status_code, body)
+    return Result(status_code, body, error=exc)

@@ -16,7 +16,9 @@ from app.services import idempotent
 from app.settings import Settings
 from app.state import AppState
 from models import payments, receipts
+from models.accounts import Party
 from models.events import Published
+from models.idempotency import Claim
 from models.sql import Tx
 
 # A rotation made by another process reaches this one within this many seconds; until then
@@ -54,8 +56,9 @@ def _signer(state: AppState) -> receipts.Signer:
 
 
 def pay(
-    state: AppState, caller_id: str, key: str | None, body: dict[str, Any], client: str
+    state: AppState, payer: Party, key: str | None, body: dict[str, Any], client: str
 ) -> idempotent.Result:
+    caller_id = payer.id
     ctx = payments.Context(
         currency=state.settings.currency,
         public_url=state.settings.public_url,
@@ -66,16 +69,25 @@ def pay(
         view, events = payments.pay(tx, caller_id, body, ctx)
         return 201, view, events
 
-    def run() -> idempotent.Result:
-        return idempotent.run(state, caller_id, "payments", key, body, operation, raw=True)
+    def in_server(tx: Tx, claim: Claim | None) -> tuple[int, Any, list[Published]]:
+        return payments.pay_in_server(tx, payer, body, ctx, claim)
+
+    def run(check: ratelimit.Check | None) -> idempotent.Result:
+        if state.db.is_sqlite:
+            # No network between SQLite and the process: its transaction stays here, and the
+            # limiter reads on the read pool, not under the write lock.
+            if check is not None:
+                with state.db.raw_read() as tx:
+                    check(tx)
+            return idempotent.run(state, caller_id, "payments", key, body, operation, raw=True)
+        return idempotent.run_in_server(
+            state, caller_id, "payments", key, body, in_server, before=check
+        )
 
     if body.get("code") is None:
-        return run()
+        return run(None)
     # Paying by code is a lookup too: guesses through it are limited like /scan.
-    result = ratelimit.guarded(state, caller_id, client, run, "code")
-    if ratelimit.is_unknown_code(result.error, "code"):
-        ratelimit.record_failure(state, caller_id, client)
-    return result
+    return ratelimit.limited(state, caller_id, client, run, "code")
 
 
 def refund(

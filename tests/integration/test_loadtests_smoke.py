@@ -60,11 +60,24 @@ def test_bench_quick_writes_complete_sane_results(tmp_path: Path) -> None:
     saturation = config["saturation"]
     assert config["name"] == "sqlite-memory"
     assert saturation["completed"] > 0 and saturation["payments_per_s"] > 0
-    assert saturation["errors"] == {} and saturation["missing_confirmations"] == 0
+    # Bounded admission may refuse a sale at once (503) when the machine is slow; nothing else.
+    assert set(saturation["errors"]) <= {"code 503", "payment 503"}
+    assert saturation["missing_confirmations"] == 0
     assert 0 < saturation["confirmation_every_device"]["p50_ms"] < 10_000
     assert [r["share"] for r in config["rates"]] == [0.25, 0.5, 0.75]
     assert all(r["missing_confirmations"] == 0 for r in config["rates"])
     assert config["seq_faults"] == {"gaps": 0, "duplicates": 0, "reconnects": 0}
+
+    # The many-shops floor: payments by static code, confirmed on payer, payee and agent.
+    mall = config["mall"]
+    assert mall["shops"] == 4 and mall["devices_per_account"] == 3
+    assert mall["saturation"]["completed"] > 0
+    assert mall["saturation"]["refused_without_retry_after"] == 0
+    assert [r["offered_rate"] for r in mall["rates"]] == [20.0]
+    for phase in [mall["saturation"], *mall["rates"]]:
+        assert phase["missing_confirmations"] == 0
+        assert set(phase["errors"]) == set()
+    assert mall["seq_faults"] == {"gaps": 0, "duplicates": 0, "reconnects": 0}
 
     shares = results["bare_sale_shares"]
     assert shares["bare_sale_of_bare_post"] == sale["share_of_http"]
@@ -78,6 +91,7 @@ def test_bench_quick_writes_complete_sane_results(tmp_path: Path) -> None:
     assert {bar["bar"].split(":")[0] for bar in results["bars"]} >= {"sqlite-memory"}
     table = (tmp_path / "results.md").read_text()
     assert "### The bars" in table
+    assert "### 4 shops, sqlite-memory" in table
     assert "| bare sale (ceiling) |" in table and "of the bare sale" in table
     for plot in ("latency.png", "throughput.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

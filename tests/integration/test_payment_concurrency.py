@@ -21,7 +21,11 @@ from tests.server import run_cli, running_server
 def live(database_url: str) -> Iterator[tuple[Api, str]]:
     """A real server on the test database, and an API helper speaking HTTP to it."""
     with (
-        running_server(database_url, ADMIN_TOKEN) as base_url,
+        # The races are the point: every request of a burst is admitted, however long its
+        # wait (tests/integration/test_overload.py pins what a shorter budget refuses).
+        running_server(
+            database_url, ADMIN_TOKEN, extra_env={"PAYCODE_ADMISSION_BUDGET_MS": "60000"}
+        ) as base_url,
         httpx.Client(base_url=base_url, timeout=30) as client,
     ):
         yield Api(client, ADMIN_TOKEN), base_url

@@ -210,6 +210,31 @@ def test_revoking_a_device_through_one_instance_closes_its_socket_on_the_other(
     asyncio.run(main())
 
 
+def test_a_token_revoked_through_one_instance_is_refused_by_the_other(cluster: Cluster) -> None:
+    """B has the tablet's token in its cache (it just served it); DELETE /devices/{id} sent to
+    A makes B answer 401 to that token within a second, the bound its socket closes in; the
+    account's other device is still served on B."""
+
+    async def main() -> None:
+        async with (
+            httpx.AsyncClient(base_url=cluster.a.url, timeout=30) as http_a,
+            httpx.AsyncClient(base_url=cluster.b.url, timeout=30) as http_b,
+        ):
+            owner = await person(http_a)
+            tablet = await login(http_a, owner.handle)
+            assert (await http_b.get("/api/v1/me", headers=auth(tablet))).status_code == 200
+            revoked_at = time.monotonic()
+            gone = await http_a.delete(f"/api/v1/devices/{tablet.device_id}", headers=auth(owner))
+            assert gone.status_code == 204
+            while (await http_b.get("/api/v1/me", headers=auth(tablet))).status_code != 401:
+                assert time.monotonic() - revoked_at < 5, "B kept serving a revoked token"
+                await asyncio.sleep(0.01)
+            assert time.monotonic() - revoked_at < 1.0
+            assert (await http_b.get("/api/v1/me", headers=auth(owner))).status_code == 200
+
+    asyncio.run(main())
+
+
 def test_a_socket_connected_during_a_burst_sees_every_event_once_in_order(
     cluster: Cluster,
 ) -> None:

@@ -1,0 +1,100 @@
+"""SQLite's group commit: units that arrive while a batch commits go together in the next
+one, each in its own savepoint, so a unit that fails rolls back alone and the others commit;
+and a payment refused inside a batch leaves the other payments of the batch paid."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from models.db import Database
+from models.sql import Tx
+from tests.api import Api
+from tests.conftest import ADMIN_TOKEN
+from tests.services import SqliteFactory
+
+INSERT = "INSERT INTO lookup_failure (id, account_id, client, created_at) VALUES (?, ?, ?, ?)"
+
+
+def _insert(name: str) -> Any:
+    def work(tx: Tx) -> str:
+        tx.run(INSERT, (name, "acc", "client", "2026-01-01 00:00:00.000000"))
+        if name.startswith("bad"):
+            raise ValueError(name)
+        return name
+
+    return work
+
+
+def test_one_failing_unit_rolls_back_alone_and_the_batch_commits(
+    sqlite_factory: SqliteFactory,
+) -> None:
+    """While a first unit holds the writer, three more queue; they run as one batch, the
+    failing one's row is gone and its caller gets its error, the two others are committed."""
+    db = Database(sqlite_factory.create())
+    group = db.group
+    assert group is not None
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(tx: Tx) -> str:
+        holding.set()
+        release.wait(10)
+        return "held"
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            first = pool.submit(group.run, hold)
+            assert holding.wait(10)
+            others = [pool.submit(group.run, _insert(n)) for n in ("ok1", "bad", "ok2")]
+            while group._queue.qsize() < 3:
+                release.wait(0.01)
+            release.set()
+            assert first.result(10) == "held"
+            assert others[0].result(10) == "ok1"
+            with pytest.raises(ValueError, match="bad"):
+                others[1].result(10)
+            assert others[2].result(10) == "ok2"
+        assert group.batches == 2 and group.units == 4
+        with db.raw_read() as tx:
+            rows = tx.all("SELECT id FROM lookup_failure ORDER BY id")
+        assert rows == [("ok1",), ("ok2",)]
+    finally:
+        db.dispose()
+
+
+def test_a_refused_payment_in_a_batch_leaves_the_others_paid(
+    sqlite_factory: SqliteFactory,
+) -> None:
+    """Concurrent payments, one of them past its payer's balance: the others are 201 and
+    paid once, the short one is 409 insufficient_funds and moved nothing."""
+    settings = Settings(database_url=sqlite_factory.create(), admin_token=ADMIN_TOKEN)
+    with TestClient(create_app(settings, migrate_schema=False)) as client:
+        api = Api(client, ADMIN_TOKEN)
+        payee = api.user()
+        rich = [api.user(funds=100) for _ in range(6)]
+        poor = api.user(funds=10)
+
+        def pay(who: Any, key: str) -> Any:
+            return api.post(
+                "/payments",
+                who,
+                json={"payee": payee.handle, "amount": 50},
+                headers={"Idempotency-Key": key},
+            )
+
+        with ThreadPoolExecutor(max_workers=7) as pool:
+            answers = list(pool.map(pay, [*rich, poor], [f"k{n}" for n in range(7)]))
+        assert [a.status_code for a in answers[:6]] == [201] * 6
+        assert answers[6].status_code == 409
+        assert answers[6].json()["error"]["code"] == "insufficient_funds"
+        assert api.get("/me", payee).json()["balance"] == 300
+        assert all(api.get("/me", who).json()["balance"] == 50 for who in rich)
+        assert api.get("/me", poor).json()["balance"] == 10
+        replay = pay(poor, "k6")
+        assert replay.status_code == 409 and replay.json() == answers[6].json()
