@@ -1,7 +1,7 @@
 """device.last_seen_at: when a page on the device last asked who it is
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0003
 Create Date: 2026-11-29 16:00:00.000000
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0001"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
