@@ -28,11 +28,13 @@ from app.routes import pages as pages_routes
 from app.routes import payments as payments_routes
 from app.routes import receipts as receipts_routes
 from app.routes import reports as reports_routes
+from app.routes import webhooks as webhooks_routes
 from app.routes import ws as ws_routes
 from app.security_headers import security_headers
 from app.services import payments as payments_service
 from app.settings import Settings, from_env
 from app.state import AppState
+from app.webhooks.worker import WebhookWorker, WorkerConfig
 from models import errors as domain_errors
 from models import migrate
 from models.db import Database
@@ -66,6 +68,7 @@ def api_routes() -> list[BaseRoute]:
         *reports_routes.routes,
         *events_routes.routes,
         *receipts_routes.routes,
+        *webhooks_routes.routes,
     ]
 
 
@@ -89,9 +92,15 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         app.state.paycode = AppState(settings=settings, db=db, hub=hub)
         # The receipt signing key exists from the first start, not the first payment.
         await in_thread(payments_service.prepare, app.state.paycode)
+        webhooks = WebhookWorker(
+            db, WorkerConfig.from_settings(settings), app.state.paycode.publish
+        )
+        webhooks.start()
+        app.state.webhooks = webhooks
         try:
             yield
         finally:
+            await webhooks.stop()
             # uvicorn has already closed this process's WebSockets with 1012 by now.
             await relay.stop()
             await hub.stop()

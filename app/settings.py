@@ -25,6 +25,8 @@ class Settings:
     currency: str = "CNY"
     admin_token: str | None = None
     receipt_key: str | None = None
+    # Spec §11: lets webhooks use http:// and private or loopback addresses (development, tests).
+    webhook_allow_private: bool = False
     # Fault injection for the test suite: die by SIGKILL between commit and publish.
     fault_kill_after_commit: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -68,5 +70,6 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
         currency=(env.get("PAYCODE_CURRENCY") or "CNY").upper(),
         admin_token=env.get("PAYCODE_ADMIN_TOKEN") or None,
         receipt_key=env.get("PAYCODE_RECEIPT_KEY") or None,
+        webhook_allow_private=env.get("PAYCODE_WEBHOOK_ALLOW_PRIVATE") == "1",
         fault_kill_after_commit=env.get("PAYCODE_FAULT_KILL_AFTER_COMMIT") == "1",
     )

@@ -1,0 +1,221 @@
+"""The delivery worker of one process: turns outbox events into deliveries and sends them.
+
+Each pass (every ``interval``, or at once when an attempt ends) first fans new outbox events
+out to the endpoints that want them, then leases due deliveries up to the free slots: at most
+``concurrency`` attempts in flight in this process and ``per_endpoint`` to any one endpoint,
+so a slow or dead endpoint holds only its own slots. Attempts run as tasks on the event loop;
+the database work runs on the worker threads, one short transaction at a time, and never
+inside a payment's transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from app import observability
+from app.http import in_thread
+from app.settings import Settings
+from app.webhooks import signing
+from app.webhooks.addresses import Resolver, system_resolver
+from app.webhooks.sender import ATTEMPT_TIMEOUT, Outcome, Sender
+from models import webhook_queue as queue
+from models.clock import utcnow
+from models.db import Database
+from models.events import Published
+from models.webhook_endpoints import ROTATION_OVERLAP
+
+log = logging.getLogger("paycode.webhooks")
+
+Publish = Callable[[list[Published]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    allow_private: bool = False
+    interval: float = 0.25
+    concurrency: int = 32
+    per_endpoint: int = 4
+    timeout: float = ATTEMPT_TIMEOUT
+    schedule: Sequence[float] = queue.RETRY_SCHEDULE
+    disable_after: timedelta = queue.DISABLE_AFTER
+    rotation_overlap: timedelta = ROTATION_OVERLAP
+    resolver: Resolver = system_resolver
+    gauge_every: float = 2.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def lease(self) -> timedelta:
+        # Past the attempt's own timeout, so a live holder always finishes inside its lease.
+        return timedelta(seconds=self.timeout + 5)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerConfig:
+        """The deployment's setting, and the test suite's compressions of time via ``extra``."""
+        extra = settings.extra
+        base = cls()
+        return cls(
+            allow_private=settings.webhook_allow_private,
+            interval=float(extra.get("webhook_interval", base.interval)),
+            concurrency=int(extra.get("webhook_concurrency", base.concurrency)),
+            per_endpoint=int(extra.get("webhook_per_endpoint", base.per_endpoint)),
+            schedule=tuple(extra.get("webhook_retry_schedule", base.schedule)),
+            disable_after=extra.get("webhook_disable_after", base.disable_after),
+            rotation_overlap=extra.get("webhook_rotation_overlap", base.rotation_overlap),
+            resolver=extra.get("webhook_resolver", base.resolver),
+        )
+
+
+class WebhookWorker:
+    def __init__(self, db: Database, config: WorkerConfig, publish: Publish | None = None) -> None:
+        self.db = db
+        self.config = config
+        self.publish = publish
+        self.sender = Sender(
+            allow_private=config.allow_private,
+            resolver=config.resolver,
+            max_connections=config.concurrency,
+            timeout=config.timeout,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._running: dict[asyncio.Task[None], queue.Job] = {}
+        self._per_endpoint: dict[str, int] = {}
+        self._gauge_at = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="paycode-webhooks")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        abandoned = list(self._running.values())
+        for task in list(self._running):
+            task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        if abandoned:
+            with contextlib.suppress(Exception):
+                await in_thread(self._release, abandoned)
+        await self.sender.close()
+
+    def _release(self, jobs: list[queue.Job]) -> None:
+        with self.db.write() as session:
+            queue.release(session, jobs, utcnow())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("webhook pass failed: %s", exc.__class__.__name__)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.interval)
+
+    async def tick(self) -> None:
+        await in_thread(self._fan_out)
+        free = self.config.concurrency - len(self._running)
+        if free > 0:
+            room = {
+                webhook_id: self.config.per_endpoint - count
+                for webhook_id, count in self._per_endpoint.items()
+            }
+            jobs = await in_thread(self._claim, free, room)
+            for job in jobs:
+                self._launch(job)
+        now = time.monotonic()
+        if now - self._gauge_at >= self.config.gauge_every:
+            self._gauge_at = now
+            oldest = await in_thread(self._oldest)
+            observability.set_webhook_oldest_pending(oldest)
+        observability.set_webhook_in_flight(len(self._running))
+
+    def _fan_out(self) -> int:
+        with self.db.read() as session:
+            if not queue.any_behind(session):
+                return 0
+        with self.db.write() as session:
+            return queue.fan_out(session, utcnow())
+
+    def _claim(self, slots: int, room: dict[str, int]) -> list[queue.Job]:
+        now = utcnow()
+        full = {k for k, v in room.items() if v <= 0}
+        with self.db.read() as session:
+            if not queue.any_due(session, now, full):
+                return []
+        with self.db.write() as session:
+            return queue.claim(
+                session,
+                utcnow(),
+                slots=slots,
+                room=room,
+                per_endpoint=self.config.per_endpoint,
+                lease=self.config.lease,
+            )
+
+    def _oldest(self) -> float:
+        with self.db.read() as session:
+            moment = queue.oldest_pending(session)
+        return 0.0 if moment is None else max(0.0, (utcnow() - moment).total_seconds())
+
+    def _launch(self, job: queue.Job) -> None:
+        self._per_endpoint[job.webhook_id] = self._per_endpoint.get(job.webhook_id, 0) + 1
+        task = asyncio.create_task(self._attempt(job), name=f"webhook-{job.delivery_id}")
+        self._running[task] = job
+        task.add_done_callback(self._landed)
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        job = self._running.pop(task, None)
+        if job is not None:
+            left = self._per_endpoint.get(job.webhook_id, 1) - 1
+            if left > 0:
+                self._per_endpoint[job.webhook_id] = left
+            else:
+                self._per_endpoint.pop(job.webhook_id, None)
+        self._wake.set()
+
+    async def _attempt(self, job: queue.Job) -> None:
+        body = signing.encode_body(job.payload)
+        headers = signing.headers(job.secrets, job.delivery_id, int(time.time()), body)
+        outcome = await self.sender.post(job.url, headers, body)
+        observability.record_webhook_attempt(outcome.outcome, outcome.seconds)
+        try:
+            finished = await in_thread(self._finish, job, outcome)
+        except Exception as exc:
+            # The lease runs out and another pass tries again: at least once, never lost.
+            log.warning("recording webhook attempt failed: %s", exc.__class__.__name__)
+            return
+        if finished.status in (queue.SUCCEEDED, queue.FAILED):
+            observability.record_webhook_delivery(finished.status)
+        if finished.events:
+            log.warning("webhook endpoint %s disabled after failing for days", job.webhook_id)
+            if self.publish is not None:
+                await self.publish(finished.events)
+
+    def _finish(self, job: queue.Job, outcome: Outcome) -> queue.Finished:
+        with self.db.write() as session:
+            return queue.finish(
+                session,
+                job,
+                succeeded=outcome.succeeded,
+                outcome=outcome.outcome,
+                status_code=outcome.status_code,
+                error=outcome.error,
+                now=utcnow(),
+                schedule=self.config.schedule,
+                disable_after=self.config.disable_after,
+            )
