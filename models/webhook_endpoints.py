@@ -57,6 +57,10 @@ def parse_description(value: Any) -> str | None:
             f"description must be a string of at most {MAX_DESCRIPTION} characters",
             field="description",
         )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise Invalid("description must be valid Unicode text", field="description") from exc
     if "\x00" in value:
         raise Invalid("description must not contain NUL", field="description")
     return value.strip() or None
