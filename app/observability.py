@@ -474,6 +474,8 @@ _SCRUBBERS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?i)(://[^:/@\s]+:)[^@/\s]+@"), r"\1***@"),
     (re.compile(r"(/c/|/scan/)([A-Za-z0-9_-]{0,4})[A-Za-z0-9_-]*"), r"\1\2***"),
     (re.compile(r"\b([0-9A-Za-z]{4})-[0-9A-Za-z]{4}-[0-9A-Za-z]{2}\b"), r"\1-****-**"),
+    # Webhook signing secrets (spec §11).
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"), "whsec_***"),
 ]
 
 

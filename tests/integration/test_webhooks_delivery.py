@@ -5,9 +5,12 @@ compressed through ``Settings.extra``; everything else runs as in production."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +20,8 @@ from app.main import create_app
 from app.settings import Settings
 from tests.api import Api, User
 from tests.conftest import ADMIN_TOKEN
+from tests.server import ROOT
+from tests.services import unavailable
 from tests.webhook_receiver import Receiver, sleeping, statuses, until
 
 FAST_SCHEDULE = (0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3)
@@ -275,3 +280,36 @@ def test_metrics_count_attempts_and_deliveries_and_show_the_oldest_pending(
         "paycode_webhook_attempt_duration_seconds_count ",
     ):
         assert sample in text, sample
+
+
+def test_the_node_example_of_the_docs_verifies_a_real_delivery(
+    api: Api, receiver: Receiver, tmp_path: Path
+) -> None:
+    """docs/examples/verify_webhook.mjs (standard library only) accepts a delivery exactly
+    as paycode sent it, and refuses it under another webhook-id."""
+    node = shutil.which("node")
+    if node is None:
+        unavailable("node is not installed")
+    me = api.user()
+    hook = endpoint(api, me, receiver.url("node"))
+    api.post(f"/webhooks/{hook['id']}/test", me)
+    until(lambda: len(receiver.of("node")) == 1, 10)
+    [call] = receiver.of("node")
+    body = tmp_path / "body.json"
+    body.write_bytes(call.body)
+    script = str(ROOT / "docs" / "examples" / "verify_webhook.mjs")
+    headers = [call.headers[h] for h in ("webhook-timestamp", "webhook-signature")]
+    good = subprocess.run(
+        [node, script, hook["secret"], call.webhook_id, *headers, str(body)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert good.returncode == 0 and "verified webhook.test" in good.stdout, good.stderr
+    forged = subprocess.run(
+        [node, script, hook["secret"], "msg_other", *headers, str(body)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert forged.returncode != 0
