@@ -158,7 +158,8 @@ def update(
 
 
 def remove(session: Session, account_id: str, webhook_id: str) -> None:
-    row = owned(session, account_id, webhook_id, lock=True)
+    # Deliveries go before the endpoint row, the lock order of the delivery worker.
+    row = owned(session, account_id, webhook_id)
     deliveries = select(WebhookDelivery.id).where(WebhookDelivery.webhook_id == row.id)
     session.exec(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(deliveries)))  # type: ignore[attr-defined,call-overload]
     session.exec(delete(WebhookDelivery).where(WebhookDelivery.webhook_id == row.id))  # type: ignore[call-overload]

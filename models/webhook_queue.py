@@ -286,6 +286,8 @@ def finish(
     schedule: Sequence[float] = RETRY_SCHEDULE,
     disable_after: timedelta = DISABLE_AFTER,
 ) -> Finished:
+    """Record one attempt's outcome. Rows are locked delivery first, then endpoint, then
+    account, the order every other writer of these tables keeps."""
     attempt = session.get(WebhookAttempt, job.attempt_id)
     if attempt is not None:
         attempt.outcome = outcome
@@ -299,10 +301,6 @@ def finish(
     delivery = session.exec(query).first()
     if delivery is None or delivery.lease_token != job.lease_token:
         return Finished(None, [])
-    endpoint_query = select(WebhookEndpoint).where(WebhookEndpoint.id == delivery.webhook_id)
-    if not _is_sqlite(session):
-        endpoint_query = endpoint_query.with_for_update()
-    endpoint = session.exec(endpoint_query).first()
     delivery.lease_token = None
     delivery.lease_until = None
     delivery.last_status_code = status_code
@@ -312,9 +310,15 @@ def finish(
         delivery.status = SUCCEEDED
         delivery.delivered_at = now
         delivery.next_attempt_at = None
-        if endpoint is not None and endpoint.failing_since is not None:
-            endpoint.failing_since = None
-            session.add(endpoint)
+        # Conditional, so the usual case (not failing) writes and locks nothing.
+        session.exec(
+            update(WebhookEndpoint)  # type: ignore[call-overload]
+            .where(
+                WebhookEndpoint.id == delivery.webhook_id,
+                WebhookEndpoint.failing_since.is_not(None),  # type: ignore[union-attr]
+            )
+            .values(failing_since=None)
+        )
     else:
         delay = retry_delay(delivery.attempts, schedule)
         if delay is None:
@@ -322,17 +326,22 @@ def finish(
             delivery.next_attempt_at = None
         else:
             delivery.next_attempt_at = now + timedelta(seconds=delay)
-        if endpoint is not None:
-            published = _note_failure(session, endpoint, now, disable_after)
+        published = _note_failure(session, delivery.webhook_id, now, disable_after)
     session.add(delivery)
     return Finished(delivery.status, published)
 
 
 def _note_failure(
-    session: Session, endpoint: WebhookEndpoint, now: datetime, disable_after: timedelta
+    session: Session, webhook_id: str, now: datetime, disable_after: timedelta
 ) -> list[Published]:
     """An endpoint whose every attempt failed for ``disable_after`` is switched off, and its
     account is told by a ``webhook.disabled`` event in its outbox."""
+    query = select(WebhookEndpoint).where(WebhookEndpoint.id == webhook_id)
+    if not _is_sqlite(session):
+        query = query.with_for_update()
+    endpoint = session.exec(query).first()
+    if endpoint is None:
+        return []
     if endpoint.failing_since is None:
         endpoint.failing_since = now
         session.add(endpoint)

@@ -29,6 +29,7 @@ from models.clock import utcnow
 from models.db import Database
 from models.events import Published
 from models.webhook_endpoints import ROTATION_OVERLAP
+from models.webhooks import FAILED, SUCCEEDED
 
 log = logging.getLogger("paycode.webhooks")
 
@@ -87,6 +88,8 @@ class WebhookWorker:
         self._running: dict[asyncio.Task[None], queue.Job] = {}
         self._per_endpoint: dict[str, int] = {}
         self._gauge_at = 0.0
+        # Attempts that ended, waiting for the next pass to record them.
+        self._done: list[tuple[queue.Job, Outcome]] = []
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="paycode-webhooks")
@@ -105,14 +108,33 @@ class WebhookWorker:
             task.cancel()
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        if abandoned:
-            with contextlib.suppress(Exception):
-                await in_thread(self._release, abandoned)
+        done, self._done = self._done, []
+        if abandoned or done:
+            try:
+                await in_thread(self._settle, done, abandoned)
+            except Exception as exc:
+                # Their leases run out and another process makes the attempts again.
+                log.warning("webhook leases not released: %s", exc.__class__.__name__)
         await self.sender.close()
 
-    def _release(self, jobs: list[queue.Job]) -> None:
+    def _settle(self, done: list[tuple[queue.Job, Outcome]], abandoned: list[queue.Job]) -> None:
+        """At shutdown: record the attempts that ended, and hand back the leases of those cut
+        short so another process takes them at once."""
+        now = utcnow()
         with self.db.write() as session:
-            queue.release(session, jobs, utcnow())
+            for job, outcome in done:
+                queue.finish(
+                    session,
+                    job,
+                    succeeded=outcome.succeeded,
+                    outcome=outcome.outcome,
+                    status_code=outcome.status_code,
+                    error=outcome.error,
+                    now=now,
+                    schedule=self.config.schedule,
+                    disable_after=self.config.disable_after,
+                )
+            queue.release(session, abandoned, now)
 
     async def _run(self) -> None:
         while True:
@@ -127,16 +149,27 @@ class WebhookWorker:
                 await asyncio.wait_for(self._wake.wait(), self.config.interval)
 
     async def tick(self) -> None:
-        await in_thread(self._fan_out)
+        done, self._done = self._done, []
         free = self.config.concurrency - len(self._running)
-        if free > 0:
-            room = {
-                webhook_id: self.config.per_endpoint - count
-                for webhook_id, count in self._per_endpoint.items()
-            }
-            jobs = await in_thread(self._claim, free, room)
-            for job in jobs:
-                self._launch(job)
+        room = {
+            webhook_id: self.config.per_endpoint - count
+            for webhook_id, count in self._per_endpoint.items()
+        }
+        try:
+            jobs, finished = await in_thread(self._pass, done, max(0, free), room)
+        except BaseException:
+            # Recorded at the next pass; a lease that runs out meanwhile makes it a retry.
+            self._done[:0] = done
+            raise
+        for job in jobs:
+            self._launch(job)
+        for (job, _outcome), result in zip(done, finished, strict=True):
+            if result.status in (SUCCEEDED, FAILED):
+                observability.record_webhook_delivery(result.status)
+            if result.events:
+                log.warning("webhook endpoint %s disabled after failing for days", job.webhook_id)
+                if self.publish is not None:
+                    await self.publish(result.events)
         now = time.monotonic()
         if now - self._gauge_at >= self.config.gauge_every:
             self._gauge_at = now
@@ -144,28 +177,49 @@ class WebhookWorker:
             observability.set_webhook_oldest_pending(oldest)
         observability.set_webhook_in_flight(len(self._running))
 
-    def _fan_out(self) -> int:
-        with self.db.read() as session:
-            if not queue.any_behind(session):
-                return 0
-        with self.db.write() as session:
-            return queue.fan_out(session, utcnow())
-
-    def _claim(self, slots: int, room: dict[str, int]) -> list[queue.Job]:
+    def _pass(
+        self, done: list[tuple[queue.Job, Outcome]], slots: int, room: dict[str, int]
+    ) -> tuple[list[queue.Job], list[queue.Finished]]:
+        """One write transaction for everything a pass does: record the outcomes of attempts
+        that ended, create the deliveries of new outbox events, lease due deliveries. Idle
+        passes only read, and so never take SQLite's write lock."""
         now = utcnow()
         full = {k for k, v in room.items() if v <= 0}
-        with self.db.read() as session:
-            if not queue.any_due(session, now, full):
-                return []
+        if not done:
+            with self.db.read() as session:
+                behind = queue.any_behind(session)
+                due = slots > 0 and queue.any_due(session, now, full)
+            if not behind and not due:
+                return [], []
         with self.db.write() as session:
-            return queue.claim(
-                session,
-                utcnow(),
-                slots=slots,
-                room=room,
-                per_endpoint=self.config.per_endpoint,
-                lease=self.config.lease,
+            finished = [
+                queue.finish(
+                    session,
+                    job,
+                    succeeded=outcome.succeeded,
+                    outcome=outcome.outcome,
+                    status_code=outcome.status_code,
+                    error=outcome.error,
+                    now=now,
+                    schedule=self.config.schedule,
+                    disable_after=self.config.disable_after,
+                )
+                for job, outcome in done
+            ]
+            queue.fan_out(session, now)
+            jobs = (
+                queue.claim(
+                    session,
+                    now,
+                    slots=slots,
+                    room=room,
+                    per_endpoint=self.config.per_endpoint,
+                    lease=self.config.lease,
+                )
+                if slots > 0
+                else []
             )
+        return jobs, finished
 
     def _oldest(self) -> float:
         with self.db.read() as session:
@@ -193,29 +247,4 @@ class WebhookWorker:
         headers = signing.headers(job.secrets, job.delivery_id, int(time.time()), body)
         outcome = await self.sender.post(job.url, headers, body)
         observability.record_webhook_attempt(outcome.outcome, outcome.seconds)
-        try:
-            finished = await in_thread(self._finish, job, outcome)
-        except Exception as exc:
-            # The lease runs out and another pass tries again: at least once, never lost.
-            log.warning("recording webhook attempt failed: %s", exc.__class__.__name__)
-            return
-        if finished.status in (queue.SUCCEEDED, queue.FAILED):
-            observability.record_webhook_delivery(finished.status)
-        if finished.events:
-            log.warning("webhook endpoint %s disabled after failing for days", job.webhook_id)
-            if self.publish is not None:
-                await self.publish(finished.events)
-
-    def _finish(self, job: queue.Job, outcome: Outcome) -> queue.Finished:
-        with self.db.write() as session:
-            return queue.finish(
-                session,
-                job,
-                succeeded=outcome.succeeded,
-                outcome=outcome.outcome,
-                status_code=outcome.status_code,
-                error=outcome.error,
-                now=utcnow(),
-                schedule=self.config.schedule,
-                disable_after=self.config.disable_after,
-            )
+        self._done.append((job, outcome))
