@@ -24,7 +24,6 @@ from models.webhooks import (
     MAX_ENDPOINTS,
     PENDING,
     WEBHOOK_TEST,
-    WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
     aware,
@@ -160,8 +159,6 @@ def update(
 def remove(session: Session, account_id: str, webhook_id: str) -> None:
     # Deliveries go before the endpoint row, the lock order of the delivery worker.
     row = owned(session, account_id, webhook_id)
-    deliveries = select(WebhookDelivery.id).where(WebhookDelivery.webhook_id == row.id)
-    session.exec(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(deliveries)))  # type: ignore[attr-defined,call-overload]
     session.exec(delete(WebhookDelivery).where(WebhookDelivery.webhook_id == row.id))  # type: ignore[call-overload]
     session.delete(row)
 
@@ -202,24 +199,14 @@ def send_test(session: Session, account_id: str, webhook_id: str) -> WebhookDeli
 
 def deliveries(
     session: Session, account_id: str, webhook_id: str, limit: int, cursor: str | None
-) -> tuple[list[WebhookDelivery], dict[str, list[WebhookAttempt]]]:
+) -> list[WebhookDelivery]:
     row = owned(session, account_id, webhook_id)
     query = select(WebhookDelivery).where(WebhookDelivery.webhook_id == row.id)
     if cursor is not None:
         query = query.where(WebhookDelivery.id < cursor)
-    found = list(
+    return list(
         session.exec(query.order_by(WebhookDelivery.id.desc()).limit(limit + 1)).all()  # type: ignore[attr-defined]
     )
-    attempts: dict[str, list[WebhookAttempt]] = {d.id: [] for d in found}
-    if found:
-        rows = session.exec(
-            select(WebhookAttempt)
-            .where(WebhookAttempt.delivery_id.in_(list(attempts)))  # type: ignore[attr-defined]
-            .order_by(WebhookAttempt.delivery_id, WebhookAttempt.number)  # type: ignore[arg-type]
-        ).all()
-        for attempt in rows:
-            attempts[attempt.delivery_id].append(attempt)
-    return found, attempts
 
 
 def retry(session: Session, account_id: str, webhook_id: str, delivery_id: str) -> WebhookDelivery:

@@ -127,19 +127,10 @@ class WebhookDelivery(SQLModel, table=True):
     lease_until: datetime | None = Field(default=None)
     created_at: datetime
     delivered_at: datetime | None = Field(default=None)
-
-
-class WebhookAttempt(SQLModel, table=True):
-    __tablename__ = "webhook_attempt"
-
-    id: str = Field(primary_key=True, max_length=40)
-    delivery_id: str = Field(foreign_key="webhook_delivery.id", index=True, max_length=40)
-    number: int
-    outcome: str = Field(default=IN_FLIGHT, max_length=20)
-    status_code: int | None = Field(default=None)
-    error: str | None = Field(default=None, max_length=200)
-    started_at: datetime
-    finished_at: datetime | None = Field(default=None)
+    # Every attempt's outcome, oldest first: a list of attempt_entry() objects.
+    attempt_log: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
 
 
 def aware(moment: datetime) -> datetime:
@@ -162,20 +153,26 @@ def endpoint_view(row: WebhookEndpoint, *, secret: bool = False) -> dict[str, An
     return view
 
 
-def attempt_view(row: WebhookAttempt) -> dict[str, Any]:
+def attempt_entry(
+    number: int,
+    outcome: str,
+    started_at: datetime,
+    *,
+    status_code: int | None = None,
+    error: str | None = None,
+    finished_at: datetime | None = None,
+) -> dict[str, Any]:
     return {
-        "number": row.number,
-        "outcome": row.outcome,
-        "status_code": row.status_code,
-        "error": row.error,
-        "started_at": rfc3339(row.started_at),
-        "finished_at": rfc3339(row.finished_at),
+        "number": number,
+        "outcome": outcome,
+        "status_code": status_code,
+        "error": error,
+        "started_at": rfc3339(started_at),
+        "finished_at": rfc3339(finished_at),
     }
 
 
-def delivery_view(
-    row: WebhookDelivery, attempts: list[WebhookAttempt] | None = None
-) -> dict[str, Any]:
+def delivery_view(row: WebhookDelivery, *, log: bool = True) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": row.id,
         "webhook_id": row.webhook_id,
@@ -189,8 +186,8 @@ def delivery_view(
         "created_at": rfc3339(row.created_at),
         "delivered_at": rfc3339(row.delivered_at),
     }
-    if attempts is not None:
-        view["attempt_log"] = [attempt_view(a) for a in attempts]
+    if log:
+        view["attempt_log"] = list(row.attempt_log)
     return view
 
 

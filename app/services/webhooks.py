@@ -69,15 +69,15 @@ def rotate(state: AppState, account_id: str, webhook_id: str) -> dict[str, Any]:
 
 def send_test(state: AppState, account_id: str, webhook_id: str) -> dict[str, Any]:
     with state.db.write() as session:
-        return delivery_view(endpoints.send_test(session, account_id, webhook_id), [])
+        return delivery_view(endpoints.send_test(session, account_id, webhook_id))
 
 
 def deliveries(
     state: AppState, account_id: str, webhook_id: str, limit: int, cursor: str | None
 ) -> list[dict[str, Any]]:
     with state.db.read() as session:
-        rows, attempts = endpoints.deliveries(session, account_id, webhook_id, limit, cursor)
-        return [delivery_view(row, attempts[row.id]) for row in rows]
+        rows = endpoints.deliveries(session, account_id, webhook_id, limit, cursor)
+        return [delivery_view(row) for row in rows]
 
 
 def retry(state: AppState, account_id: str, webhook_id: str, delivery_id: str) -> dict[str, Any]:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from collections.abc import Iterable
-from typing import Any
 
 from models.webhooks import SECRET_PREFIX
 
@@ -27,12 +25,6 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
 
 def signature_header(secrets: Iterable[str], webhook_id: str, timestamp: int, body: bytes) -> str:
     return " ".join(sign(s, webhook_id, timestamp, body) for s in secrets)
-
-
-def encode_body(payload: dict[str, Any]) -> bytes:
-    """The delivery's body bytes. ASCII-only JSON: every verifying library reads the body as
-    text, and an escaped character cannot be re-encoded differently on the way."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 def headers(secrets: Iterable[str], webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:

@@ -16,7 +16,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from sqlmodel import Session
 
 from app import observability
 from app.http import in_thread
@@ -28,6 +30,7 @@ from models import webhook_queue as queue
 from models.clock import utcnow
 from models.db import Database
 from models.events import Published
+from models.sql import Tx
 from models.webhook_endpoints import ROTATION_OVERLAP
 from models.webhooks import FAILED, SUCCEEDED
 
@@ -122,19 +125,8 @@ class WebhookWorker:
         short so another process takes them at once."""
         now = utcnow()
         with self.db.write() as session:
-            for job, outcome in done:
-                queue.finish(
-                    session,
-                    job,
-                    succeeded=outcome.succeeded,
-                    outcome=outcome.outcome,
-                    status_code=outcome.status_code,
-                    error=outcome.error,
-                    now=now,
-                    schedule=self.config.schedule,
-                    disable_after=self.config.disable_after,
-                )
-            queue.release(session, abandoned, now)
+            self._record(session, done, now)
+            queue.release(Tx.of(session), abandoned, now)
 
     async def _run(self) -> None:
         while True:
@@ -163,13 +155,14 @@ class WebhookWorker:
             raise
         for job in jobs:
             self._launch(job)
-        for (job, _outcome), result in zip(done, finished, strict=True):
-            if result.status in (SUCCEEDED, FAILED):
-                observability.record_webhook_delivery(result.status)
-            if result.events:
-                log.warning("webhook endpoint %s disabled after failing for days", job.webhook_id)
-                if self.publish is not None:
-                    await self.publish(result.events)
+        statuses, published = finished
+        for status in statuses:
+            if status in (SUCCEEDED, FAILED):
+                observability.record_webhook_delivery(status)
+        if published:
+            log.warning("a webhook endpoint was disabled after failing for days")
+            if self.publish is not None:
+                await self.publish(published)
         now = time.monotonic()
         if now - self._gauge_at >= self.config.gauge_every:
             self._gauge_at = now
@@ -179,37 +172,25 @@ class WebhookWorker:
 
     def _pass(
         self, done: list[tuple[queue.Job, Outcome]], slots: int, room: dict[str, int]
-    ) -> tuple[list[queue.Job], list[queue.Finished]]:
+    ) -> tuple[list[queue.Job], tuple[list[str | None], list[Published]]]:
         """One write transaction for everything a pass does: record the outcomes of attempts
         that ended, create the deliveries of new outbox events, lease due deliveries. Idle
         passes only read, and so never take SQLite's write lock."""
         now = utcnow()
         full = {k for k, v in room.items() if v <= 0}
         if not done:
-            with self.db.read() as session:
-                behind = queue.any_behind(session)
-                due = slots > 0 and queue.any_due(session, now, full)
+            with self.db.raw_read() as tx:
+                behind = queue.any_behind(tx)
+                due = slots > 0 and queue.any_due(tx, now, full)
             if not behind and not due:
-                return [], []
+                return [], ([], [])
         with self.db.write() as session:
-            finished = [
-                queue.finish(
-                    session,
-                    job,
-                    succeeded=outcome.succeeded,
-                    outcome=outcome.outcome,
-                    status_code=outcome.status_code,
-                    error=outcome.error,
-                    now=now,
-                    schedule=self.config.schedule,
-                    disable_after=self.config.disable_after,
-                )
-                for job, outcome in done
-            ]
-            queue.fan_out(session, now)
+            finished = self._record(session, done, now)
+            tx = Tx.of(session)
+            queue.fan_out(tx, now)
             jobs = (
                 queue.claim(
-                    session,
+                    tx,
                     now,
                     slots=slots,
                     room=room,
@@ -221,9 +202,25 @@ class WebhookWorker:
             )
         return jobs, finished
 
+    def _record(
+        self, session: Session, done: list[tuple[queue.Job, Outcome]], now: datetime
+    ) -> tuple[list[str | None], list[Published]]:
+        if not done:
+            return [], []
+        results = [
+            (job, queue.Result(o.succeeded, o.outcome, o.status_code, o.error)) for job, o in done
+        ]
+        return queue.finish(
+            session,
+            results,
+            now,
+            schedule=self.config.schedule,
+            disable_after=self.config.disable_after,
+        )
+
     def _oldest(self) -> float:
-        with self.db.read() as session:
-            moment = queue.oldest_pending(session)
+        with self.db.raw_read() as tx:
+            moment = queue.oldest_pending(tx)
         return 0.0 if moment is None else max(0.0, (utcnow() - moment).total_seconds())
 
     def _launch(self, job: queue.Job) -> None:
@@ -243,8 +240,7 @@ class WebhookWorker:
         self._wake.set()
 
     async def _attempt(self, job: queue.Job) -> None:
-        body = signing.encode_body(job.payload)
-        headers = signing.headers(job.secrets, job.delivery_id, int(time.time()), body)
-        outcome = await self.sender.post(job.url, headers, body)
+        headers = signing.headers(job.secrets, job.delivery_id, int(time.time()), job.body)
+        outcome = await self.sender.post(job.url, headers, job.body)
         observability.record_webhook_attempt(outcome.outcome, outcome.seconds)
         self._done.append((job, outcome))
