@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import psutil
 
-from loadtests import servers, shop
+from loadtests import profiling, servers, shop
 from loadtests.bench import CpuWatch, machine, shop_floor
 from loadtests.sales import Floor, offered, saturate
 from loadtests.stats import summarize
@@ -162,6 +162,15 @@ async def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
                         result["drain_seconds"] = await drain(sink, 4 * result["completed"])
                     result["deliveries_received"] = len(sink_stats(sink))
                     phases.append({"round": round_, "webhooks": on, **result})
+            profile = None
+            if args.profile:
+                await switch(base, the_shop, hooks, True)
+                out = logs / "profile-webhooks.txt"
+                spy = profiling.start(server.proc.pid, args.seconds, out)
+                await saturate(floor, args.seconds)
+                if spy is not None:
+                    spy.wait(timeout=60)
+                    profile = profiling.top(out)
             with_hooks = [p["payments_per_s"] for p in phases if p["webhooks"]]
             rate = 0.5 * sum(with_hooks) / len(with_hooks)
             await switch(base, the_shop, hooks, True)
@@ -193,6 +202,7 @@ async def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
         "seconds": args.seconds,
         "phases": phases,
         "half_saturation": half,
+        "profile_with_webhooks": profile,
         "ratio_payments_per_s_on_over_off": round(
             mean(on, "payments_per_s") / mean(off, "payments_per_s"), 3
         ),
@@ -210,6 +220,7 @@ def main() -> None:
     parser.add_argument("--rate-seconds", type=float, default=15)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="a py-spy run with webhooks on")
     parser.add_argument("--out", default="docs/bench/webhooks.json")
     args = parser.parse_args()
     if args.quick:
