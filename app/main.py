@@ -95,8 +95,9 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         webhooks = WebhookWorker(
             db, WorkerConfig.from_settings(settings), app.state.paycode.publish
         )
-        webhooks.start()
-        app.state.webhooks = webhooks
+        if settings.webhook_worker:
+            webhooks.start()
+            app.state.webhooks = webhooks
         try:
             yield
         finally:

@@ -27,6 +27,8 @@ class Settings:
     receipt_key: str | None = None
     # Spec §11: lets webhooks use http:// and private or loopback addresses (development, tests).
     webhook_allow_private: bool = False
+    # Off when webhooks are sent by a separate `paycode webhooks` process (docs/WEBHOOKS.md).
+    webhook_worker: bool = True
     # Fault injection for the test suite: die by SIGKILL between commit and publish.
     fault_kill_after_commit: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -71,5 +73,6 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
         admin_token=env.get("PAYCODE_ADMIN_TOKEN") or None,
         receipt_key=env.get("PAYCODE_RECEIPT_KEY") or None,
         webhook_allow_private=env.get("PAYCODE_WEBHOOK_ALLOW_PRIVATE") == "1",
+        webhook_worker=(env.get("PAYCODE_WEBHOOK_WORKER") or "on").lower() != "off",
         fault_kill_after_commit=env.get("PAYCODE_FAULT_KILL_AFTER_COMMIT") == "1",
     )

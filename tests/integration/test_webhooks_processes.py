@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +20,7 @@ from tests.api import Api, User
 from tests.cluster import postgres_and_redis
 from tests.conftest import ADMIN_TOKEN
 from tests.realtime_server import ServeProcess
+from tests.server import ROOT
 from tests.services import PostgresFactory
 from tests.webhook_receiver import Call, Receiver, until
 
@@ -173,3 +177,40 @@ def test_two_processes_never_have_two_attempts_of_one_delivery_in_flight(
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_separate_webhooks_process_sends_for_servers_that_do_not(
+    backing: tuple[str, str], receiver: Receiver
+) -> None:
+    """With PAYCODE_WEBHOOK_WORKER=off the server sends nothing itself; `paycode webhooks`,
+    started later against the same database, delivers what was owed, verified."""
+    database_url, broker_url = backing
+    server = ServeProcess(
+        database_url, broker_url, ADMIN_TOKEN, {**ENV, "PAYCODE_WEBHOOK_WORKER": "off"}
+    ).start()
+    sender: subprocess.Popen[bytes] | None = None
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            api = Api(http, ADMIN_TOKEN)
+            payee, payer, code = shop(api)
+            hook = register(api, payee, receiver.url("apart"))
+            paid = api.post("/payments", payer, json={"code": code, "amount": 900})
+            assert paid.status_code == 201
+            time.sleep(1.5)
+            assert receiver.of("apart") == []
+            env = {**os.environ, **ENV, "PAYCODE_DATABASE_URL": database_url}
+            sender = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "webhooks"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            until(lambda: len(receiver.of("apart")) == 1, 30, "the webhooks process delivered")
+            body = receiver.of("apart")[0].verify(hook["secret"])
+            assert body["data"]["id"] == paid.json()["id"]
+    finally:
+        if sender is not None:
+            sender.terminate()
+            assert sender.wait(timeout=20) == 0
+        server.stop()
