@@ -1,11 +1,13 @@
-"""What webhooks cost a sale (spec §11), measured as ratios in one run on one server.
+"""What webhooks cost a sale (spec §11), measured as ratios within one run.
 
-    python -m loadtests.webhooks            # ~3 minutes on 2 cores
+    python -m loadtests.webhooks            # ~6 minutes on 2 cores
     python -m loadtests.webhooks --quick    # a few seconds per phase, for smoke tests
 
 One ``sqlite-memory`` paycode process and the shop floor of ``loadtests.bench`` (K counters,
-2 devices per account, a sale = dynamic code + payment + the frame on all 4 devices). Phases,
-interleaved so that a drift of the shared machine touches both sides alike:
+2 devices per account, a sale = dynamic code + payment + the frame on all 4 devices), twice:
+webhooks sent by the server's own event loop, then by a separate ``paycode webhooks`` process
+(``PAYCODE_WEBHOOK_WORKER=off`` on the server). Phases of each, interleaved so that a drift of
+the shared machine touches both sides alike:
 
   off, on, off, on   saturation (sales back to back, after a warm-up) without and with one
                      webhook endpoint for the payee and for every agent (all event types, so
@@ -62,8 +64,8 @@ def start_sink(logs: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 async def set_endpoints(base: str, the_shop: shop.Shop, sink: int, hooks: dict[str, str]) -> None:
-    """Create one endpoint for the payee and each agent the first time, then switch them on
-    or off (``hooks`` maps token → endpoint id; empty means create)."""
+    """One endpoint (every event type) for the payee and for each agent; ``hooks`` gets each
+    owner's token → endpoint id."""
     owners = [the_shop.payee, *the_shop.agents]
     async with httpx.AsyncClient(base_url=f"{base}/api/v1", timeout=30) as http:
         for n, member in enumerate(owners):
@@ -99,54 +101,92 @@ def sink_reset(sink: int) -> None:
     httpx.post(f"http://127.0.0.1:{sink}/reset", timeout=30)
 
 
-async def drain(sink: int, owed: int, limit: float = 120) -> float | None:
-    """Seconds until the sink has seen ``owed`` deliveries, or None past ``limit``."""
+async def drain(sink: int, limit: float = 120) -> float | None:
+    """Seconds until the sink's count stopped growing (unchanged for a second), or None past
+    ``limit``: how long the deliveries owed took to arrive after the sales stopped."""
     began = time.perf_counter()
+    last, since = -1, began
     while time.perf_counter() - began < limit:
-        if len(sink_stats(sink)) >= owed:
-            return round(time.perf_counter() - began, 2)
-        await asyncio.sleep(0.25)
+        count = len(sink_stats(sink))
+        now = time.perf_counter()
+        if count != last:
+            last, since = count, now
+        elif now - since >= 1.0:
+            return round(since - began, 2)
+        await asyncio.sleep(0.1)
     return None
 
 
 class Watch(CpuWatch):
-    """CpuWatch plus the sink process's CPU share."""
+    """CpuWatch plus the CPU of the sink and of a separate ``paycode webhooks`` process."""
 
-    def __init__(self, server: servers.Server, sink: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, server: servers.Server, sink: subprocess.Popen[bytes], sender: int | None
+    ) -> None:
         super().__init__(server)
         self.sink = psutil.Process(sink.pid)
+        self.sender = psutil.Process(sender) if sender is not None else None
+
+    @staticmethod
+    def _cpu(process: psutil.Process | None) -> float:
+        if process is None:
+            return 0.0
+        times = process.cpu_times()
+        return float(times.user + times.system)
 
     def __enter__(self) -> Watch:
-        times = self.sink.cpu_times()
-        self.sink_cpu = times.user + times.system
+        self.sink_cpu = self._cpu(self.sink)
+        self.sender_cpu = self._cpu(self.sender)
         super().__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self.wall
         super().__exit__(*exc)
-        times = self.sink.cpu_times()
-        used = times.user + times.system - self.sink_cpu
-        self.shares["sink_cpu_share"] = used / wall / (os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+        self.shares["sink_cpu_share"] = (self._cpu(self.sink) - self.sink_cpu) / wall / cores
+        sender_used = self._cpu(self.sender) - self.sender_cpu
+        self.shares["webhooks_process_cpu_share"] = sender_used / wall / cores
+        # The separate sender is part of the server side: its CPU counts per payment too.
+        self.server_used += sender_used
 
 
 async def saturation(
-    floor: Floor, server: servers.Server, sink: subprocess.Popen[bytes], args: argparse.Namespace
+    floor: Floor,
+    server: servers.Server,
+    sink: subprocess.Popen[bytes],
+    sender: int | None,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     await saturate(floor, args.warmup)
-    with Watch(server, sink) as cpu:
+    with Watch(server, sink, sender) as cpu:
         result = await saturate(floor, args.seconds)
     result.update(cpu.shares)
     result["server_cpu_ms_per_payment"] = cpu.per_operation_ms(result["completed"])
     return result
 
 
-async def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+def start_sender(database_url: str, logs: Path) -> subprocess.Popen[bytes]:
+    with (logs / "webhooks-process.log").open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "webhooks", "--database-url", database_url],
+            cwd=servers.ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def run(args: argparse.Namespace, logs: Path, *, separate: bool) -> dict[str, Any]:
+    """One server; webhooks sent by its own event loop, or by a separate process."""
     sink_proc, sink = start_sink(logs)
     os.environ["PAYCODE_WEBHOOK_ALLOW_PRIVATE"] = "1"
-    server = servers.start_paycode(f"sqlite:///{logs / 'paycode.db'}", "memory://", 1, logs)
+    os.environ["PAYCODE_WEBHOOK_WORKER"] = "off" if separate else "on"
+    database_url = f"sqlite:///{logs / f'paycode-{int(separate)}.db'}"
+    server = servers.start_paycode(database_url, "memory://", 1, logs)
+    sender = start_sender(database_url, logs) if separate else None
     base = f"http://127.0.0.1:{server.port}"
     phases: list[dict[str, Any]] = []
+    profile = None
     try:
         async with shop_floor(server, args.counters) as floor:
             the_shop = floor.shop
@@ -156,14 +196,14 @@ async def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
                 for on in (False, True):
                     await switch(base, the_shop, hooks, on)
                     sink_reset(sink)
-                    result = await saturation(floor, server, sink_proc, args)
+                    result = await saturation(
+                        floor, server, sink_proc, sender.pid if sender else None, args
+                    )
                     if on:
-                        # Every sale of the warm-up and the measured window owes 4 deliveries.
-                        result["drain_seconds"] = await drain(sink, 4 * result["completed"])
+                        result["drain_seconds"] = await drain(sink)
                     result["deliveries_received"] = len(sink_stats(sink))
                     phases.append({"round": round_, "webhooks": on, **result})
-            profile = None
-            if args.profile:
+            if args.profile and not separate:
                 await switch(base, the_shop, hooks, True)
                 out = logs / "profile-webhooks.txt"
                 spy = profiling.start(server.proc.pid, args.seconds, out)
@@ -171,22 +211,26 @@ async def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
                 if spy is not None:
                     spy.wait(timeout=60)
                     profile = profiling.top(out)
+                await drain(sink)
             with_hooks = [p["payments_per_s"] for p in phases if p["webhooks"]]
             rate = 0.5 * sum(with_hooks) / len(with_hooks)
             await switch(base, the_shop, hooks, True)
             await asyncio.sleep(1)
             sink_reset(sink)
             half = await offered(floor, rate, args.rate_seconds)
-            owed = 4 * half["completed"]
-            half["drain_seconds"] = await drain(sink, owed)
+            half["drain_seconds"] = await drain(sink)
             seen = sink_stats(sink)
             half["commit_to_receiver_answer"] = summarize(
                 [t for kind, t in seen if kind == "payment.succeeded"], args.rate_seconds
             )
             half["deliveries_received"] = len(seen)
-            half["deliveries_owed"] = owed
+            # Each sale owes payment.succeeded and code.paid to the payee's and the agent's.
+            half["deliveries_owed"] = 4 * half["completed"]
     finally:
         server.stop()
+        if sender is not None:
+            sender.terminate()
+            sender.wait(timeout=20)
         sink_proc.terminate()
         sink_proc.wait(timeout=15)
     off = [p for p in phases if not p["webhooks"]]
@@ -196,10 +240,7 @@ async def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
         return sum(r[key] for r in rows) / len(rows)
 
     return {
-        "machine": machine(),
-        "load_average_at_start": args.load_at_start,
-        "counters": args.counters,
-        "seconds": args.seconds,
+        "webhooks_sent_by": "a separate paycode webhooks process" if separate else "the server",
         "phases": phases,
         "half_saturation": half,
         "profile_with_webhooks": profile,
@@ -212,6 +253,20 @@ async def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     }
 
 
+async def run_all(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    runs = [await run(args, logs, separate=False)]
+    if not args.in_process_only:
+        runs.append(await run(args, logs, separate=True))
+    return {
+        "machine": machine(),
+        "load_average_at_start": args.load_at_start,
+        "load_average_at_end": round(os.getloadavg()[0], 2),
+        "counters": args.counters,
+        "seconds": args.seconds,
+        "runs": runs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--counters", type=int, default=32)
@@ -221,6 +276,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", action="store_true", help="a py-spy run with webhooks on")
+    parser.add_argument("--in-process-only", action="store_true")
     parser.add_argument("--out", default="docs/bench/webhooks.json")
     args = parser.parse_args()
     if args.quick:
@@ -228,16 +284,23 @@ def main() -> None:
     args.load_at_start = round(os.getloadavg()[0], 2)
     servers.raise_nofile()
     with tempfile.TemporaryDirectory(prefix="paycode-bench-webhooks-") as logs:
-        result = asyncio.run(run(args, Path(logs)))
+        result = asyncio.run(run_all(args, Path(logs)))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "phases"}, indent=2))
-    for phase in result["phases"]:
+    for run_ in result["runs"]:
+        print(f"webhooks sent by {run_['webhooks_sent_by']}:")
+        for phase in run_["phases"]:
+            print(
+                f"  round {phase['round']} webhooks={'on ' if phase['webhooks'] else 'off'} "
+                f"{phase['payments_per_s']} payments/s, "
+                f"{phase['server_cpu_ms_per_payment']} ms server CPU/payment, "
+                f"drain {phase.get('drain_seconds')} s"
+            )
+        half = run_["half_saturation"]
         print(
-            f"round {phase['round']} webhooks={'on ' if phase['webhooks'] else 'off'} "
-            f"{phase['payments_per_s']} payments/s, "
-            f"{phase['server_cpu_ms_per_payment']} ms server CPU/payment, "
-            f"drain {phase.get('drain_seconds')}"
+            f"  ratio on/off {run_['ratio_payments_per_s_on_over_off']}, half saturation "
+            f"{half['offered_rate']}/s: commit->receiver {half['commit_to_receiver_answer']}, "
+            f"{half['deliveries_received']}/{half['deliveries_owed']} deliveries"
         )
 
 
