@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run demo test lint format clean migration loadtest bench cluster chaos
+.PHONY: install deps run demo test lint format clean migration loadtest bench cluster chaos
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +24,30 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
+# Debian packages the whole suite needs beyond Python: Chromium for the page tests (Playwright
+# drives it and never downloads a browser), libcairo for rasterising barcodes, nginx for the
+# cluster tests, and the Redis and PostgreSQL servers. Installed when missing and this user
+# can (root with apt-get); otherwise make stops and prints the one command to run.
+deps:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	ls /usr/lib/*-linux-gnu/libcairo.so.2 >/dev/null 2>&1 || missing="$$missing libcairo2"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v psql >/dev/null || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "make deps: installing$$missing"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get update -qq && apt-get install -y -qq $$missing; \
+		else \
+			echo "make test needs Debian packages that are missing:$$missing"; \
+			echo "run:  sudo apt-get install -y$$missing"; \
+			exit 1; \
+		fi; \
+	fi
+
+test: deps lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Faults under load on the cluster (SIGKILL, Redis down, PostgreSQL restart); figures in

@@ -130,6 +130,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    from models import purge
+    from models.db import Database
+
+    settings = settings_from(args)
+    db = Database(settings.database_url, pool_size=1)
+    try:
+        removed = purge.purge(db)
+    finally:
+        db.dispose()
+    if removed is None:
+        print("another process is purging now; nothing removed here")
+        return 0
+    print(
+        "removed "
+        + ", ".join(f"{count} {table} rows" for table, count in removed.items())
+        + " past their windows"
+    )
+    return 0
+
+
 def cmd_rotate_receipt_key(args: argparse.Namespace) -> int:
     from app.services.payments import rotate_receipt_key_now
 
@@ -190,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check the books; non-zero exit if wrong")
     _add_setting_flags(verify)
     verify.set_defaults(handler=cmd_verify)
+
+    purge = commands.add_parser(
+        "purge", help="remove expired Idempotency-Key records and limiter rows now"
+    )
+    _add_setting_flags(purge)
+    purge.set_defaults(handler=cmd_purge)
 
     rotate = commands.add_parser("rotate-receipt-key", help="sign new receipts with a new key")
     _add_setting_flags(rotate)

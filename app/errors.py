@@ -64,8 +64,3 @@ async def http_error_handler(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = CODE_BY_STATUS.get(exc.status_code, "error")
     return error_response(exc.status_code, code, str(exc.detail), None)
-
-
-async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal error", None)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
 
+from pydantic_core import from_json
 from sqlalchemy.exc import DataError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,13 +40,20 @@ async def read_json(request: Request) -> dict[str, Any]:
     raw = b"".join(chunks)
     if not raw.strip():
         return {}
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Malformed("request body is not valid UTF-8 JSON") from exc
+    body = decode_json(raw)
     if not isinstance(body, dict):
         raise Invalid("request body must be a JSON object", field=None)
     return body
+
+
+def decode_json(raw: bytes) -> Any:
+    """Strict JSON of UTF-8 text: invalid UTF-8, and a \\u escape of a lone surrogate (a
+    ``str`` no encoder downstream accepts: the database driver, argon2, a log line) are
+    Malformed, like any other unreadable body. NaN and Infinity are not JSON either."""
+    try:
+        return from_json(raw, allow_inf_nan=False, cache_strings="keys")
+    except ValueError as exc:
+        raise Malformed("request body is not valid UTF-8 JSON") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
 from app import errors, observability, openapi
+from app.guard import RequestGuard
 from app.http import in_thread
+from app.purge import Purge
 from app.relay import Relay
 from app.routes import accounts as accounts_routes
 from app.routes import admin as admin_routes
@@ -80,7 +82,11 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         if migrate_schema:
             await in_thread(migrate.upgrade, settings.database_url)
         observability.forget_dead_workers()
-        db = Database(settings.database_url)
+        db = Database(
+            settings.database_url,
+            pool_size=int(settings.extra.get("pool_size", 8)),
+            pool_timeout=settings.extra.get("pool_timeout"),
+        )
         hub = Hub(
             settings.broker_url,
             queue_limit=int(settings.extra.get("ws_queue_limit", 256)),
@@ -89,6 +95,9 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         await hub.start()
         relay = Relay(db, hub, interval=float(settings.extra.get("relay_interval", 0.5)))
         relay.start()
+        purger = Purge(db, interval=settings.purge_interval)
+        if settings.purge_interval > 0:
+            purger.start()
         app.state.paycode = AppState(settings=settings, db=db, hub=hub)
         # The receipt signing key exists from the first start, not the first payment.
         await in_thread(payments_service.prepare, app.state.paycode)
@@ -103,6 +112,7 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         finally:
             await webhooks.stop()
             # uvicorn has already closed this process's WebSockets with 1012 by now.
+            await purger.stop()
             await relay.stop()
             await hub.stop()
             db.dispose()
@@ -119,7 +129,9 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             *pages_routes.routes,
         ],
         middleware=[
-            Middleware(observability.ObservabilityMiddleware, extra_headers=security_headers)
+            Middleware(observability.ObservabilityMiddleware, extra_headers=security_headers),
+            # Inside the request id's context; unexpected exceptions never reach the server.
+            Middleware(RequestGuard),
         ],
         exception_handlers={
             domain_errors.DomainError: errors.domain_error_handler,
@@ -129,7 +141,6 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             # Every pooled connection stayed busy for the pool's whole timeout: overloaded.
             PoolTimeout: database_unavailable,
             IntegrityError: concurrent_conflict,
-            Exception: errors.unexpected_error_handler,
         },
         lifespan=lifespan,
     )

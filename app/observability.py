@@ -108,6 +108,17 @@ WEBHOOK_IN_FLIGHT = Gauge(
     "Webhook attempts waiting for their receiver's answer now.",
     multiprocess_mode="livesum",
 )
+PURGED_ROWS = Counter(
+    "paycode_purged_rows",
+    "Rows removed by the purge after their window passed, by table.",
+    ["table"],
+)
+IDEMPOTENCY_OLDEST_AGE = Gauge(
+    "paycode_idempotency_oldest_record_age_seconds",
+    "Age of the oldest stored Idempotency-Key response at the last purge pass; about 24 h "
+    "(plus the purge interval) when the purge keeps up.",
+    multiprocess_mode="livemax",
+)
 
 UNMATCHED = "unmatched"
 
@@ -141,6 +152,14 @@ def record_committed(events: Iterable[Any]) -> None:
         record_payment(kind)
     for _ in refunds:
         record_refund()
+
+
+def record_purge(removed: dict[str, int] | None, oldest_idempotency_age: float) -> None:
+    """One purge pass: rows removed by table (None when another process purged instead)."""
+    for table, count in (removed or {}).items():
+        if count:
+            PURGED_ROWS.labels(table=table).inc(count)
+    IDEMPOTENCY_OLDEST_AGE.set(oldest_idempotency_age)
 
 
 def websocket_opened() -> None:

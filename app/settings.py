@@ -29,6 +29,9 @@ class Settings:
     webhook_allow_private: bool = False
     # Off when webhooks are sent by a separate `paycode webhooks` process (docs/WEBHOOKS.md).
     webhook_worker: bool = True
+    # Seconds between two purge passes of a serving process; 0 turns them off (a deployment
+    # that runs `paycode purge` from cron instead).
+    purge_interval: float = 60.0
     # Fault injection for the test suite: die by SIGKILL between commit and publish.
     fault_kill_after_commit: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -55,6 +58,8 @@ class Settings:
                 "sockets of its own process, so confirmations would be lost between workers. "
                 "Set PAYCODE_BROKER_URL=redis://host:6379/0."
             )
+        if not 0 <= self.purge_interval <= 86400:
+            raise SettingsError("PAYCODE_PURGE_INTERVAL must be 0 (off) to 86400 seconds")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise SettingsError("PAYCODE_ADMIN_TOKEN must be at least 16 characters")
         return self
@@ -74,5 +79,16 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
         receipt_key=env.get("PAYCODE_RECEIPT_KEY") or None,
         webhook_allow_private=env.get("PAYCODE_WEBHOOK_ALLOW_PRIVATE") == "1",
         webhook_worker=(env.get("PAYCODE_WEBHOOK_WORKER") or "on").lower() != "off",
+        purge_interval=_seconds(env, "PAYCODE_PURGE_INTERVAL", 60.0),
         fault_kill_after_commit=env.get("PAYCODE_FAULT_KILL_AFTER_COMMIT") == "1",
     )
+
+
+def _seconds(env: Any, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number of seconds") from exc

@@ -29,13 +29,17 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> Engine:
+def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, pool_timeout: float) -> Engine:
     memory = make_url(url).database in (None, "", ":memory:")
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30},
         poolclass=NullPool if memory else None,
-        **({} if memory else {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": 60}),
+        **(
+            {}
+            if memory
+            else {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": pool_timeout}
+        ),
     )
 
     @event.listens_for(engine, "connect")
@@ -59,15 +63,23 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> Engine:
 class Database:
     """Owns the engines of one database and hands out transactions."""
 
-    def __init__(self, url: str, *, pool_size: int = 8):
+    def __init__(self, url: str, *, pool_size: int = 8, pool_timeout: float | None = None):
         self.url = normalize_url(url)
         self.dialect = make_url(self.url).get_backend_name()
         if self.dialect == "sqlite":
-            self.writer = _sqlite_engine(self.url, immediate=True, pool_size=1)
-            self.reader = _sqlite_engine(self.url, immediate=False, pool_size=pool_size)
+            self.writer = _sqlite_engine(
+                self.url, immediate=True, pool_size=1, pool_timeout=pool_timeout or 60
+            )
+            self.reader = _sqlite_engine(
+                self.url, immediate=False, pool_size=pool_size, pool_timeout=pool_timeout or 60
+            )
         elif self.dialect == "postgresql":
             self.writer = create_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_timeout=pool_timeout or 30,
+                pool_pre_ping=True,
             )
             self.reader = self.writer
         else:
@@ -86,6 +98,16 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Session]:
         with Session(self.reader, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A read transaction whose statements all see one moment of the database: a long
+        read in several queries (an export's pages) whose parts agree with each other.
+        SQLite's read transactions are snapshots already."""
+        with Session(self.reader, expire_on_commit=False) as session, session.begin():
+            if not self.is_sqlite:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             yield session
 
     def raw_write(self) -> AbstractContextManager[sql.Tx]:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
+from pydantic_core import from_json
 
 MSGPACK = "paycode.v1.msgpack"
 JSON = "paycode.v1.json"
@@ -78,8 +79,12 @@ def decode(fmt: str, message: Wire) -> dict[str, Any]:
         if not isinstance(message, str):
             raise ProtocolError(CLOSE_POLICY, "binary frame on the JSON subprotocol")
         try:
-            frame = json.loads(message)
-        except ValueError as exc:
+            # Strict: a \\u escape of a lone surrogate is not text either (1007, as for
+            # invalid UTF-8), and NaN is not JSON.
+            frame = from_json(message, allow_inf_nan=False, cache_strings="keys")
+        except (ValueError, TypeError) as exc:
+            # TypeError: a str holding a lone surrogate itself (no socket delivers one; the
+            # text of a frame has been strictly UTF-8 decoded), refused all the same.
             raise ProtocolError(CLOSE_INVALID_DATA, "frame is not valid JSON") from exc
     if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
         raise ProtocolError(CLOSE_POLICY, "a frame must be a map with a string type")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from starlette.requests import Request
@@ -15,6 +16,7 @@ from app import observability, ratelimit
 from app.auth import Principal, as_user, require_user
 from app.http import (
     client_address,
+    in_thread,
     later,
     ok,
     page,
@@ -150,24 +152,41 @@ def _csv_line(row: dict[str, Any]) -> list[Any]:
     ]
 
 
-def _csv_chunks(pages: Iterator[list[dict[str, Any]]]) -> Iterator[str]:
+async def _csv_chunks(pages: Iterator[list[dict[str, Any]]]) -> AsyncIterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(CSV_HEADER)
-    for rows in pages:
-        writer.writerows(_csv_line(row) for row in rows)
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-    yield buffer.getvalue()
+    try:
+        rows: list[dict[str, Any]] | None = await in_thread(next, pages)
+        while rows is not None:
+            writer.writerows(_csv_line(row) for row in rows)
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            rows = await in_thread(next, pages, None)
+    finally:
+        # A client gone mid-export: give the held connection back now. While a page is
+        # being read in a worker thread the generator cannot be closed; it closes itself
+        # when that read returns and nothing refers to it any more.
+        with contextlib.suppress(ValueError):
+            pages.close()
 
 
 async def export_csv(request: Request) -> Response:
     who = await require_user(request)
     filters = _filters(request)
-    pages = service.csv_rows(state_of(request), who.account_id, filters)
+    chunks = _csv_chunks(service.csv_pages(state_of(request), who.account_id, filters))
+    # The first page is read before the status line is sent, so what can go wrong with it
+    # (a value the database refuses, no connection to be had) is still a 4xx or a 503.
+    first = await anext(chunks)
+
+    async def body() -> AsyncIterator[str]:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+
     return StreamingResponse(
-        _csv_chunks(pages),
+        body(),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="payments.csv"'},
     )

@@ -113,21 +113,22 @@ def list_visible(
 CSV_PAGE = 500
 
 
-def csv_rows(
+def csv_pages(
     state: AppState, caller_id: str, filters: payments.Filters
 ) -> Iterator[list[dict[str, Any]]]:
-    """Every matching payment, newest first, a page per read transaction so a large export
-    never holds one long transaction open."""
-    cursor: str | None = None
-    while True:
-        rows = list_visible(state, caller_id, filters, CSV_PAGE, cursor)
-        more = len(rows) > CSV_PAGE
-        rows = rows[:CSV_PAGE]
-        if rows:
-            yield rows
-        if not more or not rows:
-            return
-        cursor = rows[-1]["id"]
+    """Every matching payment, newest first, a page at a time, all from one snapshot on one
+    held connection: the books as of one moment, and once the first page is read nothing
+    more waits for the pool, so an export under load is refused before its first byte or
+    completes. The first page is yielded even when empty."""
+    with state.db.snapshot() as session:
+        cursor: str | None = None
+        while True:
+            rows = payments.list_visible(session, caller_id, filters, CSV_PAGE, cursor)
+            views = payments.views(session, rows[:CSV_PAGE], state.settings.currency)
+            yield views
+            if len(rows) <= CSV_PAGE:
+                return
+            cursor = views[-1]["id"]
 
 
 def report(

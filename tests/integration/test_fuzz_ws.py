@@ -20,13 +20,15 @@ from realtime import protocol
 from tests.api import Api, User
 from tests.conftest import ADMIN_TOKEN
 from tests.server import running_server
+from tests.services import unavailable
+from tests.strategies import any_text
 
 CLEAN_CLOSES = {protocol.CLOSE_INVALID_DATA, protocol.CLOSE_POLICY, protocol.CLOSE_TOO_BIG}
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats() | any_text(max_size=20),
     lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        st.lists(inner, max_size=4) | st.dictionaries(any_text(max_size=8), inner, max_size=4)
     ),
     max_leaves=12,
 )
@@ -36,11 +38,11 @@ msgpack_values = st.recursive(
     | st.booleans()
     | st.integers(-(2**63), 2**64 - 1)
     | st.binary(max_size=20)
-    | st.text(max_size=20),
+    | any_text(max_size=20),
     lambda inner: (
         st.lists(inner, max_size=4)
         | st.dictionaries(
-            st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8) | st.binary(max_size=4),
+            st.integers(-(2**63), 2**63 - 1) | any_text(max_size=8) | st.binary(max_size=4),
             inner,
             max_size=4,
         )
@@ -48,14 +50,18 @@ msgpack_values = st.recursive(
     max_leaves=12,
 )
 wires = st.one_of(
-    st.tuples(st.just(protocol.JSON), st.text(max_size=300)),
+    st.tuples(st.just(protocol.JSON), any_text(max_size=300)),
     st.tuples(st.just(protocol.JSON), json_values.map(json.dumps)),
     st.tuples(st.just(protocol.JSON), st.binary(max_size=50)),
     st.tuples(st.just(protocol.MSGPACK), st.binary(max_size=300)),
     st.tuples(
-        st.just(protocol.MSGPACK), msgpack_values.map(lambda v: msgpack.packb(v, use_bin_type=True))
+        st.just(protocol.MSGPACK),
+        # A lone surrogate packed as its UTF-8-shaped bytes: a str no strict decoder takes.
+        msgpack_values.map(
+            lambda v: msgpack.packb(v, use_bin_type=True, unicode_errors="surrogatepass")
+        ),
     ),
-    st.tuples(st.just(protocol.MSGPACK), st.text(max_size=50)),
+    st.tuples(st.just(protocol.MSGPACK), any_text(max_size=50)),
 )
 
 
@@ -94,12 +100,38 @@ def malformed(fmt: str, wire: Any) -> bool:
     return False
 
 
-@pytest.fixture(scope="module")
-def served(sqlite_factory: Any) -> Iterator[tuple[str, User]]:
-    with running_server(sqlite_factory.create(), ADMIN_TOKEN) as base:
-        with httpx.Client(base_url=base, timeout=10) as http:
-            user = Api(http, ADMIN_TOKEN).user()
-        yield base, user
+def sendable(wire: tuple[str, Any]) -> bool:
+    """A text frame is UTF-8 on the wire: a str holding a lone surrogate cannot be sent (as
+    JSON it travels as a \\u escape, which the JSON strategies produce)."""
+    message = wire[1]
+    if isinstance(message, bytes):
+        return True
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(
+    request: pytest.FixtureRequest, sqlite_factory: Any, pg_factory: Any
+) -> Iterator[tuple[str, User]]:
+    """A real server on each database, and a logged-in account."""
+    if request.param == "sqlite":
+        url = sqlite_factory.create()
+    else:
+        if not pg_factory.available():
+            unavailable("PostgreSQL is not reachable on 127.0.0.1:5432")
+        url = pg_factory.create()
+    try:
+        with running_server(url, ADMIN_TOKEN) as base:
+            with httpx.Client(base_url=base, timeout=10) as http:
+                user = Api(http, ADMIN_TOKEN).user()
+            yield base, user
+    finally:
+        if request.param == "postgresql":
+            pg_factory.drop(url)
 
 
 def close_code_after(base: str, fmt: str, frames: list[Any]) -> int | None:
@@ -117,7 +149,7 @@ def close_code_after(base: str, fmt: str, frames: list[Any]) -> int | None:
             return None
 
 
-@given(wire=wires.filter(lambda w: malformed(*w)))
+@given(wire=wires.filter(lambda w: sendable(w) and malformed(*w)))
 @settings(
     max_examples=60,
     deadline=None,
@@ -133,6 +165,27 @@ def test_a_malformed_frame_closes_the_socket_and_the_server_lives(
     hello = protocol.encode(fmt, {"type": "hello", "token": user.token, "after": None})
     assert close_code_after(base, fmt, [message]) in CLEAN_CLOSES
     assert close_code_after(base, fmt, [hello, message]) in CLEAN_CLOSES
+    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "hello", "token": "\\ud800", "after": null}',
+        '{"type": "hello", "token": "t", "after": null, "x": "\\udfff"}',
+        '{"type": "\\ud800"}',
+        '{"\\ud800": 1, "type": "ping"}',
+    ],
+)
+def test_a_json_frame_with_a_lone_surrogate_is_unreadable_data(
+    served: tuple[str, User], frame: str
+) -> None:
+    """A \\u escape of a lone surrogate anywhere in a JSON frame, before or after hello, is
+    text that is not Unicode: 1007, like invalid UTF-8, and the server lives on."""
+    base, user = served
+    hello = json.dumps({"type": "hello", "token": user.token, "after": None})
+    assert close_code_after(base, protocol.JSON, [frame]) == protocol.CLOSE_INVALID_DATA
+    assert close_code_after(base, protocol.JSON, [hello, frame]) == protocol.CLOSE_INVALID_DATA
     assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
 
 

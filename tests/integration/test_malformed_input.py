@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from starlette.routing import Mount, Route
 
 from tests.api import Api, User
+from tests.strategies import any_text
 
 FIELD_NAMES = [
     "handle", "display_name", "password", "device_name", "amount", "agent", "payee", "label",
@@ -24,7 +25,7 @@ scalars = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=40),
+    any_text(max_size=40),
 )
 values = st.recursive(
     scalars,
@@ -66,8 +67,9 @@ def fixtures(api: Api) -> tuple[User, dict[str, str]]:
 def test_every_post_route_answers_garbage_with_a_4xx_error_body(
     api: Api, fixtures: tuple[User, dict[str, str]]
 ) -> None:
-    """Random JSON, wrong types, huge integers, floats and non-UTF-8 bytes on every POST route:
-    no 5xx, and every error carries {code, message, field}."""
+    """Random JSON, wrong types, huge integers, floats, text from all of Unicode (lone
+    surrogates, NUL, noncharacters) and non-UTF-8 bytes on every POST route: no 5xx, and every
+    error carries {code, message, field}."""
     user, ids = fixtures
     paths = post_paths(api.client.app, ids)
     assert len(paths) >= 5

@@ -72,3 +72,14 @@ def test_serve_refuses_workers_with_memory_broker_before_touching_anything(
     assert "--workers > 1 needs a shared broker" in err
     assert "PAYCODE_BROKER_URL=redis://" in err
     assert not Path(db_file).exists()
+
+
+def test_the_purge_interval_comes_from_the_environment_and_zero_turns_it_off() -> None:
+    """PAYCODE_PURGE_INTERVAL is seconds between purge passes (default 60; 0 = off); text
+    that is no number, or a negative or day-long-plus interval, is refused at start."""
+    assert from_env({}).purge_interval == 60.0
+    assert from_env({"PAYCODE_PURGE_INTERVAL": "0"}).validate().purge_interval == 0.0
+    assert from_env({"PAYCODE_PURGE_INTERVAL": "2.5"}).validate().purge_interval == 2.5
+    for bad in ("soon", "-1", "86401"):
+        with pytest.raises(SettingsError, match="PAYCODE_PURGE_INTERVAL"):
+            from_env({"PAYCODE_PURGE_INTERVAL": bad}).validate()
