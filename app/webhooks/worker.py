@@ -1,11 +1,11 @@
 """The delivery worker of one process: turns outbox events into deliveries and sends them.
 
-Each pass (every ``interval``, or at once when an attempt ends) first fans new outbox events
-out to the endpoints that want them, then leases due deliveries up to the free slots: at most
+Each pass (every ``interval``, or at once when an attempt ends) is one short transaction on a
+worker thread: it records the outcomes of the attempts that ended, fans new outbox events out
+to the endpoints that want them, and leases due deliveries up to the free slots: at most
 ``concurrency`` attempts in flight in this process and ``per_endpoint`` to any one endpoint,
-so a slow or dead endpoint holds only its own slots. Attempts run as tasks on the event loop;
-the database work runs on the worker threads, one short transaction at a time, and never
-inside a payment's transaction.
+so a slow or dead endpoint holds only its own slots. Attempts run as tasks on the event loop.
+Nothing here runs inside a payment's transaction.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlmodel import Session
@@ -51,7 +51,6 @@ class WorkerConfig:
     rotation_overlap: timedelta = ROTATION_OVERLAP
     resolver: Resolver = system_resolver
     gauge_every: float = 2.0
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def lease(self) -> timedelta:
