@@ -43,8 +43,8 @@ Publish = Callable[[list[Published]], Awaitable[None]]
 class WorkerConfig:
     allow_private: bool = False
     interval: float = 0.25
-    concurrency: int = 32
-    per_endpoint: int = 4
+    concurrency: int = 128
+    per_endpoint: int = 8
     timeout: float = ATTEMPT_TIMEOUT
     schedule: Sequence[float] = queue.RETRY_SCHEDULE
     disable_after: timedelta = queue.DISABLE_AFTER
