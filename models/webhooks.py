@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, String, UniqueConstraint
@@ -56,7 +56,6 @@ SECRET_BYTES = 32
 PENDING = "pending"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
-DELIVERY_STATUSES = (PENDING, SUCCEEDED, FAILED)
 
 # Attempt outcomes, also the label values of the attempts metric.
 IN_FLIGHT = "in_flight"
@@ -92,15 +91,6 @@ class WebhookEndpoint(SQLModel, table=True):
     created_at: datetime
     updated_at: datetime
 
-    def secrets_at(self, now: datetime) -> list[str]:
-        """The secrets a delivery is signed with now: the current one, and during a rotation's
-        overlap the previous one too."""
-        found = [self.secret]
-        until = self.previous_secret_until
-        if self.previous_secret and until is not None and aware(until) > now:
-            found.append(self.previous_secret)
-        return found
-
 
 class WebhookDelivery(SQLModel, table=True):
     __tablename__ = "webhook_delivery"
@@ -134,8 +124,6 @@ class WebhookDelivery(SQLModel, table=True):
 
 
 def aware(moment: datetime) -> datetime:
-    from datetime import UTC
-
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
@@ -189,7 +177,3 @@ def delivery_view(row: WebhookDelivery, *, log: bool = True) -> dict[str, Any]:
     if log:
         view["attempt_log"] = list(row.attempt_log)
     return view
-
-
-def later(now: datetime, seconds: float) -> datetime:
-    return now + timedelta(seconds=seconds)

@@ -31,7 +31,6 @@ from models.clock import utcnow
 from models.db import Database
 from models.events import Published
 from models.sql import Tx
-from models.webhook_endpoints import ROTATION_OVERLAP
 from models.webhooks import FAILED, SUCCEEDED
 
 log = logging.getLogger("paycode.webhooks")
@@ -48,7 +47,6 @@ class WorkerConfig:
     timeout: float = ATTEMPT_TIMEOUT
     schedule: Sequence[float] = queue.RETRY_SCHEDULE
     disable_after: timedelta = queue.DISABLE_AFTER
-    rotation_overlap: timedelta = ROTATION_OVERLAP
     resolver: Resolver = system_resolver
     gauge_every: float = 2.0
 
@@ -69,7 +67,6 @@ class WorkerConfig:
             per_endpoint=int(extra.get("webhook_per_endpoint", base.per_endpoint)),
             schedule=tuple(extra.get("webhook_retry_schedule", base.schedule)),
             disable_after=extra.get("webhook_disable_after", base.disable_after),
-            rotation_overlap=extra.get("webhook_rotation_overlap", base.rotation_overlap),
             resolver=extra.get("webhook_resolver", base.resolver),
         )
 
@@ -90,6 +87,7 @@ class WebhookWorker:
         self._running: dict[asyncio.Task[None], queue.Job] = {}
         self._per_endpoint: dict[str, int] = {}
         self._gauge_at = 0.0
+        self._stopping = False
         # Attempts that ended, waiting for the next pass to record them.
         self._done: list[tuple[queue.Job, Outcome]] = []
 
@@ -100,6 +98,7 @@ class WebhookWorker:
         self._wake.set()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -128,16 +127,20 @@ class WebhookWorker:
             queue.release(Tx.of(session), abandoned, now)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
+            # Cleared before the pass: an attempt that ends during it wakes the next one.
+            self._wake.clear()
             try:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("webhook pass failed: %s", exc.__class__.__name__)
-            self._wake.clear()
+            # asyncio.timeout, not wait_for: before Python 3.12 wait_for can swallow a
+            # cancellation that arrives as the event is set, and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.interval)
+                async with asyncio.timeout(self.config.interval):
+                    await self._wake.wait()
 
     async def tick(self) -> None:
         done, self._done = self._done, []
