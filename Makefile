@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install deps run demo test lint format clean migration loadtest bench cluster chaos
+.PHONY: install deps run demo test lint format clean migration loadtest bench cluster chaos messages
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,7 +26,8 @@ format: install
 
 # Debian packages the whole suite needs beyond Python: Chromium for the page tests (Playwright
 # drives it and never downloads a browser), libcairo for rasterising barcodes, nginx for the
-# cluster tests, and the Redis and PostgreSQL servers. Installed when missing and this user
+# cluster tests, the Redis and PostgreSQL servers, and a CJK font so Chromium can lay out (and
+# screenshot) the pages in Chinese. Installed when missing and this user
 # can (root with apt-get); otherwise make stops and prints the one command to run.
 deps:
 	@missing=""; \
@@ -36,6 +37,7 @@ deps:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v psql >/dev/null || missing="$$missing postgresql"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
+	fc-list :lang=zh 2>/dev/null | grep -q . || missing="$$missing fonts-wqy-zenhei"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "make deps: installing$$missing"; \
@@ -61,6 +63,11 @@ PROCESSES ?= 3
 CLUSTER_PORT ?= 8080
 cluster: install
 	$(PY) -m app.cluster --processes $(PROCESSES) --port $(CLUSTER_PORT) $(CLUSTER_ARGS)
+
+# The pages' messages: re-extracts app/locales/messages.pot from the templates and JavaScript
+# modules and merges it into each language's .po (then translate the new empty msgstr entries).
+messages: install
+	$(PY) -m app.i18n.extract
 
 # Regenerates the single initial migration from the models while the schema is young.
 migration: install

@@ -140,8 +140,14 @@ SCHEMAS: dict[str, Any] = {
     ),
     "PublicAccount": obj({"id": STRING, "handle": STRING, "display_name": STRING}),
     "Device": obj(
-        {"id": STRING, "name": STRING, "created_at": TIME, "revoked_at": nullable(TIME)},
-        ["id", "name", "created_at"],
+        {
+            "id": STRING,
+            "name": STRING,
+            "created_at": TIME,
+            "last_seen_at": TIME,
+            "revoked_at": nullable(TIME),
+        },
+        ["id", "name", "created_at", "last_seen_at"],
     ),
     "Session": obj({"token": STRING, "device": ref("Device"), "account": ref("Account")}),
     "Deposit": obj(

@@ -27,6 +27,8 @@ FUNDING = "funding"
 FUNDING_HANDLE = "$funding"
 
 LOGIN_WINDOW = timedelta(minutes=15)
+# A device's last_seen_at is written at most this often, so a busy page costs no write per call.
+SEEN_EVERY = timedelta(minutes=1)
 MAX_FAILURES_PER_HANDLE = 10
 MAX_FAILURES_PER_CLIENT = 30
 
@@ -62,6 +64,8 @@ class Device(SQLModel, table=True):
     token_hash: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
     revoked_at: datetime | None = Field(default=None)
+    # When a page on the device last asked who it is (GET /me), to within SEEN_EVERY.
+    last_seen_at: datetime | None = Field(default=None)
 
 
 class LoginFailure(SQLModel, table=True):
@@ -136,6 +140,7 @@ def device_view(device: Device) -> dict[str, Any]:
         "id": device.id,
         "name": device.name,
         "created_at": rfc3339(device.created_at),
+        "last_seen_at": rfc3339(device.last_seen_at or device.created_at),
         "revoked_at": rfc3339(device.revoked_at),
     }
 
@@ -327,6 +332,20 @@ def list_devices(session: Session, account_id: str) -> list[Device]:
             .order_by(Device.id.desc())  # type: ignore[attr-defined]
         ).all()
     )
+
+
+def seen_is_stale(device: Device | None, now: datetime) -> bool:
+    if device is None or device.revoked_at is not None:
+        return False
+    return device.last_seen_at is None or now - device.last_seen_at >= SEEN_EVERY
+
+
+def mark_seen(session: Session, device_id: str, now: datetime) -> None:
+    """Records that the device was just seen, unless it was within SEEN_EVERY already."""
+    device = session.get(Device, device_id)
+    if device is not None and seen_is_stale(device, now):
+        device.last_seen_at = now
+        session.add(device)
 
 
 def revoke_device(session: Session, account_id: str, device_id: str) -> Device:

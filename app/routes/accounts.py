@@ -25,7 +25,7 @@ async def create_session(request: Request) -> Response:
 
 async def get_me(request: Request) -> Response:
     who = await require_user(request)
-    return ok(await in_thread(service.me, state_of(request), who.account_id))
+    return ok(await in_thread(service.me, state_of(request), who.account_id, who.device_id))
 
 
 async def get_account(request: Request) -> Response:

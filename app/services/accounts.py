@@ -6,6 +6,7 @@ from typing import Any
 
 from app.state import AppState
 from models import accounts
+from models.clock import utcnow
 from models.errors import InvalidCredentials
 
 
@@ -41,11 +42,19 @@ def log_in(state: AppState, body: dict[str, Any], client: str) -> dict[str, Any]
         }
 
 
-def me(state: AppState, account_id: str) -> dict[str, Any]:
+def me(state: AppState, account_id: str, device_id: str) -> dict[str, Any]:
+    """The account, and the calling device marked as seen (every page asks this at start)."""
+    now = utcnow()
     with state.db.read() as session:
         account = session.get(accounts.Account, account_id)
         assert account is not None
-        return accounts.account_view(account, state.settings.currency)
+        view = accounts.account_view(account, state.settings.currency)
+        stale = accounts.seen_is_stale(session.get(accounts.Device, device_id), now)
+    # The write is taken only when the mark is due: a read costs no write lock.
+    if stale:
+        with state.db.write() as session:
+            accounts.mark_seen(session, device_id, now)
+    return view
 
 
 def public_profile(state: AppState, handle: str) -> dict[str, Any]:

@@ -147,7 +147,13 @@ def open_tab(browser: Any, server: Server, api: Api) -> Iterator[Any]:
     every tab must have logged no console error."""
     tabs: list[Tab] = []
 
-    def open_(viewport: dict[str, int] = TABLET, user: User | None = None, **options: Any) -> Tab:
+    def open_(
+        viewport: dict[str, int] = TABLET,
+        user: User | None = None,
+        locale: str = "en-US",
+        **options: Any,
+    ) -> Tab:
+        """A new context; `locale` is the browser's language (its Accept-Language and Intl)."""
         phone = viewport == PHONE
         context = browser.new_context(
             viewport=viewport,
@@ -155,6 +161,7 @@ def open_tab(browser: Any, server: Server, api: Api) -> Iterator[Any]:
             is_mobile=phone,
             has_touch=phone,
             accept_downloads=True,
+            locale=locale,
             storage_state=session_storage(server.base_url, user, api) if user else None,
             **options,
         )

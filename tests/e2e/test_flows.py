@@ -63,11 +63,11 @@ def test_static_code_typed_on_pay_with_dashes_and_lower_case(api: Api, open_tab:
     expect(box).to_have_value(shown)
     phone.get_by_role("button", name="Continue").click()
     expect(phone.locator("#details-agent")).to_contain_text(clerk.handle)
-    phone.get_by_label("Amount to pay (CNY)").fill("7.25")
-    phone.get_by_role("button", name="Pay 7.25 CNY").click()
-    expect(phone.locator("#receipt-amount")).to_have_text("7.25 CNY")
+    phone.get_by_label("Amount to pay (CN¥)").fill("7.25")
+    phone.get_by_role("button", name="Pay CN¥7.25").click()
+    expect(phone.locator("#receipt-amount")).to_have_text("CN¥7.25")
     expect(tablet.locator("#feed .feed-item")).to_have_count(1)
-    expect(tablet.locator("#feed")).to_contain_text("7.25 CNY")
+    expect(tablet.locator("#feed")).to_contain_text("CN¥7.25")
 
 
 def test_expired_code_shows_a_clear_message(api: Api, open_tab: Any, server: Any) -> None:
@@ -109,11 +109,11 @@ def test_double_submit_pays_once(api: Api, open_tab: Any) -> None:
 
     phone.route("**/api/v1/payments", lose_first_answer)
     phone.goto(f"/c/{code['token']}")
-    pay = phone.get_by_role("button", name="Pay 25.00 CNY")
+    pay = phone.get_by_role("button", name="Pay CN¥25.00")
     pay.dblclick()
     expect(phone.locator("#pay-error")).to_contain_text("No connection")
     pay.click()
-    expect(phone.locator("#receipt-amount")).to_have_text("25.00 CNY")
+    expect(phone.locator("#receipt-amount")).to_have_text("CN¥25.00")
     assert len(keys) == 2 and keys[0] == keys[1] and keys[0]
     assert api.get("/me", customer).json()["balance"] == 100_000 - 2_500
     assert len(api.get("/payments?role=payer", customer).json()["data"]) == 1
@@ -123,7 +123,8 @@ def test_double_submit_pays_once(api: Api, open_tab: Any) -> None:
 
 def test_counter_survives_a_websocket_drop(api: Api, open_tab: Any) -> None:
     """The tablet's socket is cut while a payment commits; it reconnects by itself with
-    `after` = the last seq it saw, turns PAID and lists the missed payment exactly once."""
+    `after` = the last seq it saw, turns PAID and lists the missed payment exactly once. The
+    payment seen live is said aloud once; the one replayed after the reconnect is not."""
     _owner, clerk, customer, agency = shop(api)
     tab = open_tab(TABLET, clerk)
     tablet = tab.page
@@ -155,15 +156,20 @@ def test_counter_survives_a_websocket_drop(api: Api, open_tab: Any) -> None:
         upstream.on_message(from_server)
 
     tablet.route_web_socket("**/api/v1/ws", route_socket)
+    tablet.add_init_script(
+        "window.__spoken = [];speechSynthesis.speak = (u) => window.__spoken.push(u.text);"
+    )
     tablet.goto("/counter")
+    tablet.get_by_label("Say payments aloud").check()
     tablet.get_by_label("Amount").fill("18.00")
     tablet.get_by_role("button", name="Show code").click()
-    expect(tablet.locator("#code-amount")).to_have_text("18.00 CNY")
+    expect(tablet.locator("#code-amount")).to_have_text("CN¥18.00")
     expect(tablet.locator("#live-status")).to_have_text("live")
     # One earlier payment, seen live, so the reconnect must resume after a real seq.
     other = dynamic_code(api, clerk, agency["id"], 100)
     api.post("/payments", customer, json={"code": other["token"]}, headers={"Idempotency-Key": "a"})
     expect(tablet.locator("#feed .feed-item")).to_have_count(1)
+    assert tablet.evaluate("window.__spoken") == ["Received 1.00 yuan"]
     seen_before_drop = max(seqs)
 
     blocked["on"] = True
@@ -177,10 +183,11 @@ def test_counter_survives_a_websocket_drop(api: Api, open_tab: Any) -> None:
     blocked["on"] = False
 
     expect(tablet.locator("#sale-paid")).to_be_visible(timeout=10_000)
-    expect(tablet.locator("#paid-amount")).to_have_text("18.00 CNY")
+    expect(tablet.locator("#paid-amount")).to_have_text("CN¥18.00")
     expect(tablet.locator("#live-status")).to_have_text("live")
     expect(tablet.locator("#feed .feed-item")).to_have_count(2)
     expect(tablet.locator(f"#feed [data-payment-id='{paid.json()['id']}']")).to_have_count(1)
+    assert tablet.evaluate("window.__spoken") == ["Received 1.00 yuan"]
     assert hellos[0]["after"] is None
     assert hellos[-1]["after"] == seen_before_drop
     assert len(seqs) == len(set(seqs)), f"an event was delivered twice: {seqs}"
@@ -197,16 +204,16 @@ def test_refund_and_csv_from_the_dashboard(api: Api, open_tab: Any) -> None:
     dash = open_tab(TABLET, owner).page
     dash.goto("/dashboard")
     row = dash.locator(f"#payments tr[data-payment-id='{paid['id']}']")
-    expect(row).to_contain_text("40.00 CNY")
+    expect(row).to_contain_text("CN¥40.00")
     row.get_by_role("button").click()
     dialog = dash.locator("#refund-dialog")
-    expect(dialog.get_by_label("Amount (CNY)")).to_have_value("40.00")
-    dialog.get_by_label("Amount (CNY)").fill("15.00")
+    expect(dialog.get_by_label("Amount (CN¥)")).to_have_value("40.00")
+    dialog.get_by_label("Amount (CN¥)").fill("15.00")
     dialog.get_by_label("Reason").fill("one item returned")
     dialog.get_by_role("button", name="Refund").click()
     expect(dialog).to_be_hidden()
-    expect(row).to_contain_text("part refunded 15.00 CNY")
-    expect(dash.locator("#balance")).to_have_text("25.00 CNY")
+    expect(row).to_contain_text("part refunded CN¥15.00")
+    expect(dash.locator("#balance")).to_have_text("CN¥25.00")
     assert api.get("/me", customer).json()["balance"] == 100_000 - 4_000 + 1_500
 
     dash.get_by_role("button", name="Show").click()
@@ -214,7 +221,7 @@ def test_refund_and_csv_from_the_dashboard(api: Api, open_tab: Any) -> None:
     expect(line).to_have_count(1)
     expect(line).to_contain_text(clerk.handle.title())
     expect(line.locator("td")).to_have_text(
-        [clerk.handle.title(), code["id"][-6:], "1", "40.00 CNY", "15.00 CNY", "25.00 CNY"]
+        [clerk.handle.title(), code["id"][-6:], "1", "CN¥40.00", "CN¥15.00", "CN¥25.00"]
     )
 
     with dash.expect_download() as download:

@@ -2,8 +2,10 @@
 // moment the payment commits, and keep a live feed of this agent's confirmations.
 import { get, imageUrl, newIdempotencyKey, post } from "./api.js";
 import { $, el, party, partyName, setBusy, timeOf, toast } from "./dom.js";
+import { errorText } from "./errors.js";
+import { LANG, t } from "./i18n.js";
 import { connectLive, showStatus } from "./live.js";
-import { CURRENCY, formatMoney, itemsTotal, parseMoney } from "./money.js";
+import { currencySymbol, formatMoney, itemsTotal, parseMoney, spokenMoney } from "./money.js";
 import { display } from "./shortcode.js";
 import { boot } from "./shell.js";
 
@@ -18,6 +20,7 @@ const state = {
   countdown: null,
   issueKey: null,
   feed: new Map(), // payment id -> <li>, so a payment is listed once
+  spoken: new Set(), // payment ids already said aloud: each is said once
   objectUrls: [],
 };
 
@@ -46,8 +49,10 @@ async function loadAgencies() {
   const none = state.agencies.length === 0;
   $("no-agency").hidden = !none;
   $("sale-form").hidden = none;
+  // Both stay disabled from the page's load until there is an agency to act for.
   select.disabled = none;
   $("static-open").disabled = none;
+  $("issue").disabled = none;
 }
 
 // ---- sale form ----------------------------------------------------------------------------
@@ -58,18 +63,18 @@ function itemRow(name = "", quantity = "1", price = "") {
   const ids = [`item-name-${index}`, `item-qty-${index}`, `item-price-${index}`];
   row.append(
     el("div", { class: "field" },
-      el("label", { for: ids[0], text: `Item ${index}` }),
+      el("label", { for: ids[0], text: t("Item {number}", { number: index }) }),
       el("input", { id: ids[0], class: "item-name", value: name, maxlength: "200", autocomplete: "off" })),
     el("div", { class: "field field-qty" },
-      el("label", { for: ids[1], text: "Qty" }),
+      el("label", { for: ids[1], text: t("Qty") }),
       el("input", { id: ids[1], class: "item-qty", value: quantity, inputmode: "numeric", autocomplete: "off" })),
     el("div", { class: "field field-price" },
-      el("label", { for: ids[2], text: `Unit price (${CURRENCY})` }),
+      el("label", { for: ids[2], text: t("Unit price ({currency})", { currency: currencySymbol() }) }),
       el("input", { id: ids[2], class: "item-price", value: price, inputmode: "decimal", autocomplete: "off", placeholder: "0.00" })),
     el("button", {
       type: "button",
       class: "btn btn-quiet item-remove",
-      "aria-label": `Remove item ${index}`,
+      "aria-label": t("Remove item {number}", { number: index }),
       text: "✕",
       onclick: () => {
         row.remove();
@@ -83,8 +88,8 @@ function itemRow(name = "", quantity = "1", price = "") {
 
 function renumberItems() {
   document.querySelectorAll(".item-row").forEach((row, i) => {
-    row.querySelector("label").textContent = `Item ${i + 1}`;
-    row.querySelector(".item-remove").setAttribute("aria-label", `Remove item ${i + 1}`);
+    row.querySelector("label").textContent = t("Item {number}", { number: i + 1 });
+    row.querySelector(".item-remove").setAttribute("aria-label", t("Remove item {number}", { number: i + 1 }));
   });
 }
 
@@ -96,11 +101,11 @@ function readItems() {
     const qtyText = row.querySelector(".item-qty").value.trim();
     const priceText = row.querySelector(".item-price").value.trim();
     if (!name && !priceText) continue;
-    if (!name) return { error: `Item ${i + 1} needs a name.` };
+    if (!name) return { error: t("Item {number} needs a name.", { number: i + 1 }) };
     const quantity = /^\d{1,7}$/.test(qtyText) ? Number(qtyText) : NaN;
-    if (!(quantity >= 1 && quantity <= 1e6)) return { error: `Item ${i + 1}: quantity 1 to 1,000,000.` };
+    if (!(quantity >= 1 && quantity <= 1e6)) return { error: t("Item {number}: quantity 1 to 1,000,000.", { number: i + 1 }) };
     const unit = priceText === "0" ? 0 : parseMoney(priceText);
-    if (unit === null) return { error: `Item ${i + 1}: type a price such as 4.50.` };
+    if (unit === null) return { error: t("Item {number}: type a price such as 4.50.", { number: i + 1 }) };
     items.push({ name, quantity, unit_amount: unit });
   }
   return { items };
@@ -121,7 +126,7 @@ async function issue(event) {
   error.textContent = "";
   const agency = selectedAgency();
   if (!agency) {
-    error.textContent = "Pick who you collect for.";
+    error.textContent = t("Pick who you collect for.");
     return;
   }
   const { items, error: itemError } = readItems();
@@ -132,14 +137,14 @@ async function issue(event) {
   const body = { agency_id: agency.id, kind: "dynamic" };
   if (items.length) {
     if (itemsTotal(items) < 1) {
-      error.textContent = "The total must be more than zero.";
+      error.textContent = t("The total must be more than zero.");
       return;
     }
     body.items = items;
   } else {
     const amount = parseMoney($("amount").value);
     if (amount === null) {
-      error.textContent = "Type an amount such as 12.50, or add items.";
+      error.textContent = t("Type an amount such as 12.50, or add items.");
       $("amount").focus();
       return;
     }
@@ -154,7 +159,7 @@ async function issue(event) {
     state.issueKey = null;
     await showCode(code);
   } catch (err) {
-    error.textContent = err.message;
+    error.textContent = errorText(err);
   } finally {
     setBusy(button, false);
   }
@@ -194,7 +199,7 @@ async function showCode(code) {
     state.objectUrls.push(url);
     if (state.code === code) $("code-qr").src = url;
   } catch (err) {
-    $("code-error").textContent = `The QR image did not load (${err.message}); the short code works.`;
+    $("code-error").textContent = t("The QR image did not load; the short code works.");
   }
 }
 
@@ -209,7 +214,7 @@ function tick() {
   $("code-countdown").textContent = `${minutes}:${String(left % 60).padStart(2, "0")}`;
   if (left === 0 && !state.paidPaymentId) {
     clearInterval(state.countdown);
-    $("expired-why").textContent = "This code expired before it was paid. Issue a new one.";
+    $("expired-why").textContent = t("This code expired before it was paid. Issue a new one.");
     show("sale-expired");
   }
 }
@@ -222,9 +227,9 @@ async function cancelCode() {
   try {
     await post(`/codes/${encodeURIComponent(code.id)}/cancel`, {});
     newSale();
-    toast("Code cancelled.");
+    toast(t("Code cancelled."));
   } catch (err) {
-    $("code-error").textContent = err.message;
+    $("code-error").textContent = errorText(err);
   } finally {
     setBusy(button, false);
   }
@@ -242,11 +247,20 @@ function newSale() {
   $("amount").focus();
 }
 
-function speak(text) {
+// The till speaker: a short sentence in the page's language and voice, once per payment, and
+// never for a payment replayed after a reconnect (it was news while the tablet was away).
+function announce(payment) {
+  if (state.spoken.has(payment.id)) return;
+  state.spoken.add(payment.id);
   if (!$("speak").checked || !("speechSynthesis" in window)) return;
   try {
-    window.speechSynthesis.cancel();
-    window.speechSynthesis.speak(new SpeechSynthesisUtterance(text));
+    const utterance = new SpeechSynthesisUtterance(
+      t("Received {amount}", { amount: spokenMoney(payment.amount, payment.currency) }),
+    );
+    utterance.lang = LANG;
+    const voice = window.speechSynthesis.getVoices().find((v) => v.lang.replace("_", "-") === LANG);
+    if (voice) utterance.voice = voice;
+    window.speechSynthesis.speak(utterance);
   } catch {
     // A tablet without a voice still shows PAID; speech is a courtesy.
   }
@@ -261,7 +275,6 @@ function showPaid(payment) {
   $("paid-items").replaceChildren(...itemLines(payment.items));
   show("sale-paid");
   $("paid-new").focus();
-  speak(`Paid ${formatMoney(payment.amount, payment.currency)} by ${partyName(payment.payer)}.`);
 }
 
 // ---- static code ------------------------------------------------------------------------
@@ -290,7 +303,7 @@ async function openStatic() {
     state.objectUrls.push(url);
     $("static-qr").src = url;
   } catch (err) {
-    $("static-error").textContent = err.message;
+    $("static-error").textContent = errorText(err);
   }
 }
 
@@ -300,7 +313,7 @@ function feedEntry(payment) {
   const items = payment.items || [];
   const what = items.length
     ? items.map((i) => `${i.quantity} × ${i.name}`).join(", ")
-    : payment.code_kind === "static" ? "static code" : "";
+    : payment.code_kind === "static" ? t("static code") : "";
   return el("li", { class: "feed-item", dataset: { paymentId: payment.id } },
     el("div", { class: "feed-top" },
       el("strong", { class: "money", text: formatMoney(payment.amount, payment.currency) }),
@@ -308,7 +321,7 @@ function feedEntry(payment) {
     el("div", { class: "feed-who", text: `${partyName(payment.payer)} → ${partyName(payment.payee)}` }),
     what ? el("div", { class: "feed-what muted small", text: what }) : null,
     payment.refunded_amount
-      ? el("div", { class: "badge badge-warn", text: `refunded ${formatMoney(payment.refunded_amount, payment.currency)}` })
+      ? el("div", { class: "badge badge-warn", text: t("refunded {amount}", { amount: formatMoney(payment.refunded_amount, payment.currency) }) })
       : null,
   );
 }
@@ -335,21 +348,28 @@ async function loadFeed() {
       if (!state.feed.has(payment.id)) addToFeed(payment, { live: false });
     }
   } catch (err) {
-    toast(`Payments did not load: ${err.message}`);
+    toast(t("Payments did not load: {reason}", { reason: errorText(err) }));
   }
 }
 
-async function onEvent(event) {
+async function onEvent(event, seq, { replayed = false } = {}) {
   const data = event.data || {};
   const isPayment = (event.type === "payment.succeeded" || event.type === "payment.refunded")
     && data.agent && data.agent.handle === state.me.handle;
   if (isPayment) {
-    addToFeed(data, { live: event.type === "payment.succeeded" });
-    if (event.type === "payment.succeeded") showPaid(data);
+    addToFeed(data, { live: event.type === "payment.succeeded" && !replayed });
+    if (event.type === "payment.succeeded") {
+      if (replayed) state.spoken.add(data.id);
+      else announce(data);
+      showPaid(data);
+    }
   } else if (event.type === "code.paid" && state.code && data.id === state.code.id) {
     if (data.paid_payment_id && !state.paidPaymentId) {
       try {
-        showPaid(await get(`/payments/${encodeURIComponent(data.paid_payment_id)}`));
+        const payment = await get(`/payments/${encodeURIComponent(data.paid_payment_id)}`);
+        if (replayed) state.spoken.add(payment.id);
+        else announce(payment);
+        showPaid(payment);
       } catch {
         // payment.succeeded carries the same news.
       }
@@ -388,10 +408,10 @@ boot(async (me) => {
     if (!payee) return;
     try {
       await post("/agencies", { payee });
-      toast(`Asked @${payee}. You can collect once they accept.`);
+      toast(t("Asked @{handle}. You can collect once they accept.", { handle: payee }));
       $("ask-payee").value = "";
     } catch (err) {
-      toast(err.message);
+      toast(errorText(err, { not_found: () => t("No account @{handle}.", { handle: payee }) }));
     }
   });
   $("item-rows").replaceChildren(itemRow());
@@ -402,4 +422,4 @@ boot(async (me) => {
   await loadAgencies();
   await live.ready;
   await loadFeed();
-}, { why: "Log in with the account that collects at this counter." });
+});

@@ -2,6 +2,8 @@
 // a per-agent report, CSV export and refunds.
 import { get, newIdempotencyKey, post, query, request } from "./api.js";
 import { $, el, party, partyName, setBusy, timeOf, toast } from "./dom.js";
+import { errorText } from "./errors.js";
+import { LANG, t } from "./i18n.js";
 import { connectLive, showStatus } from "./live.js";
 import { formatMoney, parseMoney } from "./money.js";
 import { boot } from "./shell.js";
@@ -9,10 +11,25 @@ import { boot } from "./shell.js";
 const state = { me: null, rows: new Map(), refunding: null, refundKey: null, refundBody: null };
 
 const STATUS_LABEL = {
-  succeeded: "paid",
-  partially_refunded: "part refunded",
-  refunded: "refunded",
+  succeeded: () => t("paid"),
+  partially_refunded: () => t("part refunded"),
+  refunded: () => t("refunded"),
 };
+
+const AGENCY_STATUS = {
+  pending: () => t("pending"),
+  active: () => t("active"),
+  revoked: () => t("revoked"),
+};
+
+const CODE_KIND = {
+  static: () => t("static"),
+  dynamic: () => t("dynamic"),
+};
+
+function statusLabel(status) {
+  return STATUS_LABEL[status] ? STATUS_LABEL[status]() : status;
+}
 
 async function refreshBalance() {
   try {
@@ -20,41 +37,44 @@ async function refreshBalance() {
     state.me = me;
     $("balance").textContent = formatMoney(me.balance, me.currency);
   } catch (err) {
-    toast(`Balance did not load: ${err.message}`);
+    toast(t("Balance did not load: {reason}", { reason: errorText(err) }));
   }
 }
 
 // ---- payments ---------------------------------------------------------------------------
 
 function codeText(payment) {
-  if (!payment.code_id) return "direct";
-  const kind = payment.code_kind ? `${payment.code_kind} ` : "";
-  return `${payment.code_label || "code"} · ${kind}${payment.code_id.slice(-6)}`;
+  if (!payment.code_id) return t("direct");
+  const kind = CODE_KIND[payment.code_kind] ? `${CODE_KIND[payment.code_kind]()} ` : "";
+  return `${payment.code_label || t("code")} · ${kind}${payment.code_id.slice(-6)}`;
 }
 
 function paymentRow(payment) {
   const refundable = payment.amount - (payment.refunded_amount || 0);
   return el("tr", { dataset: { paymentId: payment.id } },
-    el("td", { "data-label": "Time" },
+    el("td", { "data-label": t("Time") },
       el("time", { datetime: payment.created_at, text: timeOf(payment.created_at) })),
-    el("td", { class: "num money", "data-label": "Amount", text: formatMoney(payment.amount, payment.currency) }),
-    el("td", { "data-label": "Payer", text: partyName(payment.payer) }),
-    el("td", { "data-label": "Agent", class: "agent", text: payment.agent ? partyName(payment.agent) : "—" }),
-    el("td", { "data-label": "Code", class: "code", title: payment.code_id || "", text: codeText(payment) }),
-    el("td", { "data-label": "Status" },
+    el("td", { class: "num money", "data-label": t("Amount"), text: formatMoney(payment.amount, payment.currency) }),
+    el("td", { "data-label": t("Payer"), text: partyName(payment.payer) }),
+    el("td", { "data-label": t("Agent"), class: "agent", text: payment.agent ? partyName(payment.agent) : "—" }),
+    el("td", { "data-label": t("Code"), class: "code", title: payment.code_id || "", text: codeText(payment) }),
+    el("td", { "data-label": t("Status") },
       el("span", {
         class: `badge badge-${payment.status}`,
         text: payment.refunded_amount
-          ? `${STATUS_LABEL[payment.status] || payment.status} ${formatMoney(payment.refunded_amount, payment.currency)}`
-          : STATUS_LABEL[payment.status] || payment.status,
+          ? `${statusLabel(payment.status)} ${formatMoney(payment.refunded_amount, payment.currency)}`
+          : statusLabel(payment.status),
       })),
     el("td", { class: "actions" },
       refundable > 0
         ? el("button", {
             type: "button",
             class: "btn btn-small",
-            "aria-label": `Refund ${formatMoney(payment.amount, payment.currency)} from ${partyName(payment.payer)}`,
-            text: "Refund",
+            "aria-label": t("Refund {amount} from {payer}", {
+              amount: formatMoney(payment.amount, payment.currency),
+              payer: partyName(payment.payer),
+            }),
+            text: t("Refund"),
             onclick: () => openRefund(payment),
           })
         : null),
@@ -83,7 +103,7 @@ async function loadPayments() {
     }
     $("payments-empty").hidden = state.rows.size > 0;
   } catch (err) {
-    toast(`Payments did not load: ${err.message}`);
+    toast(t("Payments did not load: {reason}", { reason: errorText(err) }));
   }
 }
 
@@ -93,9 +113,11 @@ function openRefund(payment) {
   state.refunding = payment;
   state.refundBody = null;
   const left = payment.amount - (payment.refunded_amount || 0);
-  $("refund-what").textContent =
-    `${formatMoney(payment.amount, payment.currency)} from ${party(payment.payer)}; ` +
-    `up to ${formatMoney(left, payment.currency)} can be refunded.`;
+  $("refund-what").textContent = t("{amount} from {payer}; up to {left} can be refunded.", {
+    amount: formatMoney(payment.amount, payment.currency),
+    payer: party(payment.payer),
+    left: formatMoney(left, payment.currency),
+  });
   $("refund-amount").value = (left / 100).toFixed(2);
   $("refund-reason").value = "";
   $("refund-error").textContent = "";
@@ -109,7 +131,7 @@ async function submitRefund(event) {
   if (!payment) return;
   const amount = parseMoney($("refund-amount").value);
   if (amount === null) {
-    $("refund-error").textContent = "Type an amount such as 5.00.";
+    $("refund-error").textContent = t("Type an amount such as 5.00.");
     return;
   }
   const body = { amount };
@@ -127,12 +149,14 @@ async function submitRefund(event) {
       idempotencyKey: state.refundKey,
     });
     $("refund-dialog").close();
-    toast(`Refunded ${formatMoney(amount, payment.currency)} to ${partyName(payment.payer)}.`);
+    toast(t("Refunded {amount} to {payer}.", {
+      amount: formatMoney(amount, payment.currency),
+      payer: partyName(payment.payer),
+    }));
     putPayment(await get(`/payments/${encodeURIComponent(payment.id)}`), { live: false });
     await refreshBalance();
   } catch (err) {
-    $("refund-error").textContent =
-      err.code === "refund_exceeds_payment" ? "That is more than is left to refund." : err.message;
+    $("refund-error").textContent = errorText(err);
     if (err.status !== 0) state.refundBody = null;
   } finally {
     setBusy(button, false);
@@ -146,15 +170,15 @@ function agencyItem(agency) {
   const byAgent = agency.created_by && agency.created_by.handle === agency.agent.handle;
   if (agency.status === "pending" && byAgent) {
     actions.push(el("button", {
-      type: "button", class: "btn btn-small btn-primary", text: "Accept",
-      "aria-label": `Accept ${partyName(agency.agent)}`,
+      type: "button", class: "btn btn-small btn-primary", text: t("Accept"),
+      "aria-label": t("Accept {agent}", { agent: partyName(agency.agent) }),
       onclick: () => agencyAction(agency, "accept"),
     }));
   }
   if (agency.status !== "revoked") {
     actions.push(el("button", {
-      type: "button", class: "btn btn-small", text: "Revoke",
-      "aria-label": `Revoke ${partyName(agency.agent)}`,
+      type: "button", class: "btn btn-small", text: t("Revoke"),
+      "aria-label": t("Revoke {agent}", { agent: partyName(agency.agent) }),
       onclick: () => agencyAction(agency, "revoke"),
     }));
   }
@@ -163,9 +187,12 @@ function agencyItem(agency) {
       el("strong", { text: partyName(agency.agent) }),
       el("span", { class: "muted small", text: ` @${agency.agent.handle}` }),
       el("div", { class: "small" },
-        el("span", { class: `badge badge-${agency.status}`, text: agency.status }),
+        el("span", {
+          class: `badge badge-${agency.status}`,
+          text: AGENCY_STATUS[agency.status] ? AGENCY_STATUS[agency.status]() : agency.status,
+        }),
         agency.label ? ` ${agency.label}` : "",
-        agency.can_refund ? " · may refund" : "")),
+        agency.can_refund ? ` · ${t("may refund")}` : "")),
     el("div", { class: "row" }, actions),
   );
 }
@@ -176,19 +203,22 @@ async function loadAgencies() {
     const rank = { pending: 0, active: 1, revoked: 2 };
     const list = [...page.data].sort((a, b) => (rank[a.status] ?? 3) - (rank[b.status] ?? 3));
     $("agencies").replaceChildren(...list.map(agencyItem));
-    if (!list.length) $("agencies").append(el("li", { class: "muted", text: "No agents yet." }));
+    if (!list.length) $("agencies").append(el("li", { class: "muted", text: t("No agents yet.") }));
   } catch (err) {
-    toast(`Agents did not load: ${err.message}`);
+    toast(t("Agents did not load: {reason}", { reason: errorText(err) }));
   }
 }
 
 async function agencyAction(agency, action) {
-  if (action === "revoke" && !window.confirm(`Stop ${partyName(agency.agent)} collecting for you? This is final.`)) return;
+  const question = t("Stop {agent} collecting for you? This is final.", { agent: partyName(agency.agent) });
+  if (action === "revoke" && !window.confirm(question)) return;
   try {
     await post(`/agencies/${encodeURIComponent(agency.id)}/${action}`, {});
-    toast(action === "accept" ? `${partyName(agency.agent)} can collect now.` : "Revoked.");
+    toast(action === "accept"
+      ? t("{agent} can collect now.", { agent: partyName(agency.agent) })
+      : t("Revoked."));
   } catch (err) {
-    toast(err.message);
+    toast(errorText(err));
   }
   await loadAgencies();
 }
@@ -199,7 +229,7 @@ async function invite(event) {
   error.textContent = "";
   const handle = $("invite-handle").value.trim().toLowerCase().replace(/^@/, "");
   if (!handle) {
-    error.textContent = "Type the handle of the person or counter to invite.";
+    error.textContent = t("Type the handle of the person or counter to invite.");
     return;
   }
   const body = { agent: handle, can_refund: $("invite-refund").checked };
@@ -210,13 +240,13 @@ async function invite(event) {
   try {
     await post("/agencies", body);
     $("invite-form").reset();
-    toast(`@${handle} can collect for you now.`);
+    toast(t("@{handle} can collect for you now.", { handle }));
     await loadAgencies();
   } catch (err) {
-    error.textContent =
-      err.code === "not_found" ? `No account @${handle}.`
-        : err.code === "agency_exists" ? `@${handle} is already your agent (or asked to be).`
-          : err.message;
+    error.textContent = errorText(err, {
+      not_found: () => t("No account @{handle}.", { handle }),
+      agency_exists: () => t("@{handle} is already your agent (or asked to be).", { handle }),
+    });
   } finally {
     setBusy(button, false);
   }
@@ -233,11 +263,11 @@ function localDate(date) {
 function range() {
   const from = $("report-from").value;
   const to = $("report-to").value;
-  if (!from || !to) return { error: "Pick both dates." };
+  if (!from || !to) return { error: t("Pick both dates.") };
   const start = new Date(`${from}T00:00:00`);
   const end = new Date(`${to}T00:00:00`);
   end.setDate(end.getDate() + 1);
-  if (!(start < end)) return { error: "From must be on or before To." };
+  if (!(start < end)) return { error: t("The first date must be on or before the last.") };
   return { from: start.toISOString(), to: end.toISOString() };
 }
 
@@ -250,17 +280,17 @@ async function showReport(event) {
     const page = await get(`/reports/agents${query({ from: r.from, to: r.to, limit: 200 })}`);
     const body = $("report").tBodies[0];
     body.replaceChildren(...page.data.map((line) => el("tr", {},
-      el("td", { "data-label": "Agent", text: partyName(line.agent) }),
-      el("td", { "data-label": "Code", text: line.label || (line.code_id ? line.code_id.slice(-6) : "direct") }),
-      el("td", { class: "num", "data-label": "Count", text: String(line.count) }),
-      el("td", { class: "num money", "data-label": "Gross", text: formatMoney(line.gross) }),
-      el("td", { class: "num money", "data-label": "Refunded", text: formatMoney(line.refunded) }),
-      el("td", { class: "num money", "data-label": "Net", text: formatMoney(line.net) }),
+      el("td", { "data-label": t("Agent"), text: partyName(line.agent) }),
+      el("td", { "data-label": t("Code"), text: line.label || (line.code_id ? line.code_id.slice(-6) : t("direct")) }),
+      el("td", { class: "num", "data-label": t("Count"), text: new Intl.NumberFormat(LANG).format(line.count) }),
+      el("td", { class: "num money", "data-label": t("Gross"), text: formatMoney(line.gross) }),
+      el("td", { class: "num money", "data-label": t("Refunded"), text: formatMoney(line.refunded) }),
+      el("td", { class: "num money", "data-label": t("Net"), text: formatMoney(line.net) }),
     )));
     $("report").hidden = page.data.length === 0;
     $("report-empty").hidden = page.data.length > 0;
   } catch (err) {
-    $("report-error").textContent = err.message;
+    $("report-error").textContent = errorText(err);
   }
 }
 
@@ -284,7 +314,7 @@ async function downloadCsv() {
     link.remove();
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   } catch (err) {
-    $("report-error").textContent = err.message;
+    $("report-error").textContent = errorText(err);
   } finally {
     setBusy(button, false);
   }
@@ -328,4 +358,4 @@ boot(async (me) => {
   await loadAgencies();
   await live.ready;
   await Promise.all([refreshBalance(), loadPayments(), showReport()]);
-}, { why: "Log in with the account that receives the money." });
+});

@@ -1,4 +1,6 @@
 // Small DOM helpers: text goes in as text, never as HTML.
+import { LANG } from "./i18n.js";
+
 export const $ = (id) => document.getElementById(id);
 
 export function el(tag, props = {}, ...children) {
@@ -31,12 +33,12 @@ export function timeOf(iso) {
   const date = new Date(iso);
   return Number.isNaN(date.getTime())
     ? ""
-    : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    : date.toLocaleTimeString(LANG, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
 export function dateTimeOf(iso) {
   const date = new Date(iso);
-  return Number.isNaN(date.getTime()) ? "" : date.toLocaleString();
+  return Number.isNaN(date.getTime()) ? "" : date.toLocaleString(LANG, { dateStyle: "medium", timeStyle: "medium" });
 }
 
 let toastTimer = null;

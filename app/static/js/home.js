@@ -1,5 +1,6 @@
 import { get } from "./api.js";
 import { $ } from "./dom.js";
+import { t } from "./i18n.js";
 import { formatMoney } from "./money.js";
 import { boot } from "./shell.js";
 
@@ -13,10 +14,10 @@ boot(async (me) => {
       get("/agencies?role=payee&limit=200"),
     ]);
     const parts = [];
-    if (asAgent.data.length) parts.push(`You collect for ${asAgent.data.length} payee(s).`);
-    if (asPayee.data.length) parts.push(`${asPayee.data.length} agent(s) collect for you.`);
+    if (asAgent.data.length) parts.push(t("Payees you collect for: {count}.", { count: asAgent.data.length }));
+    if (asPayee.data.length) parts.push(t("Agents who collect for you: {count}.", { count: asPayee.data.length }));
     $("home-roles").textContent = parts.join(" ");
   } catch {
     $("home-roles").textContent = "";
   }
-}, { why: "Log in or create an account to take or make payments." });
+}, { watch: true });

@@ -2,6 +2,7 @@
 // itself and says hello with `after` = the last seq it handed on, so a drop loses nothing, and
 // it never hands on a seq twice.
 import { clearSession, currentSession } from "./api.js";
+import { t } from "./i18n.js";
 
 const PING_EVERY_MS = 20000;
 const PONG_WITHIN_MS = 8000;
@@ -9,6 +10,9 @@ const FIRST_WELCOME_WITHIN_MS = 4000;
 
 export function connectLive({ onEvent, onStatus = () => {} }) {
   let lastSeq = null;
+  // The account's last seq when the current connection's welcome came: frames up to it are a
+  // replay of what happened while away, after it they are news (said aloud, flashed).
+  let liveAfter = null;
   let socket = null;
   let attempt = 0;
   let pingTimer = null;
@@ -58,6 +62,7 @@ export function connectLive({ onEvent, onStatus = () => {} }) {
       if (frame.type === "welcome") {
         attempt = 0;
         if (lastSeq === null) lastSeq = Number(frame.last_seq) || 0;
+        liveAfter = Number(frame.last_seq) || 0;
         onStatus("live");
         resolveReady(true);
         clearTimers();
@@ -65,7 +70,7 @@ export function connectLive({ onEvent, onStatus = () => {} }) {
       } else if (frame.type === "event") {
         if (lastSeq !== null && frame.seq <= lastSeq) return;
         lastSeq = frame.seq;
-        onEvent(frame.event, frame.seq);
+        onEvent(frame.event, frame.seq, { replayed: liveAfter !== null && frame.seq <= liveAfter });
       } else if (frame.type === "pong") {
         clearTimeout(pongTimer);
       }
@@ -74,12 +79,12 @@ export function connectLive({ onEvent, onStatus = () => {} }) {
       if (ws !== socket) return;
       clearTimers();
       if (event.code === 4401) {
-        onStatus("logged out");
+        onStatus("logged-out");
         clearSession();
         window.dispatchEvent(new CustomEvent("paycode:logged-out"));
         return;
       }
-      onStatus("offline — reconnecting");
+      onStatus("offline");
       scheduleReconnect();
     });
   }
@@ -111,9 +116,19 @@ export function connectLive({ onEvent, onStatus = () => {} }) {
   };
 }
 
+const STATUS_TEXT = {
+  connecting: () => t("connecting…"),
+  reconnecting: () => t("reconnecting…"),
+  live: () => t("live"),
+  offline: () => t("offline — reconnecting"),
+  "logged-out": () => t("logged out"),
+};
+
+// data-state is the machine-readable state (live, connecting, reconnecting, offline,
+// logged-out); the text is the page's words for it.
 export function showStatus(element) {
   return (status) => {
-    element.textContent = status;
-    element.dataset.state = status === "live" ? "live" : "down";
+    element.textContent = STATUS_TEXT[status] ? STATUS_TEXT[status]() : status;
+    element.dataset.state = status;
   };
 }

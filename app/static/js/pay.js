@@ -2,35 +2,25 @@
 // sees payee, agent, label, items and total before paying (C8), then the receipt.
 import { get, newIdempotencyKey, post } from "./api.js";
 import { $, dateTimeOf, el, party, setBusy } from "./dom.js";
+import { errorText } from "./errors.js";
+import { t } from "./i18n.js";
 import { formatMoney, parseMoney } from "./money.js";
+import { checkReceipt } from "./receipt.js";
 import { canonical, display, problemWith } from "./shortcode.js";
 import { boot } from "./shell.js";
 
+// Why a code cannot be paid, by its status, in the page's words.
 const STATUS_TEXT = {
-  paid: "This code has already been paid. Ask the counter for a new one.",
-  expired: "This code has expired. Ask the counter for a new one.",
-  cancelled: "The counter cancelled this code. Ask for a new one.",
-  revoked: "This code no longer takes payments: the shop stopped this counter collecting.",
-};
-
-const ERROR_TEXT = {
-  insufficient_funds: "Not enough money in your account for this payment.",
-  code_already_paid: STATUS_TEXT.paid,
-  code_expired: STATUS_TEXT.expired,
-  code_cancelled: STATUS_TEXT.cancelled,
-  code_not_active: "This code does not take payments now.",
-  agency_revoked: STATUS_TEXT.revoked,
-  agency_not_active: "This counter is not yet allowed to collect for the shop.",
-  self_payment: "This code collects for your own account; you cannot pay yourself.",
-  amount_required: "Type the amount to pay.",
-  amount_mismatch: "The amount differs from the code's amount.",
-  not_found: "No code matches. Check it and try again.",
+  paid: () => t("This code has already been paid. Ask the counter for a new one."),
+  expired: () => t("This code has expired. Ask the counter for a new one."),
+  cancelled: () => t("The counter cancelled this code. Ask for a new one."),
+  revoked: () => t("This code no longer takes payments: the shop stopped this counter collecting."),
 };
 
 const state = { reference: null, code: null, attemptKey: null, attemptBody: null, timer: null };
 
 function messageOf(err) {
-  return ERROR_TEXT[err.code] || err.message;
+  return errorText(err, { not_found: () => t("No code matches. Check it and try again.") });
 }
 
 function showOnly(id) {
@@ -40,7 +30,7 @@ function showOnly(id) {
 function renderDetails(code, me) {
   state.code = code;
   $("details-title").textContent = party(code.payee);
-  $("details-agent").textContent = `Collected by ${party(code.agent)}`;
+  $("details-agent").textContent = t("Collected by {agent}", { agent: party(code.agent) });
   $("details-label").textContent = code.label || "";
   $("details-label").hidden = !code.label;
   const items = code.items || [];
@@ -58,14 +48,16 @@ function renderDetails(code, me) {
   $("details-memo").hidden = !code.memo;
   const open = code.amount === null || code.amount === undefined;
   $("details-amount-field").hidden = !open;
-  $("details-total").textContent = open ? "you type it" : formatMoney(code.amount, code.currency);
+  $("details-total").textContent = open ? t("you type it") : formatMoney(code.amount, code.currency);
   $("details-total").parentElement.hidden = open;
-  const blocked = STATUS_TEXT[code.status];
+  const blocked = STATUS_TEXT[code.status] ? STATUS_TEXT[code.status]() : null;
   $("details-status").hidden = !blocked;
   $("details-status").textContent = blocked || "";
   $("pay-confirm").hidden = Boolean(blocked);
   $("details-amount-field").hidden = !open || Boolean(blocked);
-  $("details-balance").textContent = me ? `Your balance: ${formatMoney(me.balance, me.currency)}` : "";
+  $("details-balance").textContent = me
+    ? t("Your balance: {amount}", { amount: formatMoney(me.balance, me.currency) })
+    : "";
   updateButton();
   clearInterval(state.timer);
   if (code.expires_at && !blocked) {
@@ -77,7 +69,7 @@ function renderDetails(code, me) {
         return;
       }
       const m = Math.floor(left / 60);
-      $("details-expiry").textContent = `Valid for ${m}:${String(left % 60).padStart(2, "0")}`;
+      $("details-expiry").textContent = t("Valid for {time}", { time: `${m}:${String(left % 60).padStart(2, "0")}` });
     };
     tick();
     state.timer = setInterval(tick, 1000);
@@ -96,7 +88,9 @@ function amountToPay() {
 
 function updateButton() {
   const amount = amountToPay();
-  $("pay-confirm").textContent = amount ? `Pay ${formatMoney(amount, state.code.currency)}` : "Pay";
+  $("pay-confirm").textContent = amount
+    ? t("Pay {amount}", { amount: formatMoney(amount, state.code.currency) })
+    : t("Pay");
 }
 
 async function confirmPay() {
@@ -107,7 +101,7 @@ async function confirmPay() {
   if (code.amount === null || code.amount === undefined) {
     const amount = parseMoney($("details-amount").value);
     if (amount === null) {
-      error.textContent = "Type the amount to pay, such as 12.50.";
+      error.textContent = t("Type the amount to pay, such as 12.50.");
       $("details-amount").focus();
       return;
     }
@@ -149,6 +143,7 @@ function showReceipt(payment) {
   );
   showOnly("receipt");
   $("receipt-title").focus?.();
+  checkReceipt(payment, $("receipt-check"));
 }
 
 async function lookUp(reference, me) {
@@ -200,11 +195,11 @@ boot(async (me) => {
       showOnly("typing");
       wireTyping(me);
       $("typing-error").textContent =
-        err.status === 404 ? "This QR code is not known. Type the short code instead." : messageOf(err);
+        err.status === 404 ? t("This QR code is not known. Type the short code instead.") : messageOf(err);
     }
   } else {
     wireTyping(me);
     showOnly("typing");
     $("short-code").focus();
   }
-}, { why: "Log in to see what you are paying for and to pay." });
+}, { watch: true });

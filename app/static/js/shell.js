@@ -1,14 +1,23 @@
 // What every page shares: log in or sign up in place (the URL, /c/{token} included, stays as
-// it is, so the page carries on after login), the account in the header, and log out.
-import { ApiError, clearSession, currentSession, del, get, post, saveSession } from "./api.js";
+// it is, so the page carries on after login), the account in the header, the language picker,
+// log out, and the return to the login form the moment this device is revoked.
+import { clearSession, currentSession, del, get, post, saveSession } from "./api.js";
 import { $ } from "./dom.js";
+import { errorText } from "./errors.js";
+import { t, wireLanguagePicker } from "./i18n.js";
+import { connectLive } from "./live.js";
+
+// The device name a login from each page gets (shown on /devices).
+// An open page says it is still here this often (the devices list's "last seen").
+const STILL_HERE_MS = 5 * 60 * 1000;
 
 const PAGE_DEVICE = {
-  counter: "Counter tablet",
-  code: "Phone",
-  pay: "Phone",
-  dashboard: "Dashboard",
-  home: "Browser",
+  counter: () => t("Counter tablet (web)"),
+  code: () => t("Phone (web)"),
+  pay: () => t("Phone (web)"),
+  dashboard: () => t("Dashboard (web)"),
+  devices: () => t("Browser (web)"),
+  home: () => t("Browser (web)"),
 };
 
 function showAuth(why) {
@@ -23,14 +32,14 @@ function showAuth(why) {
 function setMode(signup) {
   $("login-form").hidden = signup;
   $("signup-form").hidden = !signup;
-  $("auth-title").textContent = signup ? "Create an account" : "Log in";
+  $("auth-title").textContent = signup ? t("Create an account") : t("Log in");
   $("auth-switch").textContent = signup
-    ? "Have an account? Log in"
-    : "New here? Create an account";
+    ? t("Have an account? Log in")
+    : t("New here? Create an account");
 }
 
 async function logIn(handle, password) {
-  const deviceName = `${PAGE_DEVICE[document.body.dataset.page] || "Browser"} (web)`;
+  const deviceName = (PAGE_DEVICE[document.body.dataset.page] || PAGE_DEVICE.home)();
   const result = await post("/sessions", { handle, password, device_name: deviceName });
   saveSession({ token: result.token, device: result.device, account: result.account });
 }
@@ -44,7 +53,7 @@ function wireAuth(onLoggedIn) {
     const handle = $("login-handle").value.trim().toLowerCase();
     const password = $("login-password").value;
     if (!handle || !password) {
-      error.textContent = "Type your handle and password.";
+      error.textContent = t("Type your handle and password.");
       return;
     }
     const button = event.submitter || $("login-form").querySelector("button");
@@ -54,12 +63,10 @@ function wireAuth(onLoggedIn) {
       $("login-password").value = "";
       onLoggedIn();
     } catch (err) {
-      error.textContent =
-        err instanceof ApiError && err.status === 401
-          ? "Wrong handle or password."
-          : err.status === 429
-            ? "Too many attempts. Wait a few minutes and try again."
-            : err.message;
+      error.textContent = errorText(err, {
+        unauthorized: () => t("Wrong handle or password."),
+        not_found: () => t("Wrong handle or password."),
+      });
     } finally {
       button.disabled = false;
     }
@@ -72,15 +79,15 @@ function wireAuth(onLoggedIn) {
     const displayName = $("signup-name").value.trim();
     const password = $("signup-password").value;
     if (!/^[a-z0-9_.-]{3,32}$/.test(handle)) {
-      error.textContent = "A handle is 3–32 of a–z, 0–9, _ . and -.";
+      error.textContent = t("A handle is 3–32 of a–z, 0–9, _ . and -.");
       return;
     }
     if (!displayName) {
-      error.textContent = "Type your name as others will see it.";
+      error.textContent = t("Type your name as others will see it.");
       return;
     }
     if (password.length < 8) {
-      error.textContent = "The password needs at least 8 characters.";
+      error.textContent = t("The password needs at least 8 characters.");
       return;
     }
     const button = event.submitter || $("signup-form").querySelector("button");
@@ -91,8 +98,7 @@ function wireAuth(onLoggedIn) {
       $("signup-password").value = "";
       onLoggedIn();
     } catch (err) {
-      error.textContent =
-        err.code === "handle_taken" ? "This handle is taken; pick another." : err.message;
+      error.textContent = errorText(err);
     } finally {
       button.disabled = false;
     }
@@ -109,19 +115,31 @@ async function logOut() {
   location.assign("/");
 }
 
+// Back to the login form in place, with nothing of the account left on the page.
+function endSession() {
+  $("who-name").textContent = "";
+  showAuth(t("Your session ended. Log in again."));
+  // The page's own state belongs to the account that left; a fresh load starts clean, and the
+  // login form it shows is the one already on screen.
+  setTimeout(() => location.reload(), 50);
+}
+
 // Runs start(me) once the browser has a working session; shows the login form until then.
-export function boot(start, { why } = {}) {
+// A page without live parts of its own (watch: true) still keeps a socket open, only so that a
+// revoke of this device (close 4401) brings back the login form at once.
+export function boot(start, { watch = false } = {}) {
   let started = false;
+  wireLanguagePicker();
   const begin = async () => {
     let me;
     try {
       me = await get("/me");
     } catch (err) {
       if (err.status === 401 || !currentSession()) {
-        showAuth(why);
+        showAuth();
         return;
       }
-      $("booting").textContent = `Cannot reach the server: ${err.message}`;
+      $("booting").textContent = t("Cannot reach the server: {reason}", { reason: errorText(err) });
       return;
     }
     $("auth").hidden = true;
@@ -131,15 +149,19 @@ export function boot(start, { why } = {}) {
     $("who-name").textContent = `${me.display_name} (@${me.handle})`;
     if (!started) {
       started = true;
+      if (watch) connectLive({ onEvent: () => {} });
+      setInterval(() => {
+        if (document.visibilityState === "visible") get("/me").catch(() => {});
+      }, STILL_HERE_MS);
       await start(me);
     }
   };
   wireAuth(begin);
   $("logout").addEventListener("click", logOut);
   window.addEventListener("paycode:logged-out", () => {
-    if (started) location.reload();
-    else showAuth("Your session ended. Log in again.");
+    if (started) endSession();
+    else showAuth(t("Your session ended. Log in again."));
   });
   if (currentSession()) begin();
-  else showAuth(why);
+  else showAuth();
 }

@@ -1,5 +1,7 @@
 // Typing rules of short codes (spec §6): case-insensitive, '-' and spaces ignored, O reads as 0
 // and I, L as 1; the last character is a Luhn mod 32 check, so a slip is caught before asking.
+import { t } from "./i18n.js";
+
 const ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 const CONFUSABLE = { O: "0", I: "1", L: "1" };
 
@@ -24,13 +26,13 @@ export function checkCharacter(data) {
 // null when valid, else a sentence telling the payer what to fix.
 export function problemWith(typed) {
   const code = canonical(typed);
-  if (code.length === 0) return "Type the code shown at the counter.";
+  if (code.length === 0) return t("Type the code shown at the counter.");
   if ([...code].some((c) => !ALPHABET.includes(c))) {
-    return "A short code has only letters and digits (no U).";
+    return t("A short code has only letters and digits (no U).");
   }
-  if (code.length !== 10) return `A short code has 10 characters; this has ${code.length}.`;
+  if (code.length !== 10) return t("A short code has 10 characters; this has {count}.", { count: code.length });
   if (checkCharacter(code.slice(0, 9)) !== code[9]) {
-    return "This code has a typing mistake. Check each character.";
+    return t("This code has a typing mistake. Check each character.");
   }
   return null;
 }
