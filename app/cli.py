@@ -1,4 +1,4 @@
-"""The ``paycode`` command: serve, demo, deposit, migrate, verify, watch."""
+"""The ``paycode`` command: serve, demo, deposit, migrate, verify, watch, webhooks."""
 
 from __future__ import annotations
 
@@ -172,6 +172,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from app.webhooks.process import run
+
+    return run(settings_from(args), metrics_port=args.metrics_port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paycode", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--token", default=None, help="a device token instead of logging in")
     watch.add_argument("--after", type=int, default=None, help="replay events after this seq")
     watch.set_defaults(handler=cmd_watch)
+
+    hooks = commands.add_parser(
+        "webhooks", help="send webhooks in a process of their own (see PAYCODE_WEBHOOK_WORKER)"
+    )
+    hooks.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    _add_setting_flags(hooks)
+    hooks.set_defaults(handler=cmd_webhooks)
     return parser
 
 

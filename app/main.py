@@ -32,12 +32,14 @@ from app.routes import pages as pages_routes
 from app.routes import payments as payments_routes
 from app.routes import receipts as receipts_routes
 from app.routes import reports as reports_routes
+from app.routes import webhooks as webhooks_routes
 from app.routes import ws as ws_routes
 from app.security_headers import security_headers
 from app.services import payments as payments_service
 from app.settings import Settings, from_env
 from app.state import AppState
 from app.tokens import TokenCache
+from app.webhooks.worker import WebhookWorker, WorkerConfig
 from models import errors as domain_errors
 from models import migrate
 from models.db import Database
@@ -71,6 +73,7 @@ def api_routes() -> list[BaseRoute]:
         *reports_routes.routes,
         *events_routes.routes,
         *receipts_routes.routes,
+        *webhooks_routes.routes,
     ]
 
 
@@ -108,9 +111,16 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         )
         # The receipt signing key exists from the first start, not the first payment.
         await in_thread(payments_service.prepare, app.state.paycode)
+        webhooks = WebhookWorker(
+            db, WorkerConfig.from_settings(settings), app.state.paycode.publish
+        )
+        if settings.webhook_worker:
+            webhooks.start()
+            app.state.webhooks = webhooks
         try:
             yield
         finally:
+            await webhooks.stop()
             # uvicorn has already closed this process's WebSockets with 1012 by now.
             lag_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

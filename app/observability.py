@@ -82,6 +82,32 @@ RELAY_LAG = Gauge(
     multiprocess_mode="livemax",
 )
 
+WEBHOOK_DELIVERIES = Counter(
+    "paycode_webhook_deliveries",
+    "Webhook deliveries settled, by outcome (succeeded, or failed once every retry was spent).",
+    ["outcome"],
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "paycode_webhook_attempts",
+    "Webhook delivery attempts, by outcome (succeeded, http_error, redirect, timeout, "
+    "connection_error, refused_address).",
+    ["outcome"],
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "paycode_webhook_attempt_duration_seconds",
+    "Time from opening an attempt to the receiver's answer or the attempt's failure.",
+    buckets=LATENCY_BUCKETS,
+)
+WEBHOOK_OLDEST_PENDING = Gauge(
+    "paycode_webhook_oldest_pending_seconds",
+    "Age of the oldest webhook delivery still owed to an enabled endpoint (0 when none).",
+    multiprocess_mode="livemax",
+)
+WEBHOOK_IN_FLIGHT = Gauge(
+    "paycode_webhook_attempts_in_flight",
+    "Webhook attempts waiting for their receiver's answer now.",
+    multiprocess_mode="livesum",
+)
 PURGED_ROWS = Counter(
     "paycode_purged_rows",
     "Rows removed by the purge after their window passed, by table.",
@@ -162,6 +188,23 @@ def broker_reconnected() -> None:
 
 def set_relay_lag(seconds: float) -> None:
     RELAY_LAG.set(max(0.0, seconds))
+
+
+def record_webhook_attempt(outcome: str, seconds: float) -> None:
+    WEBHOOK_ATTEMPTS.labels(outcome=outcome).inc()
+    WEBHOOK_ATTEMPT_SECONDS.observe(max(0.0, seconds))
+
+
+def record_webhook_delivery(outcome: str) -> None:
+    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
+
+
+def set_webhook_oldest_pending(seconds: float) -> None:
+    WEBHOOK_OLDEST_PENDING.set(max(0.0, seconds))
+
+
+def set_webhook_in_flight(count: int) -> None:
+    WEBHOOK_IN_FLIGHT.set(count)
 
 
 # Plain callables for code that may not import app/ (realtime/): the app passes these in.
@@ -450,6 +493,8 @@ _SCRUBBERS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?i)(://[^:/@\s]+:)[^@/\s]+@"), r"\1***@"),
     (re.compile(r"(/c/|/scan/)([A-Za-z0-9_-]{0,4})[A-Za-z0-9_-]*"), r"\1\2***"),
     (re.compile(r"\b([0-9A-Za-z]{4})-[0-9A-Za-z]{4}-[0-9A-Za-z]{2}\b"), r"\1-****-**"),
+    # Webhook signing secrets (spec §11).
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"), "whsec_***"),
 ]
 
 

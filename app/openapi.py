@@ -48,6 +48,77 @@ ITEM = obj(
     }
 )
 
+WEBHOOK_EVENTS = {
+    "type": "array",
+    "items": {
+        "enum": [
+            "payment.succeeded",
+            "payment.refunded",
+            "code.paid",
+            "agency.requested",
+            "agency.activated",
+            "agency.revoked",
+            "deposit.succeeded",
+            "webhook.disabled",
+        ]
+    },
+    "minItems": 1,
+}
+
+
+def webhook_schemas() -> dict[str, Any]:
+    """Spec §11: endpoints (the secret only when created or rotated) and deliveries."""
+    endpoint = {
+        "id": STRING,
+        "url": {"type": "string", "maxLength": 2048},
+        "events": WEBHOOK_EVENTS,
+        "description": nullable(STRING),
+        "enabled": {"type": "boolean"},
+        "created_at": TIME,
+    }
+    attempt = {
+        "number": {"type": "integer", "minimum": 1},
+        "outcome": {
+            "enum": [
+                "in_flight",
+                "succeeded",
+                "http_error",
+                "redirect",
+                "timeout",
+                "connection_error",
+                "refused_address",
+                "interrupted",
+            ]
+        },
+        "status_code": nullable({"type": "integer"}),
+        "error": nullable(STRING),
+        "started_at": TIME,
+        "finished_at": nullable(TIME),
+    }
+    delivery = {
+        "id": STRING,
+        "webhook_id": STRING,
+        "type": STRING,
+        "seq": nullable({"type": "integer"}),
+        "status": {"enum": ["pending", "succeeded", "failed"]},
+        "attempts": {"type": "integer", "minimum": 0},
+        "last_status_code": nullable({"type": "integer"}),
+        "last_error": nullable(STRING),
+        "next_attempt_at": nullable(TIME),
+        "created_at": TIME,
+        "delivered_at": nullable(TIME),
+    }
+    return {
+        "Webhook": obj(endpoint),
+        "WebhookWithSecret": obj({**endpoint, "secret": STRING}),
+        "WebhookAttempt": obj(attempt),
+        "WebhookDelivery": obj(
+            {**delivery, "attempt_log": {"type": "array", "items": ref("WebhookAttempt")}},
+            list(delivery),
+        ),
+    }
+
+
 SCHEMAS: dict[str, Any] = {
     "Error": obj(
         {
@@ -175,6 +246,7 @@ SCHEMAS: dict[str, Any] = {
     ),
     "ReceiptKey": obj({"key_id": STRING, "public_key": STRING, "created_at": TIME}),
     "Verification": obj({"valid": {"type": "boolean"}, "payment": nullable(ref("Payment"))}),
+    **webhook_schemas(),
 }
 
 ERRORS = {"description": "error", "content": {"application/json": {"schema": ref("Error")}}}
@@ -463,6 +535,74 @@ def api_paths() -> dict[str, Any]:
                 "Check a receipt",
                 answer(200, ref("Verification"), 400, 401, 413, 422),
                 request=body(obj({"receipt": ref("Receipt")})),
+            )
+        },
+        **webhook_paths(),
+    }
+
+
+def webhook_paths() -> dict[str, Any]:
+    hook = path("webhook_id")
+    return {
+        "/webhooks": {
+            "post": op(
+                "Register a webhook endpoint (its secret is shown only here)",
+                answer(201, ref("WebhookWithSecret"), 400, 401, 409, 413, 422),
+                request=body(
+                    obj(
+                        {"url": STRING, "events": WEBHOOK_EVENTS, "description": STRING},
+                        ["url"],
+                    )
+                ),
+            ),
+            "get": op("List webhook endpoints", answer(200, listing("Webhook"), 401), params=PAGE),
+        },
+        "/webhooks/{webhook_id}": {
+            "get": op("A webhook endpoint", answer(200, ref("Webhook"), 401, 404), params=[hook]),
+            "patch": op(
+                "Change a webhook endpoint",
+                answer(200, ref("Webhook"), 400, 401, 404, 413, 422),
+                params=[hook],
+                request=body(
+                    obj(
+                        {
+                            "url": STRING,
+                            "events": WEBHOOK_EVENTS,
+                            "description": nullable(STRING),
+                            "enabled": {"type": "boolean"},
+                        },
+                        [],
+                    )
+                ),
+            ),
+            "delete": op("Delete a webhook endpoint", answer(204, None, 401, 404), params=[hook]),
+        },
+        "/webhooks/{webhook_id}/rotate-secret": {
+            "post": op(
+                "New secret; the previous one also signs for 24 h",
+                answer(200, ref("WebhookWithSecret"), 401, 404),
+                params=[hook],
+            )
+        },
+        "/webhooks/{webhook_id}/test": {
+            "post": op(
+                "Deliver a webhook.test event",
+                answer(202, ref("WebhookDelivery"), 401, 404, 409),
+                params=[hook],
+            )
+        },
+        "/webhooks/{webhook_id}/deliveries": {
+            "get": op(
+                "Deliveries to the endpoint, newest first, with every attempt",
+                answer(200, listing("WebhookDelivery"), 401, 404),
+                params=[hook, *PAGE],
+            )
+        },
+        "/webhooks/{webhook_id}/deliveries/{delivery_id}/retry": {
+            "post": op(
+                "A new attempt of a delivery now",
+                answer(202, ref("WebhookDelivery"), 401, 404),
+                params=[hook, path("delivery_id")],
             )
         },
     }

@@ -25,6 +25,10 @@ class Settings:
     currency: str = "CNY"
     admin_token: str | None = None
     receipt_key: str | None = None
+    # Spec §11: lets webhooks use http:// and private or loopback addresses (development, tests).
+    webhook_allow_private: bool = False
+    # Off when webhooks are sent by a separate `paycode webhooks` process (docs/WEBHOOKS.md).
+    webhook_worker: bool = True
     # Seconds between two purge passes of a serving process; 0 turns them off (a deployment
     # that runs `paycode purge` from cron instead).
     purge_interval: float = 60.0
@@ -84,6 +88,8 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
         currency=(env.get("PAYCODE_CURRENCY") or "CNY").upper(),
         admin_token=env.get("PAYCODE_ADMIN_TOKEN") or None,
         receipt_key=env.get("PAYCODE_RECEIPT_KEY") or None,
+        webhook_allow_private=env.get("PAYCODE_WEBHOOK_ALLOW_PRIVATE") == "1",
+        webhook_worker=(env.get("PAYCODE_WEBHOOK_WORKER") or "on").lower() != "off",
         purge_interval=_seconds(env, "PAYCODE_PURGE_INTERVAL", 60.0),
         fault_kill_after_commit=env.get("PAYCODE_FAULT_KILL_AFTER_COMMIT") == "1",
         admission_budget_ms=_milliseconds(env, "PAYCODE_ADMISSION_BUDGET_MS", 100),

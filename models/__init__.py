@@ -13,6 +13,7 @@ from models import (
     payments,
     ratelimit,
     receipts,
+    webhooks,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "payments",
     "ratelimit",
     "receipts",
+    "webhooks",
 ]

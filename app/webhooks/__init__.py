@@ -1,0 +1,1 @@
+"""Signed webhooks (spec §11): address checks, signing, one HTTP attempt, the delivery worker."""

@@ -1,0 +1,320 @@
+"""What webhooks cost a sale (spec §11), measured as ratios within one run.
+
+    python -m loadtests.webhooks            # ~6 minutes on 2 cores
+    python -m loadtests.webhooks --quick    # a few seconds per phase, for smoke tests
+
+One ``sqlite-memory`` paycode process and the shop floor of ``loadtests.bench`` (K counters,
+2 devices per account, a sale = dynamic code + payment + the frame on all 4 devices), twice:
+webhooks sent by the server's own event loop, then by a separate ``paycode webhooks`` process
+(``PAYCODE_WEBHOOK_WORKER=off`` on the server). Phases of each, interleaved so that a drift of
+the shared machine touches both sides alike:
+
+  off, on, off, on   saturation (sales back to back, after a warm-up) without and with one
+                     webhook endpoint for the payee and for every agent (all event types, so
+                     each sale owes 4 deliveries: payment.succeeded and code.paid to each)
+  half               sales offered as a Poisson process at half the "on" saturation rate:
+                     the time from each payment's commit to the receiver's answer
+
+The receiver is ``loadtests.webhook_sink`` in its own process; its CPU and the client's are
+reported with the server's. After each "on" phase the harness waits for every delivery owed
+to arrive and reports how long that drain took: a rate the worker could not keep up with
+would show there, not in payments/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from loadtests import profiling, servers, shop
+from loadtests.bench import CpuWatch, machine, shop_floor
+from loadtests.sales import Floor, offered, saturate
+from loadtests.stats import summarize
+
+EVERY_TYPE = ("payment.succeeded", "code.paid")
+
+
+def start_sink(logs: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = servers.free_port()
+    with (logs / "sink.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtests.webhook_sink", "--port", str(port)],
+            cwd=servers.ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/stats", timeout=1).status_code == 200:
+                return proc, port
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the webhook sink did not start")
+
+
+async def set_endpoints(
+    base: str, the_shop: shop.Shop, sink: int, hooks: dict[str, str], events: list[str] | None
+) -> None:
+    """One endpoint for the payee and for each agent (``events``: None for every type);
+    ``hooks`` gets each owner's token → endpoint id."""
+    owners = [the_shop.payee, *the_shop.agents]
+    async with httpx.AsyncClient(base_url=f"{base}/api/v1", timeout=30) as http:
+        for n, member in enumerate(owners):
+            token = member.tokens[0]
+            auth = {"Authorization": f"Bearer {token}"}
+            if token not in hooks:
+                url = f"http://127.0.0.1:{sink}/hooks/{n}"
+                body: dict[str, Any] = {"url": url}
+                if events is not None:
+                    body["events"] = events
+                reply = await http.post("/webhooks", json=body, headers=auth)
+                assert reply.status_code == 201, reply.text
+                hooks[token] = reply.json()["id"]
+
+
+async def switch(base: str, the_shop: shop.Shop, hooks: dict[str, str], on: bool) -> None:
+    async with httpx.AsyncClient(base_url=f"{base}/api/v1", timeout=30) as http:
+        for member in [the_shop.payee, *the_shop.agents]:
+            token = member.tokens[0]
+            reply = await http.patch(
+                f"/webhooks/{hooks[token]}",
+                json={"enabled": on},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert reply.status_code == 200, reply.text
+
+
+def sink_stats(sink: int) -> list[tuple[str, float]]:
+    return [
+        tuple(d)
+        for d in httpx.get(f"http://127.0.0.1:{sink}/stats", timeout=30).json()["deliveries"]
+    ]  # type: ignore[misc]
+
+
+def sink_reset(sink: int) -> None:
+    httpx.post(f"http://127.0.0.1:{sink}/reset", timeout=30)
+
+
+async def drain(sink: int, limit: float = 120) -> float | None:
+    """Seconds until the sink's count stopped growing (unchanged for a second), or None past
+    ``limit``: how long the deliveries owed took to arrive after the sales stopped."""
+    began = time.perf_counter()
+    last, since = -1, began
+    while time.perf_counter() - began < limit:
+        count = len(sink_stats(sink))
+        now = time.perf_counter()
+        if count != last:
+            last, since = count, now
+        elif now - since >= 1.0:
+            return round(since - began, 2)
+        await asyncio.sleep(0.1)
+    return None
+
+
+class Watch(CpuWatch):
+    """CpuWatch plus the CPU of the sink and of a separate ``paycode webhooks`` process."""
+
+    def __init__(
+        self, server: servers.Server, sink: subprocess.Popen[bytes], sender: int | None
+    ) -> None:
+        super().__init__(server)
+        self.sink = psutil.Process(sink.pid)
+        self.sender = psutil.Process(sender) if sender is not None else None
+
+    @staticmethod
+    def _cpu(process: psutil.Process | None) -> float:
+        if process is None:
+            return 0.0
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    def __enter__(self) -> Watch:
+        self.sink_cpu = self._cpu(self.sink)
+        self.sender_cpu = self._cpu(self.sender)
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.wall
+        super().__exit__(*exc)
+        cores = os.cpu_count() or 1
+        self.shares["sink_cpu_share"] = (self._cpu(self.sink) - self.sink_cpu) / wall / cores
+        sender_used = self._cpu(self.sender) - self.sender_cpu
+        self.shares["webhooks_process_cpu_share"] = sender_used / wall / cores
+        # The separate sender is part of the server side: its CPU counts per payment too.
+        self.server_used += sender_used
+
+
+async def saturation(
+    floor: Floor,
+    server: servers.Server,
+    sink: subprocess.Popen[bytes],
+    sender: int | None,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    await saturate(floor, args.warmup)
+    with Watch(server, sink, sender) as cpu:
+        result = await saturate(floor, args.seconds)
+    result.update(cpu.shares)
+    result["server_cpu_ms_per_payment"] = cpu.per_operation_ms(result["completed"])
+    return result
+
+
+def start_sender(database_url: str, logs: Path) -> subprocess.Popen[bytes]:
+    with (logs / "webhooks-process.log").open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "webhooks", "--database-url", database_url],
+            cwd=servers.ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def run(args: argparse.Namespace, logs: Path, *, separate: bool) -> dict[str, Any]:
+    """One server; webhooks sent by its own event loop, or by a separate process."""
+    sink_proc, sink = start_sink(logs)
+    os.environ["PAYCODE_WEBHOOK_ALLOW_PRIVATE"] = "1"
+    os.environ["PAYCODE_WEBHOOK_WORKER"] = "off" if separate else "on"
+    database_url = f"sqlite:///{logs / f'paycode-{int(separate)}.db'}"
+    server = servers.start_paycode(database_url, "memory://", 1, logs)
+    sender = start_sender(database_url, logs) if separate else None
+    base = f"http://127.0.0.1:{server.port}"
+    phases: list[dict[str, Any]] = []
+    profile = None
+    try:
+        async with shop_floor(server, args.counters) as floor:
+            the_shop = floor.shop
+            hooks: dict[str, str] = {}
+            await set_endpoints(base, the_shop, sink, hooks, args.events)
+            for round_ in range(args.rounds):
+                for on in (False, True):
+                    await switch(base, the_shop, hooks, on)
+                    sink_reset(sink)
+                    result = await saturation(
+                        floor, server, sink_proc, sender.pid if sender else None, args
+                    )
+                    if on:
+                        result["drain_seconds"] = await drain(sink)
+                    result["deliveries_received"] = len(sink_stats(sink))
+                    phases.append({"round": round_, "webhooks": on, **result})
+            if args.profile and not separate:
+                await switch(base, the_shop, hooks, True)
+                out = logs / "profile-webhooks.txt"
+                spy = profiling.start(server.proc.pid, args.seconds, out)
+                await saturate(floor, args.seconds)
+                if spy is not None:
+                    spy.wait(timeout=60)
+                    profile = profiling.top(out)
+                await drain(sink)
+            with_hooks = [p["payments_per_s"] for p in phases if p["webhooks"]]
+            rate = 0.5 * sum(with_hooks) / len(with_hooks)
+            await switch(base, the_shop, hooks, True)
+            await asyncio.sleep(1)
+            sink_reset(sink)
+            half = await offered(floor, rate, args.rate_seconds)
+            half["drain_seconds"] = await drain(sink)
+            seen = sink_stats(sink)
+            half["commit_to_receiver_answer"] = summarize(
+                [t for kind, t in seen if kind == "payment.succeeded"], args.rate_seconds
+            )
+            half["deliveries_received"] = len(seen)
+            # A sale writes payment.succeeded and code.paid to the payee and to the agent.
+            wanted = {"payment.succeeded", "code.paid"} & set(args.events or EVERY_TYPE)
+            half["deliveries_owed"] = 2 * len(wanted) * half["completed"]
+    finally:
+        server.stop()
+        if sender is not None:
+            sender.terminate()
+            sender.wait(timeout=20)
+        sink_proc.terminate()
+        sink_proc.wait(timeout=15)
+    off = [p for p in phases if not p["webhooks"]]
+    on = [p for p in phases if p["webhooks"]]
+
+    def mean(rows: list[dict[str, Any]], key: str) -> float:
+        return sum(r[key] for r in rows) / len(rows)
+
+    return {
+        "webhooks_sent_by": "a separate paycode webhooks process" if separate else "the server",
+        "phases": phases,
+        "half_saturation": half,
+        "profile_with_webhooks": profile,
+        "ratio_payments_per_s_on_over_off": round(
+            mean(on, "payments_per_s") / mean(off, "payments_per_s"), 3
+        ),
+        "ratio_cpu_ms_per_payment_on_over_off": round(
+            mean(on, "server_cpu_ms_per_payment") / mean(off, "server_cpu_ms_per_payment"), 3
+        ),
+    }
+
+
+async def run_all(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    runs = [await run(args, logs, separate=False)]
+    if not args.in_process_only:
+        runs.append(await run(args, logs, separate=True))
+    return {
+        "machine": machine(),
+        "load_average_at_start": args.load_at_start,
+        "load_average_at_end": round(os.getloadavg()[0], 2),
+        "counters": args.counters,
+        "seconds": args.seconds,
+        "endpoint_events": args.events or "all types",
+        "runs": runs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--counters", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--rate-seconds", type=float, default=15)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="a py-spy run with webhooks on")
+    parser.add_argument("--in-process-only", action="store_true")
+    parser.add_argument(
+        "--events", nargs="+", default=None, help="the endpoints' event types (default: all)"
+    )
+    parser.add_argument("--out", default="docs/bench/webhooks.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.counters, args.seconds, args.warmup, args.rate_seconds, args.rounds = 8, 3, 1, 3, 1
+    args.load_at_start = round(os.getloadavg()[0], 2)
+    servers.raise_nofile()
+    with tempfile.TemporaryDirectory(prefix="paycode-bench-webhooks-") as logs:
+        result = asyncio.run(run_all(args, Path(logs)))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    for run_ in result["runs"]:
+        print(f"webhooks sent by {run_['webhooks_sent_by']}:")
+        for phase in run_["phases"]:
+            print(
+                f"  round {phase['round']} webhooks={'on ' if phase['webhooks'] else 'off'} "
+                f"{phase['payments_per_s']} payments/s, "
+                f"{phase['server_cpu_ms_per_payment']} ms server CPU/payment, "
+                f"drain {phase.get('drain_seconds')} s"
+            )
+        half = run_["half_saturation"]
+        print(
+            f"  ratio on/off {run_['ratio_payments_per_s_on_over_off']}, half saturation "
+            f"{half['offered_rate']}/s: commit->receiver {half['commit_to_receiver_answer']}, "
+            f"{half['deliveries_received']}/{half['deliveries_owed']} deliveries"
+        )
+
+
+if __name__ == "__main__":
+    main()

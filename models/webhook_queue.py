@@ -1,0 +1,414 @@
+"""The delivery queue of spec §11: from the outbox to deliveries, leases, outcomes, retries.
+
+Each pass of a process's worker is one transaction. With several processes on PostgreSQL the
+rows a pass works on are taken with ``FOR UPDATE SKIP LOCKED``, so two processes never fan out
+one endpoint or claim one delivery at once; on SQLite the single writer serializes the same
+statements. An attempt holds its delivery by a lease: the claim writes a fresh ``lease_token``
+and a ``lease_until`` past the attempt's timeout, only the holder of the token records the
+outcome, and a delivery whose holder died becomes due again when the lease runs out.
+
+Every delivery of every payment passes through here several times, so the statements are
+hand-written SQL on the session's connection (models/sql.py), batched per pass; only the rare
+switch-off of a failing endpoint goes through the ORM.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session, select
+
+from models.accounts import lock_accounts
+from models.clock import rfc3339
+from models.events import Published, append
+from models.ids import new_id
+from models.sql import Tx
+from models.webhooks import (
+    FAILED,
+    IN_FLIGHT,
+    INTERRUPTED,
+    PENDING,
+    SUCCEEDED,
+    WEBHOOK_DISABLED,
+    WebhookEndpoint,
+    attempt_entry,
+    aware,
+    endpoint_view,
+)
+
+# Spec §11: retried after about 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h, ±20 %.
+RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+JITTER = 0.2
+DISABLE_AFTER = timedelta(days=3)
+FAN_OUT_ENDPOINTS = 100
+FAN_OUT_EVENTS = 1000
+CLAIM_CANDIDATES = 200
+
+
+def retry_delay(attempts: int, schedule: Sequence[float] = RETRY_SCHEDULE) -> float | None:
+    """Seconds until the next attempt after ``attempts`` failed ones, or None when the
+    schedule is spent and the delivery has failed."""
+    if attempts < 1 or attempts > len(schedule):
+        return None
+    base = schedule[attempts - 1]
+    return base * random.uniform(1 - JITTER, 1 + JITTER)
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+_BEHIND = (
+    "SELECT w.id, w.account_id, w.cursor_seq, w.events FROM webhook_endpoint w"
+    " WHERE w.enabled AND EXISTS (SELECT 1 FROM event e"
+    " WHERE e.account_id = w.account_id AND e.seq > w.cursor_seq)"
+    " ORDER BY w.id LIMIT {limit}"
+)
+_NEW_EVENTS = (
+    "SELECT seq, type FROM event WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT {limit}"
+)
+_INSERT_DELIVERY = (
+    "INSERT INTO webhook_delivery (id, webhook_id, account_id, type, seq, status, attempts,"
+    " next_attempt_at, created_at, attempt_log) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
+)
+_MOVE_CURSOR = "UPDATE webhook_endpoint SET cursor_seq = ? WHERE id = ?"
+
+
+def any_behind(tx: Tx) -> bool:
+    """Whether any enabled endpoint has outbox events not yet turned into deliveries: a read,
+    so that an idle pass never takes SQLite's single write lock."""
+    return tx.one(_BEHIND.format(limit=1)) is not None
+
+
+def fan_out(tx: Tx, now: datetime) -> int:
+    """Create the deliveries owed for new outbox events; returns how many."""
+    statement = _BEHIND.format(limit=FAN_OUT_ENDPOINTS)
+    if not tx.is_sqlite:
+        statement += " FOR UPDATE OF w SKIP LOCKED"
+    deliveries: list[tuple[Any, ...]] = []
+    cursors: list[tuple[int, str]] = []
+    moment = tx.moment(now)
+    empty_log = tx.json([])
+    for webhook_id, account_id, cursor, events in tx.all(statement):
+        rows = tx.all(_NEW_EVENTS.format(limit=FAN_OUT_EVENTS), (account_id, cursor))
+        if not rows:
+            continue
+        wanted = set(tx.read_json(events))
+        for seq, type_ in rows:
+            if type_ in wanted:
+                deliveries.append(
+                    (new_id("msg"), webhook_id, account_id, type_, seq, moment, moment, empty_log)
+                )
+        cursors.append((rows[-1][0], webhook_id))
+    tx.run_many(_INSERT_DELIVERY, deliveries)
+    tx.run_many(_MOVE_CURSOR, cursors)
+    return len(deliveries)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One claimed attempt: everything the sender needs, read in the claim's transaction."""
+
+    delivery_id: str
+    webhook_id: str
+    lease_token: str
+    number: int
+    started_at: datetime
+    url: str
+    secrets: list[str]
+    body: bytes = field(repr=False)
+    log: list[dict[str, Any]] = field(repr=False)
+
+
+_DUE = (
+    "SELECT d.id, d.webhook_id FROM webhook_delivery d"
+    " JOIN webhook_endpoint w ON w.id = d.webhook_id"
+    " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
+    " AND (d.lease_until IS NULL OR d.lease_until <= ?) AND w.enabled{busy}"
+    " ORDER BY d.next_attempt_at LIMIT {limit}"
+)
+_CLAIMED = (
+    "SELECT d.id, d.webhook_id, d.account_id, d.type, d.seq, d.attempts, d.attempt_log,"
+    " d.created_at FROM webhook_delivery d WHERE d.id IN ({marks})"
+)
+_ENDPOINTS = (
+    "SELECT id, url, secret, previous_secret, previous_secret_until FROM webhook_endpoint"
+    " WHERE id IN ({marks})"
+)
+_EVENTS = "SELECT account_id, seq, type, data, created_at FROM event WHERE {where}"
+_LEASE = (
+    "UPDATE webhook_delivery SET attempts = ?, lease_token = ?, lease_until = ?,"
+    " next_attempt_at = ?, attempt_log = ? WHERE id = ?"
+)
+
+
+def _due(tx: Tx, now: datetime, full: set[str], limit: int, lock: bool) -> list[tuple[str, str]]:
+    busy = sorted(full)
+    statement = _DUE.format(
+        busy=f" AND d.webhook_id NOT IN ({_marks(busy)})" if busy else "", limit=limit
+    )
+    if lock and not tx.is_sqlite:
+        statement += " FOR UPDATE OF d SKIP LOCKED"
+    moment = tx.moment(now)
+    return [(r[0], r[1]) for r in tx.all(statement, (moment, moment, *busy))]
+
+
+def any_due(tx: Tx, now: datetime, full: set[str]) -> bool:
+    return bool(_due(tx, now, full, 1, lock=False))
+
+
+def claim(
+    tx: Tx,
+    now: datetime,
+    *,
+    slots: int,
+    room: dict[str, int],
+    per_endpoint: int,
+    lease: timedelta,
+) -> list[Job]:
+    """Lease up to ``slots`` due deliveries, at most ``room.get(id, per_endpoint)`` of each
+    endpoint, oldest due first; endpoints with no room left are not even read."""
+    full = {k for k, v in room.items() if v <= 0}
+    left = dict(room)
+    taken: list[str] = []
+    for delivery_id, webhook_id in _due(tx, now, full, CLAIM_CANDIDATES, lock=True):
+        if len(taken) >= slots:
+            break
+        if left.setdefault(webhook_id, per_endpoint) <= 0:
+            continue
+        left[webhook_id] -= 1
+        taken.append(delivery_id)
+    if not taken:
+        return []
+    rows = tx.all(_CLAIMED.format(marks=_marks(taken)), taken)
+    hooks = sorted({r[1] for r in rows})
+    endpoints = {r[0]: r for r in tx.all(_ENDPOINTS.format(marks=_marks(hooks)), hooks)}
+    bodies = _bodies(tx, rows)
+    until = now + lease
+    jobs: list[Job] = []
+    leases: list[tuple[Any, ...]] = []
+    for delivery_id, webhook_id, _account, _type, _seq, attempts, log, _created in rows:
+        endpoint = endpoints[webhook_id]
+        entries = [dict(e) for e in tx.read_json(log)]
+        for entry in entries:
+            if entry["outcome"] == IN_FLIGHT:
+                # Its process stopped before an answer; the lease ran out.
+                entry["outcome"] = INTERRUPTED
+                entry["error"] = "the sending process stopped before an answer"
+        number = attempts + 1
+        entries.append(attempt_entry(number, IN_FLIGHT, now))
+        token = secrets.token_hex(16)
+        leases.append(
+            (number, token, tx.moment(until), tx.moment(until), tx.json(entries), delivery_id)
+        )
+        jobs.append(
+            Job(
+                delivery_id=delivery_id,
+                webhook_id=webhook_id,
+                lease_token=token,
+                number=number,
+                started_at=now,
+                url=endpoint[1],
+                secrets=_secrets(tx, endpoint, now),
+                body=bodies[delivery_id],
+                log=entries,
+            )
+        )
+    tx.run_many(_LEASE, leases)
+    return jobs
+
+
+def _secrets(tx: Tx, endpoint: tuple[Any, ...], now: datetime) -> list[str]:
+    """The current secret, and during a rotation's overlap the previous one too."""
+    _id, _url, secret, previous, until = endpoint
+    moment = tx.read_moment(until)
+    if previous and moment is not None and moment > now:
+        return [secret, previous]
+    return [secret]
+
+
+def _bodies(tx: Tx, rows: list[tuple[Any, ...]]) -> dict[str, bytes]:
+    """The body of each delivery (spec §11): the outbox event as in §8, or the test event."""
+    keys = sorted({(r[2], r[4]) for r in rows if r[4] is not None})
+    events: dict[tuple[str, int], tuple[Any, ...]] = {}
+    if keys:
+        where = " OR ".join("(account_id = ? AND seq = ?)" for _ in keys)
+        params = [v for key in keys for v in key]
+        for row in tx.all(_EVENTS.format(where=where), params):
+            events[(row[0], row[1])] = row
+    found: dict[str, bytes] = {}
+    for delivery_id, _hook, account_id, type_, seq, _n, _log, created_at in rows:
+        if seq is None:
+            found[delivery_id] = body_bytes(type_, tx.read_moment(created_at), None, {})
+        else:
+            _a, _s, event_type, data, event_at = events[(account_id, seq)]
+            found[delivery_id] = body_bytes(event_type, tx.read_moment(event_at), seq, data)
+    return found
+
+
+def body_bytes(type_: str, moment: datetime | None, seq: int | None, data: Any) -> bytes:
+    """``{"type", "timestamp", "seq", "data"}`` as ASCII JSON. Data stored as JSON text (SQLite
+    keeps what ``json.dumps`` wrote: ASCII) goes in as it is, not parsed and written again."""
+    head = json.dumps(
+        {"type": type_, "timestamp": rfc3339(moment), "seq": seq},
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    if isinstance(data, str) and data.isascii():
+        encoded = data
+    elif isinstance(data, (str, bytes)):
+        encoded = json.dumps(json.loads(data), separators=(",", ":"), ensure_ascii=True)
+    else:
+        encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=True)
+    return (head[:-1] + ',"data":' + encoded + "}").encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    succeeded: bool
+    outcome: str
+    status_code: int | None
+    error: str | None
+
+
+_SETTLE = (
+    "UPDATE webhook_delivery SET status = ?, lease_token = NULL, lease_until = NULL,"
+    " last_status_code = ?, last_error = ?, next_attempt_at = ?, delivered_at = ?,"
+    " attempt_log = ? WHERE id = ? AND lease_token = ? RETURNING id"
+)
+_RECOVERED = (
+    "UPDATE webhook_endpoint SET failing_since = NULL"
+    " WHERE id IN ({marks}) AND failing_since IS NOT NULL"
+)
+
+
+def finish(
+    session: Session,
+    done: list[tuple[Job, Result]],
+    now: datetime,
+    *,
+    schedule: Sequence[float] = RETRY_SCHEDULE,
+    disable_after: timedelta = DISABLE_AFTER,
+) -> tuple[list[str | None], list[Published]]:
+    """Record the outcomes of ended attempts: each delivery's new status (None if its lease
+    was lost or it was deleted meanwhile), and the events written (an endpoint switched off).
+    Rows are locked delivery first, then endpoint, then account: the order every writer of
+    these tables keeps."""
+    tx = Tx.of(session)
+    statuses: list[str | None] = []
+    recovered: set[str] = set()
+    failing: list[str] = []
+    moment = tx.moment(now)
+    for job, result in done:
+        log = [dict(e) for e in job.log]
+        if log and log[-1]["number"] == job.number:
+            log[-1] = attempt_entry(
+                job.number,
+                result.outcome,
+                job.started_at,
+                status_code=result.status_code,
+                error=result.error,
+                finished_at=now,
+            )
+        if result.succeeded:
+            status, next_at, delivered = SUCCEEDED, None, moment
+        else:
+            delay = retry_delay(job.number, schedule)
+            status = FAILED if delay is None else PENDING
+            next_at = None if delay is None else tx.moment(now + timedelta(seconds=delay))
+            delivered = None
+        row = tx.one(
+            _SETTLE,
+            (
+                status,
+                result.status_code,
+                result.error,
+                next_at,
+                delivered,
+                tx.json(log),
+                job.delivery_id,
+                job.lease_token,
+            ),
+        )
+        statuses.append(None if row is None else status)
+        if row is None:
+            continue
+        if result.succeeded:
+            recovered.add(job.webhook_id)
+        else:
+            failing.append(job.webhook_id)
+    if recovered:
+        ids = sorted(recovered)
+        tx.run(_RECOVERED.format(marks=_marks(ids)), ids)
+    published: list[Published] = []
+    for webhook_id in dict.fromkeys(failing):
+        published += _note_failure(session, webhook_id, now, disable_after)
+    return statuses, published
+
+
+def _note_failure(
+    session: Session, webhook_id: str, now: datetime, disable_after: timedelta
+) -> list[Published]:
+    """An endpoint whose every attempt failed for ``disable_after`` is switched off, and its
+    account is told by a ``webhook.disabled`` event in its outbox."""
+    query = select(WebhookEndpoint).where(WebhookEndpoint.id == webhook_id)
+    if session.get_bind().dialect.name != "sqlite":
+        query = query.with_for_update()
+    endpoint = session.exec(query.execution_options(populate_existing=True)).first()
+    if endpoint is None:
+        return []
+    if endpoint.failing_since is None:
+        endpoint.failing_since = now
+        session.add(endpoint)
+        return []
+    if not endpoint.enabled or now - aware(endpoint.failing_since) < disable_after:
+        return []
+    endpoint.enabled = False
+    endpoint.updated_at = now
+    session.add(endpoint)
+    account = lock_accounts(session, {endpoint.account_id})[endpoint.account_id]
+    data = {
+        **endpoint_view(endpoint),
+        "reason": "every delivery attempt failed",
+        "failing_since": rfc3339(endpoint.failing_since),
+    }
+    return [append(session, account, WEBHOOK_DISABLED, data)]
+
+
+_RELEASE = (
+    "UPDATE webhook_delivery SET lease_token = NULL, lease_until = NULL, next_attempt_at = ?,"
+    " attempt_log = ? WHERE id = ? AND lease_token = ?"
+)
+
+
+def release(tx: Tx, jobs: list[Job], now: datetime) -> None:
+    """Give back the leases of attempts this process abandons (it is stopping), so another
+    process takes them at once instead of after the lease."""
+    rows = []
+    for job in jobs:
+        log = [dict(e) for e in job.log]
+        if log and log[-1]["outcome"] == IN_FLIGHT:
+            log[-1]["outcome"] = INTERRUPTED
+            log[-1]["error"] = "the sending process stopped"
+            log[-1]["finished_at"] = rfc3339(now)
+        rows.append((tx.moment(now), tx.json(log), job.delivery_id, job.lease_token))
+    tx.run_many(_RELEASE, rows)
+
+
+_OLDEST = (
+    "SELECT MIN(d.created_at) FROM webhook_delivery d"
+    " JOIN webhook_endpoint w ON w.id = d.webhook_id"
+    " WHERE d.status = 'pending' AND w.enabled"
+)
+
+
+def oldest_pending(tx: Tx) -> datetime | None:
+    """When the oldest delivery still owed to an enabled endpoint was created."""
+    row = tx.one(_OLDEST)
+    return tx.read_moment(row[0]) if row is not None and row[0] is not None else None

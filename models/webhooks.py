@@ -1,0 +1,179 @@
+"""Webhook endpoints, the deliveries owed to them and every attempt at one (spec §11).
+
+A delivery is owed for each outbox event (§8) of the account whose type an enabled endpoint
+subscribes to. Each endpoint keeps the outbox ``seq`` up to which deliveries were made for it
+(``cursor_seq``), and moving it and inserting the deliveries happen in one transaction: an
+event committed is a delivery owed, whatever happens to the process afterwards.
+
+Attempts are claimed with a lease (``lease_token``, ``lease_until``) so that, with any number
+of processes on one database, one attempt of a delivery is in flight at a time: a process that
+dies mid-attempt leaves a lease that runs out, and another process takes the delivery.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, String, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from models.clock import rfc3339
+from models.events import (
+    AGENCY_ACTIVATED,
+    AGENCY_REQUESTED,
+    AGENCY_REVOKED,
+    CODE_PAID,
+    DEPOSIT_SUCCEEDED,
+    PAYMENT_REFUNDED,
+    PAYMENT_SUCCEEDED,
+)
+
+WEBHOOK_TEST = "webhook.test"
+# Written to the account's outbox when an endpoint failing for three days is switched off.
+WEBHOOK_DISABLED = "webhook.disabled"
+
+# What an endpoint may subscribe to: the §8 types and the one this feature adds to the outbox.
+EVENT_TYPES = (
+    PAYMENT_SUCCEEDED,
+    PAYMENT_REFUNDED,
+    CODE_PAID,
+    AGENCY_REQUESTED,
+    AGENCY_ACTIVATED,
+    AGENCY_REVOKED,
+    DEPOSIT_SUCCEEDED,
+    WEBHOOK_DISABLED,
+)
+
+MAX_ENDPOINTS = 10
+MAX_URL = 2048
+MAX_DESCRIPTION = 500
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = 32
+
+PENDING = "pending"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+
+# Attempt outcomes, also the label values of the attempts metric.
+IN_FLIGHT = "in_flight"
+OK = "succeeded"
+HTTP_ERROR = "http_error"
+REDIRECT = "redirect"
+TIMEOUT = "timeout"
+CONNECTION_ERROR = "connection_error"
+REFUSED_ADDRESS = "refused_address"
+INTERRUPTED = "interrupted"
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    __tablename__ = "webhook_endpoint"
+
+    id: str = Field(primary_key=True, max_length=40)
+    account_id: str = Field(foreign_key="account.id", index=True, max_length=40)
+    url: str = Field(sa_column=Column(String(MAX_URL), nullable=False))
+    events: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
+    enabled: bool = Field(default=True)
+    secret: str = Field(max_length=100)
+    previous_secret: str | None = Field(default=None, max_length=100)
+    previous_secret_until: datetime | None = Field(default=None)
+    # The account's outbox seq up to which deliveries have been created for this endpoint.
+    cursor_seq: int = Field(default=0)
+    # Set by the first failed attempt after a success; cleared by a success.
+    failing_since: datetime | None = Field(default=None)
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookDelivery(SQLModel, table=True):
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        # One delivery per outbox event and endpoint (test events have no seq).
+        UniqueConstraint("webhook_id", "seq", name="uq_webhook_delivery_event"),
+        Index("ix_webhook_delivery_due", "status", "next_attempt_at"),
+        Index("ix_webhook_delivery_status_created", "status", "created_at"),
+        Index("ix_webhook_delivery_webhook", "webhook_id", "id"),
+    )
+
+    # Also the webhook-id header: the same for every attempt.
+    id: str = Field(primary_key=True, max_length=40)
+    webhook_id: str = Field(foreign_key="webhook_endpoint.id", max_length=40)
+    account_id: str = Field(max_length=40)
+    type: str = Field(max_length=40)
+    seq: int | None = Field(default=None)
+    status: str = Field(default=PENDING, max_length=16)
+    attempts: int = Field(default=0)
+    last_status_code: int | None = Field(default=None)
+    last_error: str | None = Field(default=None, max_length=200)
+    next_attempt_at: datetime | None = Field(default=None)
+    lease_token: str | None = Field(default=None, max_length=40)
+    lease_until: datetime | None = Field(default=None)
+    created_at: datetime
+    delivered_at: datetime | None = Field(default=None)
+    # Every attempt's outcome, oldest first: a list of attempt_entry() objects.
+    attempt_log: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+
+
+def aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def endpoint_view(row: WebhookEndpoint, *, secret: bool = False) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": row.id,
+        "url": row.url,
+        "events": list(row.events),
+        "description": row.description,
+        "enabled": row.enabled,
+        "created_at": rfc3339(row.created_at),
+    }
+    if secret:
+        view["secret"] = row.secret
+    return view
+
+
+def attempt_entry(
+    number: int,
+    outcome: str,
+    started_at: datetime,
+    *,
+    status_code: int | None = None,
+    error: str | None = None,
+    finished_at: datetime | None = None,
+) -> dict[str, Any]:
+    return {
+        "number": number,
+        "outcome": outcome,
+        "status_code": status_code,
+        "error": error,
+        "started_at": rfc3339(started_at),
+        "finished_at": rfc3339(finished_at),
+    }
+
+
+def delivery_view(row: WebhookDelivery, *, log: bool = True) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": row.id,
+        "webhook_id": row.webhook_id,
+        "type": row.type,
+        "seq": row.seq,
+        "status": row.status,
+        "attempts": row.attempts,
+        "last_status_code": row.last_status_code,
+        "last_error": row.last_error,
+        "next_attempt_at": rfc3339(row.next_attempt_at) if row.status == PENDING else None,
+        "created_at": rfc3339(row.created_at),
+        "delivered_at": rfc3339(row.delivered_at),
+    }
+    if log:
+        view["attempt_log"] = list(row.attempt_log)
+    return view
