@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
 from tests.api import Api, User
-from tests.e2e.conftest import TABLET
+from tests.e2e.conftest import PHONE, TABLET
 from tests.e2e.language import assert_in_language
 from tests.webhook_receiver import Receiver, until
 
@@ -66,7 +67,7 @@ def take_secret(page: Any) -> str:
 
 
 def test_endpoint_from_the_dashboard_receives_a_payment_then_rotates_and_disables(
-    api: Api, open_tab: Any, receiver: Receiver
+    api: Api, open_tab: Any, receiver: Receiver, artifacts: Path
 ) -> None:
     """An endpoint added on the dashboard shows its secret once (copied to the clipboard, gone
     from the page and the API afterwards); a payment is delivered to the receiver, verified with
@@ -111,6 +112,7 @@ def test_endpoint_from_the_dashboard_receives_a_payment_then_rotates_and_disable
     expect(cells.nth(2)).to_have_text("succeeded")
     expect(cells.nth(3)).to_have_text("1")
     expect(cells.nth(4)).to_have_text("200")
+    page.locator(".dash-webhooks").screenshot(path=str(artifacts / "dashboard-webhooks.png"))
     until(lambda: len(receiver.of("till")) == 1, 5, "one delivery")
     first = receiver.of("till")[0]
     body = first.verify(secret)
@@ -189,13 +191,13 @@ def test_refused_address_and_limit_show_the_pages_own_words(
 
 
 def test_webhooks_section_in_simplified_chinese(
-    api: Api, open_tab: Any, receiver: Receiver
+    api: Api, open_tab: Any, receiver: Receiver, artifacts: Path
 ) -> None:
-    """In 简体中文 the whole section — form, event choices, the secret dialog, the endpoint's
+    """On a phone in 简体中文 the whole section — form, event choices, the secret dialog, the endpoint's
     state and buttons, the deliveries table with a succeeded payment — shows no English word
     and no 繁體 character (only the people's data: names, the URL, the secret)."""
     owner, clerk, customer, agency = shop(api)
-    page = open_tab(TABLET, owner, locale="zh-CN", permissions=CLIPBOARD).page
+    page = open_tab(PHONE, owner, locale="zh-CN", permissions=CLIPBOARD).page
     page.goto("/dashboard")
     url = receiver.url("erp")
     form = page.locator("#webhook-form")
@@ -223,3 +225,4 @@ def test_webhooks_section_in_simplified_chinese(
     assert "payment.succeeded" in types
     # The payments table and the report name the code by the end of its id.
     assert_in_language(page, "zh-CN", url, *people, "Till", paid["code_id"][-6:])
+    page.locator(".dash-webhooks").screenshot(path=str(artifacts / "dashboard-webhooks-zh-CN.png"))

@@ -7,7 +7,7 @@ import { LANG, t } from "./i18n.js";
 import { connectLive, showStatus } from "./live.js";
 import { formatMoney, parseMoney } from "./money.js";
 import { boot } from "./shell.js";
-import { initWebhooks, onAccountEvent } from "./webhooks.js";
+import { initWebhooks, loadWebhooks, onAccountEvent } from "./webhooks.js";
 
 const state = { me: null, rows: new Map(), refunding: null, refundKey: null, refundBody: null };
 
@@ -341,6 +341,8 @@ async function onEvent(event) {
     await refreshBalance();
   } else if (event.type.startsWith("agency.")) {
     await loadAgencies();
+  } else if (event.type === "webhook.disabled") {
+    await loadWebhooks();
   }
 }
 
