@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 
 from app import observability
+from app.periodic import Periodic
 from models import purge
 from models.db import Database
 
@@ -18,30 +18,15 @@ log = logging.getLogger("paycode.purge")
 class Purge:
     def __init__(self, db: Database, *, interval: float = 60.0) -> None:
         self.db = db
-        self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        # Processes started together do not all try at the same moment.
+        first = interval * random.uniform(0.1, 0.5)
+        self._periodic = Periodic("purge", self.run_once, interval=interval, first_delay=first)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="paycode-purge")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        # Processes started together do not all try at the same moment.
-        await asyncio.sleep(self.interval * random.uniform(0.1, 0.5))
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("purge pass failed: %s", exc.__class__.__name__)
-            await asyncio.sleep(self.interval)
+        await self._periodic.stop()
 
     async def run_once(self) -> dict[str, int] | None:
         # The default executor, not the request workers: a long backlog's pass may take a

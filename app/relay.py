@@ -13,8 +13,6 @@ broadcast was lost.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 
@@ -22,6 +20,7 @@ from sqlmodel import select
 
 from app.auth import Principal
 from app.http import in_thread
+from app.periodic import Periodic
 from app.tokens import TokenCache
 from models.accounts import Account, Device
 from models.db import Database
@@ -72,30 +71,21 @@ class Relay:
         self.tokens = tokens
         self.interval = interval
         self._seen: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
         self.resyncs = 0
         self._last_tick = time.monotonic()
+        self._periodic = Periodic("relay", self._pass, interval=interval)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="paycode-relay")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.tick()
-                self._last_tick = time.monotonic()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("relay tick failed: %s", exc.__class__.__name__)
+    async def _pass(self) -> None:
+        try:
+            await self.tick()
+            self._last_tick = time.monotonic()
+        finally:
             # How stale the relay's view is: grows while the database is unreachable.
             self.hub.hook("relay_lag", time.monotonic() - self._last_tick)
 

@@ -1,7 +1,9 @@
 """Rows whose window has passed, removed so that no table grows for ever.
 
 An ``Idempotency-Key`` is honoured for 24 hours (spec §2) and the login and code-lookup limiters
-count failures over 15 minutes; past that nothing reads those rows again. A pass deletes them
+count failures over 15 minutes; past that nothing reads those rows again. A webhook delivery
+that is over (succeeded, or failed after its last retry) stays 30 days for the shop to look
+back on, then goes too; a pending one is never removed. A pass deletes them
 in small batches, each its own short transaction, so a payment never waits behind a long
 delete (on SQLite the payment and the batch share the one writer connection in turn). Only
 rows older than their window are touched: a retry within 24 hours still replays.
@@ -27,6 +29,7 @@ from models.clock import utcnow
 from models.db import Database
 from models.idempotency import TTL
 from models.ratelimit import WINDOW as LOOKUP_WINDOW
+from models.webhooks import FAILED, SUCCEEDED
 
 BATCH = 500
 # An arbitrary constant that names this lock among the database's advisory locks.
@@ -37,28 +40,35 @@ ADVISORY_LOCK_KEY = 0x70617963_70757267
 class Window:
     table: str
     keep: timedelta
+    # Only rows that also match this SQL condition go (constant text, never user input).
+    only: str = ""
 
+
+DELIVERIES_KEPT = timedelta(days=30)
 
 WINDOWS = (
     Window("idempotency_record", TTL),
     Window("login_failure", LOGIN_WINDOW),
     Window("lookup_failure", LOOKUP_WINDOW),
+    Window("webhook_delivery", DELIVERIES_KEPT, f"status IN ('{SUCCEEDED}', '{FAILED}')"),
 )
 
 # The columns' own type, so a bound or read time is stored and read as theirs are.
 _MOMENT = UTCDateTime()
 
 
-def _batch_statement(table: str, is_sqlite: bool) -> TextClause:
+def _batch_statement(window: Window, is_sqlite: bool) -> TextClause:
+    table = window.table
+    expired = "created_at < :cutoff" + (f" AND {window.only}" if window.only else "")
     if is_sqlite:
         sql = (
             f"DELETE FROM {table} WHERE rowid IN"
-            f" (SELECT rowid FROM {table} WHERE created_at < :cutoff LIMIT :batch)"
+            f" (SELECT rowid FROM {table} WHERE {expired} LIMIT :batch)"
         )
     else:
         sql = (
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-            f"SELECT ctid FROM {table} WHERE created_at < :cutoff"
+            f"SELECT ctid FROM {table} WHERE {expired}"
             " LIMIT :batch FOR UPDATE SKIP LOCKED))"
         )
     return text(sql).bindparams(bindparam("cutoff", type_=_MOMENT))
@@ -66,7 +76,7 @@ def _batch_statement(table: str, is_sqlite: bool) -> TextClause:
 
 def delete_batch(connection: Connection, window: Window, now: datetime, batch: int) -> int:
     """Delete up to ``batch`` rows of the table older than its window, in one transaction."""
-    statement = _batch_statement(window.table, connection.dialect.name == "sqlite")
+    statement = _batch_statement(window, connection.dialect.name == "sqlite")
     with connection.begin():
         result = connection.execute(statement, {"cutoff": now - window.keep, "batch": batch})
     return int(result.rowcount)

@@ -106,7 +106,12 @@ def test_a_purge_removes_rows_past_their_windows_and_keeps_the_rest(api: Api, db
 
     removed = purge.purge(db, batch=2, pause=0)
 
-    assert removed == {"idempotency_record": 1, "login_failure": 3, "lookup_failure": 3}
+    assert removed == {
+        "idempotency_record": 1,
+        "login_failure": 3,
+        "lookup_failure": 3,
+        "webhook_delivery": 0,
+    }
     assert count(db, "idempotency_record", '"key" = :key', key="key-yesterday") == 0
     assert count(db, "idempotency_record", '"key" = :key', key="key-today") == 1
     assert count(db, "login_failure") == 1
@@ -115,7 +120,52 @@ def test_a_purge_removes_rows_past_their_windows_and_keeps_the_rest(api: Api, db
     assert replay.status_code == 201
     assert replay.json()["id"] == recent.json()["id"]
     assert api.get("/me", payer).json()["balance"] == 10_000 - 200
-    assert purge.purge(db) == {"idempotency_record": 0, "login_failure": 0, "lookup_failure": 0}
+    assert set(purge.purge(db).values()) == {0}
+
+
+def test_finished_webhook_deliveries_go_after_30_days_and_pending_ones_stay(
+    api: Api, db: Database
+) -> None:
+    """A delivery that succeeded or failed for good more than 30 days ago is removed; one
+    finished 29 days ago, and a pending one of any age (still owed), are kept."""
+    owner = api.user()
+    now = utcnow()
+    with db.write() as session:
+        session.execute(
+            text(
+                "INSERT INTO webhook_endpoint (id, account_id, url, events, description, enabled,"
+                " secret, cursor_seq, created_at, updated_at) VALUES ('whe_purge', :account,"
+                " 'https://pos.example/hook', '[]', NULL, :on, 'whsec_x', 0, :at, :at)"
+            ).bindparams(at=now),
+            {"account": owner.account_id, "on": True},
+        )
+        ages = {
+            "old-ok": ("succeeded", 31),
+            "old-failed": ("failed", 31),
+            "old-pending": ("pending", 31),
+            "recent-ok": ("succeeded", 29),
+        }
+        for delivery_id, (status, days) in ages.items():
+            session.execute(
+                text(
+                    "INSERT INTO webhook_delivery (id, webhook_id, account_id, type, seq, status,"
+                    " attempts, created_at, attempt_log) VALUES (:id, 'whe_purge', :account,"
+                    " 'payment.succeeded', :seq, :status, 1, :at, '[]')"
+                ).bindparams(at=now - timedelta(days=days)),
+                {
+                    "id": delivery_id,
+                    "account": owner.account_id,
+                    "seq": len(delivery_id),
+                    "status": status,
+                },
+            )
+
+    removed = purge.purge(db)
+
+    assert removed is not None and removed["webhook_delivery"] == 2
+    with db.read() as session:
+        kept = session.execute(text("SELECT id FROM webhook_delivery ORDER BY id")).scalars()
+        assert list(kept) == ["old-pending", "recent-ok"]
 
 
 def test_two_purges_at_once_remove_each_row_once_and_payments_go_on(
