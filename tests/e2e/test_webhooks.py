@@ -193,9 +193,9 @@ def test_refused_address_and_limit_show_the_pages_own_words(
 def test_webhooks_section_in_simplified_chinese(
     api: Api, open_tab: Any, receiver: Receiver, artifacts: Path
 ) -> None:
-    """On a phone in 简体中文 the whole section — form, event choices, the secret dialog, the endpoint's
-    state and buttons, the deliveries table with a succeeded payment — shows no English word
-    and no 繁體 character (only the people's data: names, the URL, the secret)."""
+    """On a phone in 简体中文 the whole section — form, event choices, the secret dialog, the
+    endpoint's state and buttons, the deliveries table with a succeeded payment — shows no
+    English word and no 繁體 character (only the people's data: names, the URL, the secret)."""
     owner, clerk, customer, agency = shop(api)
     page = open_tab(PHONE, owner, locale="zh-CN", permissions=CLIPBOARD).page
     page.goto("/dashboard")
