@@ -108,6 +108,7 @@ async function loadDeliveries(endpoint) {
     body.replaceChildren(...page.data.map((delivery) => deliveryRow(endpoint, delivery)));
     panel.querySelector("table").hidden = page.data.length === 0;
     panel.querySelector(".deliveries-empty").hidden = page.data.length > 0;
+    panel.querySelector(".form-error").textContent = "";
     return page.data;
   } catch (err) {
     panel.querySelector(".form-error").textContent = errorText(err);
