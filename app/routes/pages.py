@@ -20,6 +20,7 @@ from starlette.templating import Jinja2Templates
 
 from app import i18n
 from app.state import state_of
+from models.webhooks import EVENT_TYPES
 
 HERE = Path(__file__).resolve().parent.parent
 BRAND = "paycode"  # the product's name, the same in every language
@@ -47,7 +48,7 @@ def currency_sign(currency: str, language: str) -> str:
     return get_currency_symbol(currency, locale="en") if sign == "$" else sign
 
 
-def _render(request: Request, template: str, page: str, script: str) -> Response:
+def _render(request: Request, template: str, page: str, script: str, **extra: object) -> Response:
     language = i18n.chosen_language(
         request.cookies.get(i18n.COOKIE), request.headers.get("accept-language")
     )
@@ -62,6 +63,7 @@ def _render(request: Request, template: str, page: str, script: str) -> Response
         "page": page,
         "script": script,
         "script_messages": i18n.script_messages(language),
+        **extra,
     }
     response = templates_for(language).TemplateResponse(request, template, context)
     # Pages are the same for everyone, but a shared cache must never pair one with a code URL.
@@ -88,7 +90,8 @@ async def pay(request: Request) -> Response:
 
 
 async def dashboard(request: Request) -> Response:
-    return _render(request, "dashboard.html", "dashboard", "dashboard")
+    # The event types an endpoint may subscribe to, from the one list the API checks against.
+    return _render(request, "dashboard.html", "dashboard", "dashboard", webhook_events=EVENT_TYPES)
 
 
 async def devices(request: Request) -> Response:

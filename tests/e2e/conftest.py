@@ -59,6 +59,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "PAYCODE_BROKER_URL": "memory://",
         "PAYCODE_PUBLIC_URL": base_url,
         "PAYCODE_LOG_LEVEL": "warning",
+        # The dashboard's webhooks are sent to a receiver on 127.0.0.1 over http://.
+        "PAYCODE_WEBHOOK_ALLOW_PRIVATE": "1",
     }
     log = (root / "server.log").open("wb")
     process = subprocess.Popen(

@@ -1,5 +1,5 @@
 // The payee's dashboard: balance, live payments with the agent and code of each (C5), agents,
-// a per-agent report, CSV export and refunds.
+// a per-agent report, CSV export, refunds and the webhooks section (webhooks.js).
 import { get, newIdempotencyKey, post, query, request } from "./api.js";
 import { $, el, party, partyName, setBusy, timeOf, toast } from "./dom.js";
 import { errorText } from "./errors.js";
@@ -7,6 +7,7 @@ import { LANG, t } from "./i18n.js";
 import { connectLive, showStatus } from "./live.js";
 import { formatMoney, parseMoney } from "./money.js";
 import { boot } from "./shell.js";
+import { initWebhooks, loadWebhooks, onAccountEvent } from "./webhooks.js";
 
 const state = { me: null, rows: new Map(), refunding: null, refundKey: null, refundBody: null };
 
@@ -331,6 +332,7 @@ function refreshReportSoon() {
 
 async function onEvent(event) {
   const data = event.data || {};
+  onAccountEvent();
   if (event.type === "payment.succeeded" || event.type === "payment.refunded") {
     putPayment(data, { live: event.type === "payment.succeeded" });
     refreshReportSoon();
@@ -339,6 +341,8 @@ async function onEvent(event) {
     await refreshBalance();
   } else if (event.type.startsWith("agency.")) {
     await loadAgencies();
+  } else if (event.type === "webhook.disabled") {
+    await loadWebhooks();
   }
 }
 
@@ -355,7 +359,7 @@ boot(async (me) => {
   $("report-from").value = localDate(new Date(today.getFullYear(), today.getMonth(), 1));
 
   const live = connectLive({ onEvent, onStatus: showStatus($("live-status")) });
-  await loadAgencies();
+  await Promise.all([loadAgencies(), initWebhooks()]);
   await live.ready;
   await Promise.all([refreshBalance(), loadPayments(), showReport()]);
 });

@@ -28,6 +28,14 @@ const BY_CODE = {
   payload_too_large: () => t("That is too much to send at once."),
   rate_limited: () => t("Too many attempts. Wait a few minutes and try again."),
   network: () => t("No connection to the server. Check the network and retry."),
+  webhook_limit: () => t("An account has at most 10 webhook endpoints. Delete one you no longer use first."),
+  webhook_disabled: () => t("This endpoint is disabled. Enable it first."),
+};
+
+// A field whose validation error needs more than "check it": what the rule is.
+const FIELD_RULES = {
+  url: () => t("This address cannot receive webhooks: it must be an https:// address of a server on the internet (not a private, local or loopback one), at most 2048 characters."),
+  events: () => t("Pick at least one event to send."),
 };
 
 // A field the API names in a validation error, in the page's words.
@@ -40,6 +48,7 @@ const FIELDS = {
   label: () => t("label"),
   memo: () => t("memo"),
   reason: () => t("reason"),
+  description: () => t("description"),
   agent: () => t("agent handle"),
   payee: () => t("payee handle"),
 };
@@ -47,6 +56,9 @@ const FIELDS = {
 export function errorText(err, overrides = {}) {
   const code = err && err.code;
   if (code && overrides[code]) return overrides[code]();
+  if (code === "validation_error" && err.field && FIELD_RULES[err.field]) {
+    return FIELD_RULES[err.field]();
+  }
   if (code === "validation_error" && err.field && FIELDS[err.field]) {
     return t("Check the {field} and try again.", { field: FIELDS[err.field]() });
   }
