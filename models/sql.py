@@ -150,6 +150,19 @@ def tx(work: Session | Tx) -> Tx:
     return work if isinstance(work, Tx) else Tx.of(work)
 
 
+def _checkout(engine: Engine) -> tuple[Any, Any, type[Exception]]:
+    """A pooled connection's proxy (to give back with ``close``), its driver connection and
+    the driver's error class."""
+    dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+    try:
+        proxy = engine.raw_connection()
+    except dbapi_error as exc:
+        # The pool hands a refused connect through as the driver's own error; Engine.connect
+        # would have raised SQLAlchemy's (the 503 handler's) class.
+        raise DBAPIError.instance("connect", (), exc, dbapi_error) from exc
+    return proxy, proxy.driver_connection, dbapi_error
+
+
 @contextmanager
 def unit(engine: Engine, *, write: bool) -> Iterator[Tx]:
     """One transaction on a pooled connection: committed when the block ends, rolled back if
@@ -160,14 +173,7 @@ def unit(engine: Engine, *, write: bool) -> Iterator[Tx]:
     next read or with the COMMIT, so the writes after the last read and the COMMIT take one
     round trip. That is what shortens the time a payment holds its payee's row lock."""
     is_sqlite = engine.dialect.name == "sqlite"
-    dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
-    try:
-        proxy = engine.raw_connection()
-    except dbapi_error as exc:
-        # The pool hands a refused connect through as the driver's own error; Engine.connect
-        # would have raised SQLAlchemy's (the 503 handler's) class.
-        raise DBAPIError.instance("connect", (), exc, dbapi_error) from exc
-    connection = proxy.driver_connection
+    proxy, connection, dbapi_error = _checkout(engine)
     try:
         with nullcontext() if is_sqlite or not write else connection.pipeline():
             tx = Tx(connection, is_sqlite=is_sqlite, dbapi_error=dbapi_error)
@@ -197,12 +203,7 @@ def autocommit(engine: Engine) -> Iterator[Tx]:
     """Statements on one pooled PostgreSQL connection, each its own transaction and one round
     trip: reads that need no common snapshot, then a function that does a whole write inside
     the server (no BEGIN or COMMIT of its own to wait for)."""
-    dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
-    try:
-        proxy = engine.raw_connection()
-    except dbapi_error as exc:
-        raise DBAPIError.instance("connect", (), exc, dbapi_error) from exc
-    connection = proxy.driver_connection
+    proxy, connection, dbapi_error = _checkout(engine)
     try:
         connection.autocommit = True
         tx = Tx(connection, is_sqlite=False, dbapi_error=dbapi_error)
