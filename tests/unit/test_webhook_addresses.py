@@ -8,7 +8,6 @@ import ipaddress
 
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from app.settings import from_env
 from app.webhooks.addresses import (
@@ -20,6 +19,7 @@ from app.webhooks.addresses import (
 )
 from app.webhooks.sender import Sender
 from models.webhooks import OK, REFUSED_ADDRESS
+from tests.strategies import any_text
 from tests.webhook_receiver import Receiver
 
 REFUSED = [
@@ -150,7 +150,7 @@ def test_allow_private_admits_http_and_loopback() -> None:
     assert asyncio.run(check_url(url, allow_private=True, resolver=resolver_of({}))) == url
 
 
-@given(st.text(st.characters(codec=None, exclude_categories=()), max_size=300))
+@given(any_text(max_size=300))
 def test_any_text_is_accepted_or_refused_with_a_reason(url: str) -> None:
     """Whatever the text, the check answers with the URL or RefusedAddress, nothing else."""
     try:
