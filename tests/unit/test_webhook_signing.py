@@ -35,10 +35,13 @@ def test_every_signed_body_verifies_with_the_reference_library(
     body = body_bytes("payment.succeeded", datetime.now(UTC), 1, data)
     headers = signing.headers([secret], webhook_id, int(time.time()), body)
     parsed = Webhook(secret).verify(body, headers)
-    assert parsed["data"] == data
+    # What any JSON reader makes of the data: a lone high surrogate followed by a lone low
+    # one are two code points in Python but one escaped pair, so one character, in JSON.
+    expected = json.loads(json.dumps(data))
+    assert parsed["data"] == expected
     # Data kept as JSON text (SQLite) goes into the body as it is and means the same.
     stored = json.dumps(data)
-    assert json.loads(body_bytes("code.paid", None, 2, stored))["data"] == data
+    assert json.loads(body_bytes("code.paid", None, 2, stored))["data"] == expected
 
 
 def test_during_a_rotation_either_secret_verifies_and_a_stranger_does_not() -> None:
