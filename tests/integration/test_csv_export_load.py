@@ -9,6 +9,7 @@ import csv
 import io
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -25,15 +26,10 @@ PAYMENTS = 7
 
 
 @pytest.fixture
-def small_pool(database_url: str) -> Settings:
+def small_pool(settings: Settings) -> Settings:
     # One pooled connection (two on PostgreSQL, with its overflow), and half a second's wait
     # for one: the pool runs dry at once.
-    return Settings(
-        database_url=database_url,
-        admin_token=ADMIN_TOKEN,
-        public_url_setting="http://testserver",
-        extra={"pool_size": 1, "pool_timeout": 0.5},
-    )
+    return replace(settings, extra={"pool_size": 1, "pool_timeout": 0.5})
 
 
 @pytest.fixture
