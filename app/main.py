@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         )
         if settings.webhook_worker:
             webhooks.start()
+            app.state.paycode.on_publish.append(webhooks.nudge)
             app.state.webhooks = webhooks
         try:
             yield

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
@@ -27,6 +27,8 @@ class AppState:
     hub: Hub
     admission: Admission
     tokens: TokenCache = field(default_factory=TokenCache)
+    # Told after this process publishes committed events (the webhook worker: deliveries owed).
+    on_publish: list[Callable[[], None]] = field(default_factory=list)
 
     async def publish(self, events: Iterable[Published]) -> None:
         """Hand committed events to the hub. A failure here loses nothing: the outbox relay
@@ -41,6 +43,9 @@ class AppState:
                 await self.hub.publish(item.account_id, item.seq, item.event)
             except Exception:
                 log.warning("publish failed for %s seq %s", item.account_id, item.seq)
+        if events:
+            for listener in self.on_publish:
+                listener()
 
 
 def state_of(conn: HTTPConnection) -> AppState:

@@ -39,7 +39,7 @@ import httpx
 import psutil
 
 from loadtests import profiling, servers, shop
-from loadtests.bench import CpuWatch, machine, shop_floor
+from loadtests.bench import CONFIGS, CpuWatch, backing, machine, shop_floor
 from loadtests.sales import Floor, offered, saturate
 from loadtests.stats import summarize
 
@@ -185,11 +185,24 @@ def start_sender(database_url: str, logs: Path) -> subprocess.Popen[bytes]:
 
 async def run(args: argparse.Namespace, logs: Path, *, separate: bool) -> dict[str, Any]:
     """One server; webhooks sent by its own event loop, or by a separate process."""
+    database, broker, workers = CONFIGS[args.config]
+    with backing(database, broker, logs) as (database_url, broker_url):
+        return await _run(args, logs, database_url, broker_url, workers, separate=separate)
+
+
+async def _run(
+    args: argparse.Namespace,
+    logs: Path,
+    database_url: str,
+    broker_url: str,
+    workers: int,
+    *,
+    separate: bool,
+) -> dict[str, Any]:
     sink_proc, sink = start_sink(logs)
     os.environ["PAYCODE_WEBHOOK_ALLOW_PRIVATE"] = "1"
     os.environ["PAYCODE_WEBHOOK_WORKER"] = "off" if separate else "on"
-    database_url = f"sqlite:///{logs / f'paycode-{int(separate)}.db'}"
-    server = servers.start_paycode(database_url, "memory://", 1, logs)
+    server = servers.start_paycode(database_url, broker_url, workers, logs)
     sender = start_sender(database_url, logs) if separate else None
     base = f"http://127.0.0.1:{server.port}"
     phases: list[dict[str, Any]] = []
@@ -269,6 +282,7 @@ async def run_all(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
         "machine": machine(),
         "load_average_at_start": args.load_at_start,
         "load_average_at_end": round(os.getloadavg()[0], 2),
+        "config": args.config,
         "counters": args.counters,
         "seconds": args.seconds,
         "endpoint_events": args.events or "all types",
@@ -286,6 +300,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", action="store_true", help="a py-spy run with webhooks on")
     parser.add_argument("--in-process-only", action="store_true")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="sqlite-memory")
     parser.add_argument(
         "--events", nargs="+", default=None, help="the endpoints' event types (default: all)"
     )

@@ -46,10 +46,15 @@ class GroupWriter:
     def run(self, work: Callable[[Tx], T]) -> T:
         """``work(tx)`` in the next batch; its result once the batch has committed, or the
         error it raised (its own effects rolled back, the others' kept)."""
+        return self.submit(work).result()
+
+    def submit(self, work: Callable[[Tx], T]) -> Future[T]:
+        """``run`` without waiting: the future is settled once the batch has committed (an
+        event loop awaits it through ``asyncio.wrap_future``, with no thread of its own)."""
         self._ensure_started()
         done: Future[T] = Future()
         self._queue.put((work, done))
-        return done.result()
+        return done
 
     def close(self) -> None:
         if self._thread is not None:
@@ -85,6 +90,11 @@ class GroupWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[Unit]) -> None:
+        # A unit its submitter cancelled while it waited is not run; one that starts can no
+        # longer be cancelled, so every future left is settled exactly once below.
+        batch = [unit for unit in batch if unit[1].set_running_or_notify_cancel()]
+        if not batch:
+            return
         outcomes: list[tuple[bool, Any]] = []
         try:
             with sql.unit(self.engine, write=True) as tx:

@@ -46,8 +46,7 @@ from models.webhooks import (
 RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 JITTER = 0.2
 DISABLE_AFTER = timedelta(days=3)
-FAN_OUT_ENDPOINTS = 100
-FAN_OUT_EVENTS = 1000
+FAN_OUT_EVENTS = 2000
 CLAIM_CANDIDATES = 200
 
 
@@ -65,17 +64,25 @@ def _marks(values: Sequence[Any]) -> str:
 
 
 _BEHIND = (
-    "SELECT w.id, w.account_id, w.cursor_seq, w.events FROM webhook_endpoint w"
-    " WHERE w.enabled AND EXISTS (SELECT 1 FROM event e"
-    " WHERE e.account_id = w.account_id AND e.seq > w.cursor_seq)"
-    " ORDER BY w.id LIMIT {limit}"
+    "SELECT 1 FROM webhook_endpoint w WHERE w.enabled AND EXISTS (SELECT 1 FROM event e"
+    " WHERE e.account_id = w.account_id AND e.seq > w.cursor_seq) LIMIT 1"
 )
+# Every endpoint's new events in one statement: a pass's cost must not grow with the number of
+# endpoints that are behind.
 _NEW_EVENTS = (
-    "SELECT seq, type FROM event WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT {limit}"
+    "SELECT w.id, w.account_id, w.events, w.url, w.secret, w.previous_secret,"
+    " w.previous_secret_until, e.seq, e.type, e.data, e.created_at"
+    " FROM webhook_endpoint w JOIN event e ON e.account_id = w.account_id"
+    " AND e.seq > w.cursor_seq WHERE w.enabled ORDER BY w.id, e.seq LIMIT {limit}"
 )
 _INSERT_DELIVERY = (
     "INSERT INTO webhook_delivery (id, webhook_id, account_id, type, seq, status, attempts,"
     " next_attempt_at, created_at, attempt_log) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
+)
+_INSERT_LEASED = (
+    "INSERT INTO webhook_delivery (id, webhook_id, account_id, type, seq, status, attempts,"
+    " next_attempt_at, created_at, attempt_log, lease_token, lease_until)"
+    " VALUES (?, ?, ?, ?, ?, 'pending', 1, ?, ?, ?, ?, ?)"
 )
 _MOVE_CURSOR = "UPDATE webhook_endpoint SET cursor_seq = ? WHERE id = ?"
 
@@ -83,32 +90,7 @@ _MOVE_CURSOR = "UPDATE webhook_endpoint SET cursor_seq = ? WHERE id = ?"
 def any_behind(tx: Tx) -> bool:
     """Whether any enabled endpoint has outbox events not yet turned into deliveries: a read,
     so that an idle pass never takes SQLite's single write lock."""
-    return tx.one(_BEHIND.format(limit=1)) is not None
-
-
-def fan_out(tx: Tx, now: datetime) -> int:
-    """Create the deliveries owed for new outbox events; returns how many."""
-    statement = _BEHIND.format(limit=FAN_OUT_ENDPOINTS)
-    if not tx.is_sqlite:
-        statement += " FOR UPDATE OF w SKIP LOCKED"
-    deliveries: list[tuple[Any, ...]] = []
-    cursors: list[tuple[int, str]] = []
-    moment = tx.moment(now)
-    empty_log = tx.json([])
-    for webhook_id, account_id, cursor, events in tx.all(statement):
-        rows = tx.all(_NEW_EVENTS.format(limit=FAN_OUT_EVENTS), (account_id, cursor))
-        if not rows:
-            continue
-        wanted = set(tx.read_json(events))
-        for seq, type_ in rows:
-            if type_ in wanted:
-                deliveries.append(
-                    (new_id("msg"), webhook_id, account_id, type_, seq, moment, moment, empty_log)
-                )
-        cursors.append((rows[-1][0], webhook_id))
-    tx.run_many(_INSERT_DELIVERY, deliveries)
-    tx.run_many(_MOVE_CURSOR, cursors)
-    return len(deliveries)
+    return tx.one(_BEHIND) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +206,83 @@ def claim(
     return jobs
 
 
+def fan_out(
+    tx: Tx,
+    now: datetime,
+    *,
+    slots: int = 0,
+    room: dict[str, int] | None = None,
+    per_endpoint: int = 0,
+    lease: timedelta = timedelta(0),
+) -> tuple[int, list[Job]]:
+    """Create the deliveries owed for new outbox events: how many, and the attempts leased
+    at once (up to ``slots``, at most ``room.get(id, per_endpoint)`` per endpoint) so that a
+    fresh delivery is sent without a claim of its own."""
+    statement = _NEW_EVENTS.format(limit=FAN_OUT_EVENTS)
+    if not tx.is_sqlite:
+        statement += " FOR UPDATE OF w SKIP LOCKED"
+    left = dict(room or {})
+    pending: list[tuple[Any, ...]] = []
+    leased: list[tuple[Any, ...]] = []
+    jobs: list[Job] = []
+    cursors: dict[str, int] = {}
+    wanted_by: dict[str, set[str]] = {}
+    moment = tx.moment(now)
+    until = now + lease
+    until_moment = tx.moment(until)
+    empty_log = tx.json([])
+    for row in tx.all(statement):
+        webhook_id, account_id, events, url, secret, previous, previous_until = row[:7]
+        seq, type_, data, created_at = row[7:]
+        cursors[webhook_id] = seq
+        wanted = wanted_by.get(webhook_id)
+        if wanted is None:
+            wanted = wanted_by[webhook_id] = set(tx.read_json(events))
+        if type_ not in wanted:
+            continue
+        delivery_id = new_id("msg")
+        if len(jobs) < slots and left.setdefault(webhook_id, per_endpoint) > 0:
+            left[webhook_id] -= 1
+            token = secrets.token_hex(16)
+            entries = [attempt_entry(1, IN_FLIGHT, now)]
+            leased.append(
+                (
+                    delivery_id,
+                    webhook_id,
+                    account_id,
+                    type_,
+                    seq,
+                    until_moment,
+                    moment,
+                    tx.json(entries),
+                    token,
+                    until_moment,
+                )
+            )
+            endpoint = (webhook_id, url, secret, previous, previous_until)
+            jobs.append(
+                Job(
+                    delivery_id=delivery_id,
+                    webhook_id=webhook_id,
+                    lease_token=token,
+                    number=1,
+                    started_at=now,
+                    url=url,
+                    secrets=_secrets(tx, endpoint, now),
+                    body=body_bytes(type_, tx.read_moment(created_at), seq, data),
+                    log=entries,
+                )
+            )
+        else:
+            pending.append(
+                (delivery_id, webhook_id, account_id, type_, seq, moment, moment, empty_log)
+            )
+    tx.run_many(_INSERT_DELIVERY, pending)
+    tx.run_many(_INSERT_LEASED, leased)
+    tx.run_many(_MOVE_CURSOR, [(seq, webhook_id) for webhook_id, seq in cursors.items()])
+    return len(pending) + len(leased), jobs
+
+
 def _secrets(tx: Tx, endpoint: tuple[Any, ...], now: datetime) -> list[str]:
     """The current secret, and during a rotation's overlap the previous one too."""
     _id, _url, secret, previous, until = endpoint
@@ -280,32 +339,50 @@ class Result:
 _SETTLE = (
     "UPDATE webhook_delivery SET status = ?, lease_token = NULL, lease_until = NULL,"
     " last_status_code = ?, last_error = ?, next_attempt_at = ?, delivered_at = ?,"
-    " attempt_log = ? WHERE id = ? AND lease_token = ? RETURNING id"
+    " attempt_log = ? WHERE id = ? AND lease_token = ?"
 )
+_HELD = "SELECT id, lease_token FROM webhook_delivery WHERE id IN ({marks})"
 _RECOVERED = (
     "UPDATE webhook_endpoint SET failing_since = NULL"
     " WHERE id IN ({marks}) AND failing_since IS NOT NULL"
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What recording a pass's outcomes did: each delivery's new status (None if its lease
+    was lost or it was deleted meanwhile), and the endpoints whose attempt failed."""
+
+    statuses: list[str | None]
+    failing: list[str]
+
+
 def finish(
-    session: Session,
+    tx: Tx,
     done: list[tuple[Job, Result]],
     now: datetime,
     *,
     schedule: Sequence[float] = RETRY_SCHEDULE,
-    disable_after: timedelta = DISABLE_AFTER,
-) -> tuple[list[str | None], list[Published]]:
-    """Record the outcomes of ended attempts: each delivery's new status (None if its lease
-    was lost or it was deleted meanwhile), and the events written (an endpoint switched off).
-    Rows are locked delivery first, then endpoint, then account: the order every writer of
-    these tables keeps."""
-    tx = Tx.of(session)
+) -> Finished:
+    """Record the outcomes of ended attempts, in two statements whatever their number: the
+    leases still held are read (locked on PostgreSQL, delivery rows first, in id order), and
+    only their holders' outcomes are written."""
+    if not done:
+        return Finished([], [])
+    ids = sorted(job.delivery_id for job, _ in done)
+    statement = _HELD.format(marks=_marks(ids))
+    if not tx.is_sqlite:
+        statement += " ORDER BY id FOR UPDATE"
+    held = dict(tx.all(statement, ids))
     statuses: list[str | None] = []
     recovered: set[str] = set()
     failing: list[str] = []
+    settled: list[tuple[Any, ...]] = []
     moment = tx.moment(now)
     for job, result in done:
+        if held.get(job.delivery_id) != job.lease_token:
+            statuses.append(None)
+            continue
         log = [dict(e) for e in job.log]
         if log and log[-1]["number"] == job.number:
             log[-1] = attempt_entry(
@@ -318,13 +395,14 @@ def finish(
             )
         if result.succeeded:
             status, next_at, delivered = SUCCEEDED, None, moment
+            recovered.add(job.webhook_id)
         else:
             delay = retry_delay(job.number, schedule)
             status = FAILED if delay is None else PENDING
             next_at = None if delay is None else tx.moment(now + timedelta(seconds=delay))
             delivered = None
-        row = tx.one(
-            _SETTLE,
+            failing.append(job.webhook_id)
+        settled.append(
             (
                 status,
                 result.status_code,
@@ -334,22 +412,24 @@ def finish(
                 tx.json(log),
                 job.delivery_id,
                 job.lease_token,
-            ),
+            )
         )
-        statuses.append(None if row is None else status)
-        if row is None:
-            continue
-        if result.succeeded:
-            recovered.add(job.webhook_id)
-        else:
-            failing.append(job.webhook_id)
+        statuses.append(status)
+    tx.run_many(_SETTLE, settled)
     if recovered:
         ids = sorted(recovered)
         tx.run(_RECOVERED.format(marks=_marks(ids)), ids)
+    return Finished(statuses, list(dict.fromkeys(failing)))
+
+
+def note_failures(
+    session: Session, webhook_ids: Sequence[str], now: datetime, disable_after: timedelta
+) -> list[Published]:
+    """After failed attempts: the events written (an endpoint switched off)."""
     published: list[Published] = []
-    for webhook_id in dict.fromkeys(failing):
+    for webhook_id in webhook_ids:
         published += _note_failure(session, webhook_id, now, disable_after)
-    return statuses, published
+    return published
 
 
 def _note_failure(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import dataclasses
 import signal
 
 from app.settings import Settings
@@ -20,11 +21,17 @@ from models import migrate
 from models.db import Database
 
 log = logging.getLogger("paycode.webhooks")
+PROCESS_INTERVAL = 0.05
 
 
 async def _serve(settings: Settings) -> None:
     db = Database(settings.database_url)
-    worker = WebhookWorker(db, WorkerConfig.from_settings(settings))
+    config = WorkerConfig.from_settings(settings)
+    if "webhook_interval" not in settings.extra:
+        # No commit of its own wakes this process: it looks for new events often instead (an
+        # idle look is one indexed read).
+        config = dataclasses.replace(config, interval=PROCESS_INTERVAL)
+    worker = WebhookWorker(db, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

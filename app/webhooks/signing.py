@@ -5,13 +5,14 @@ bytes; several signatures are separated by spaces."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from collections.abc import Iterable
+from functools import lru_cache
 
 from models.webhooks import SECRET_PREFIX
 
 
+@lru_cache(maxsize=1024)
 def secret_key(secret: str) -> bytes:
     encoded = secret.removeprefix(SECRET_PREFIX)
     return base64.b64decode(encoded + "=" * (-len(encoded) % 4))
@@ -19,7 +20,8 @@ def secret_key(secret: str) -> bytes:
 
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     message = f"{webhook_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), message, hashlib.sha256).digest()
+    # hmac.digest: OpenSSL's one-shot HMAC, without building an HMAC object per signature.
+    digest = hmac.digest(secret_key(secret), message, "sha256")
     return "v1," + base64.b64encode(digest).decode()
 
 

@@ -1,11 +1,16 @@
 """The delivery worker of one process: turns outbox events into deliveries and sends them.
 
-Each pass (every ``interval``, or at once when an attempt ends) is one short transaction on a
-worker thread: it records the outcomes of the attempts that ended, fans new outbox events out
-to the endpoints that want them, and leases due deliveries up to the free slots: at most
-``concurrency`` attempts in flight in this process and ``per_endpoint`` to any one endpoint,
-so a slow or dead endpoint holds only its own slots. Attempts run as tasks on the event loop.
-Nothing here runs inside a payment's transaction.
+Each pass is one short write transaction: it records the outcomes of the attempts that ended,
+fans new outbox events out to the endpoints that want them (leasing the fresh deliveries at
+once), and leases due retries, up to the free slots: at most ``concurrency`` attempts in flight
+in this process and ``per_endpoint`` to any one endpoint, so a slow or dead endpoint holds only
+its own slots. On SQLite the pass is a unit of the process's group commit (one more savepoint
+in a batch of payments, not a transaction of its own); on PostgreSQL it runs on a worker thread.
+
+A pass runs when this process commits events (``nudge``), when attempts end, and every
+``interval`` for what other processes committed; passes are at least ``spacing`` apart, so
+under load one pass carries the deliveries of every commit in that window. Attempts are sent
+by ``Sender`` on the event loop. Nothing here runs inside a payment's transaction.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-
-from sqlmodel import Session
+from functools import partial
+from typing import TypeVar
 
 from app import observability
 from app.http import in_thread
@@ -33,6 +38,7 @@ from models.events import Published
 from models.sql import Tx
 from models.webhooks import FAILED, SUCCEEDED
 
+T = TypeVar("T")
 log = logging.getLogger("paycode.webhooks")
 
 Publish = Callable[[list[Published]], Awaitable[None]]
@@ -42,7 +48,8 @@ Publish = Callable[[list[Published]], Awaitable[None]]
 class WorkerConfig:
     allow_private: bool = False
     interval: float = 0.25
-    concurrency: int = 128
+    spacing: float = 0.05
+    concurrency: int = 256
     per_endpoint: int = 8
     timeout: float = ATTEMPT_TIMEOUT
     schedule: Sequence[float] = queue.RETRY_SCHEDULE
@@ -63,6 +70,7 @@ class WorkerConfig:
         return cls(
             allow_private=settings.webhook_allow_private,
             interval=float(extra.get("webhook_interval", base.interval)),
+            spacing=float(extra.get("webhook_spacing", base.spacing)),
             concurrency=int(extra.get("webhook_concurrency", base.concurrency)),
             per_endpoint=int(extra.get("webhook_per_endpoint", base.per_endpoint)),
             schedule=tuple(extra.get("webhook_retry_schedule", base.schedule)),
@@ -84,7 +92,8 @@ class WebhookWorker:
         )
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._running: dict[asyncio.Task[None], queue.Job] = {}
+        self._nudged = False
+        self._running: dict[str, queue.Job] = {}
         self._per_endpoint: dict[str, int] = {}
         self._gauge_at = 0.0
         self._stopping = False
@@ -97,6 +106,11 @@ class WebhookWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    def nudge(self) -> None:
+        """This process committed outbox events: deliveries are owed, no read needed to know."""
+        self._nudged = True
+        self._wake.set()
+
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None:
@@ -104,11 +118,10 @@ class WebhookWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        # After close no attempt lands: what is still running is abandoned.
+        await self.sender.close()
         abandoned = list(self._running.values())
-        for task in list(self._running):
-            task.cancel()
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        self._running.clear()
         done, self._done = self._done, []
         if abandoned or done:
             try:
@@ -116,19 +129,20 @@ class WebhookWorker:
             except Exception as exc:
                 # Their leases run out and another process makes the attempts again.
                 log.warning("webhook leases not released: %s", exc.__class__.__name__)
-        await self.sender.close()
 
     def _settle(self, done: list[tuple[queue.Job, Outcome]], abandoned: list[queue.Job]) -> None:
         """At shutdown: record the attempts that ended, and hand back the leases of those cut
         short so another process takes them at once."""
         now = utcnow()
-        with self.db.write() as session:
-            self._record(session, done, now)
-            queue.release(Tx.of(session), abandoned, now)
+        with self.db.raw_write() as tx:
+            queue.finish(tx, self._results(done), now, schedule=self.config.schedule)
+            queue.release(tx, abandoned, now)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping:
-            # Cleared before the pass: an attempt that ends during it wakes the next one.
+            started = loop.time()
+            # Cleared before the pass: what lands or commits during it wakes the next one.
             self._wake.clear()
             try:
                 await self.tick()
@@ -141,8 +155,12 @@ class WebhookWorker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.interval):
                     await self._wake.wait()
+            rest = started + self.config.spacing - loop.time()
+            if rest > 0:
+                await asyncio.sleep(rest)
 
     async def tick(self) -> None:
+        nudged, self._nudged = self._nudged, False
         done, self._done = self._done, []
         free = self.config.concurrency - len(self._running)
         room = {
@@ -150,21 +168,24 @@ class WebhookWorker:
             for webhook_id, count in self._per_endpoint.items()
         }
         try:
-            jobs, finished = await in_thread(self._pass, done, max(0, free), room)
+            jobs, finished = await self._pass(done, max(0, free), room, look=not nudged)
         except BaseException:
             # Recorded at the next pass; a lease that runs out meanwhile makes it a retry.
             self._done[:0] = done
+            if nudged:
+                self._nudged = True
             raise
         for job in jobs:
             self._launch(job)
-        statuses, published = finished
-        for status in statuses:
+        for status in finished.statuses:
             if status in (SUCCEEDED, FAILED):
                 observability.record_webhook_delivery(status)
-        if published:
-            log.warning("a webhook endpoint was disabled after failing for days")
-            if self.publish is not None:
-                await self.publish(published)
+        if finished.failing:
+            published = await in_thread(self._note_failures, finished.failing)
+            if published:
+                log.warning("a webhook endpoint was disabled after failing for days")
+                if self.publish is not None:
+                    await self.publish(published)
         now = time.monotonic()
         if now - self._gauge_at >= self.config.gauge_every:
             self._gauge_at = now
@@ -172,53 +193,64 @@ class WebhookWorker:
             observability.set_webhook_oldest_pending(oldest)
         observability.set_webhook_in_flight(len(self._running))
 
-    def _pass(
-        self, done: list[tuple[queue.Job, Outcome]], slots: int, room: dict[str, int]
-    ) -> tuple[list[queue.Job], tuple[list[str | None], list[Published]]]:
-        """One write transaction for everything a pass does: record the outcomes of attempts
-        that ended, create the deliveries of new outbox events, lease due deliveries. Idle
-        passes only read, and so never take SQLite's write lock."""
+    async def _pass(
+        self,
+        done: list[tuple[queue.Job, Outcome]],
+        slots: int,
+        room: dict[str, int],
+        *,
+        look: bool,
+    ) -> tuple[list[queue.Job], queue.Finished]:
+        """Everything a pass writes, in one unit. With nothing to record and no commit of
+        this process to fan out, a read decides first whether there is work at all, so an
+        idle pass never takes SQLite's single write lock."""
         now = utcnow()
+        if look and not done and not await in_thread(self._any_work, now, slots, room):
+            return [], queue.Finished([], [])
+        work = partial(self._write, self._results(done), now, slots, room)
+        if self.db.group is not None:
+            return await asyncio.wrap_future(self.db.group.submit(work))
+        return await in_thread(self._unit, work)
+
+    def _unit(self, work: Callable[[Tx], T]) -> T:
+        with self.db.raw_write() as tx:
+            return work(tx)
+
+    def _any_work(self, now: datetime, slots: int, room: dict[str, int]) -> bool:
         full = {k for k, v in room.items() if v <= 0}
-        if not done:
-            with self.db.raw_read() as tx:
-                behind = queue.any_behind(tx)
-                due = slots > 0 and queue.any_due(tx, now, full)
-            if not behind and not due:
-                return [], ([], [])
-        with self.db.write() as session:
-            finished = self._record(session, done, now)
-            tx = Tx.of(session)
-            queue.fan_out(tx, now)
-            jobs = (
-                queue.claim(
-                    tx,
-                    now,
-                    slots=slots,
-                    room=room,
-                    per_endpoint=self.config.per_endpoint,
-                    lease=self.config.lease,
-                )
-                if slots > 0
-                else []
-            )
+        with self.db.raw_read() as tx:
+            return queue.any_behind(tx) or (slots > 0 and queue.any_due(tx, now, full))
+
+    def _write(
+        self,
+        results: list[tuple[queue.Job, queue.Result]],
+        now: datetime,
+        slots: int,
+        room: dict[str, int],
+        tx: Tx,
+    ) -> tuple[list[queue.Job], queue.Finished]:
+        finished = queue.finish(tx, results, now, schedule=self.config.schedule)
+        lease = {"per_endpoint": self.config.per_endpoint, "lease": self.config.lease}
+        _count, jobs = queue.fan_out(tx, now, slots=slots, room=room, **lease)
+        slots -= len(jobs)
+        if slots > 0:
+            taken = dict(room)
+            for job in jobs:
+                taken[job.webhook_id] = taken.get(job.webhook_id, self.config.per_endpoint) - 1
+            jobs += queue.claim(tx, now, slots=slots, room=taken, **lease)
         return jobs, finished
 
-    def _record(
-        self, session: Session, done: list[tuple[queue.Job, Outcome]], now: datetime
-    ) -> tuple[list[str | None], list[Published]]:
-        if not done:
-            return [], []
-        results = [
+    @staticmethod
+    def _results(
+        done: list[tuple[queue.Job, Outcome]],
+    ) -> list[tuple[queue.Job, queue.Result]]:
+        return [
             (job, queue.Result(o.succeeded, o.outcome, o.status_code, o.error)) for job, o in done
         ]
-        return queue.finish(
-            session,
-            results,
-            now,
-            schedule=self.config.schedule,
-            disable_after=self.config.disable_after,
-        )
+
+    def _note_failures(self, webhook_ids: Sequence[str]) -> list[Published]:
+        with self.db.write() as session:
+            return queue.note_failures(session, webhook_ids, utcnow(), self.config.disable_after)
 
     def _oldest(self) -> float:
         with self.db.raw_read() as tx:
@@ -227,22 +259,18 @@ class WebhookWorker:
 
     def _launch(self, job: queue.Job) -> None:
         self._per_endpoint[job.webhook_id] = self._per_endpoint.get(job.webhook_id, 0) + 1
-        task = asyncio.create_task(self._attempt(job), name=f"webhook-{job.delivery_id}")
-        self._running[task] = job
-        task.add_done_callback(self._landed)
-
-    def _landed(self, task: asyncio.Task[None]) -> None:
-        job = self._running.pop(task, None)
-        if job is not None:
-            left = self._per_endpoint.get(job.webhook_id, 1) - 1
-            if left > 0:
-                self._per_endpoint[job.webhook_id] = left
-            else:
-                self._per_endpoint.pop(job.webhook_id, None)
-        self._wake.set()
-
-    async def _attempt(self, job: queue.Job) -> None:
+        self._running[job.delivery_id] = job
         headers = signing.headers(job.secrets, job.delivery_id, int(time.time()), job.body)
-        outcome = await self.sender.post(job.url, headers, job.body)
+        self.sender.send(job.url, headers.items(), job.body, partial(self._landed, job))
+
+    def _landed(self, job: queue.Job, outcome: Outcome) -> None:
+        if self._running.pop(job.delivery_id, None) is None:
+            return
+        left = self._per_endpoint.get(job.webhook_id, 1) - 1
+        if left > 0:
+            self._per_endpoint[job.webhook_id] = left
+        else:
+            self._per_endpoint.pop(job.webhook_id, None)
         observability.record_webhook_attempt(outcome.outcome, outcome.seconds)
         self._done.append((job, outcome))
+        self._wake.set()

@@ -68,6 +68,39 @@ def test_one_failing_unit_rolls_back_alone_and_the_batch_commits(
         db.dispose()
 
 
+def test_a_unit_cancelled_while_it_waits_is_skipped_and_the_writer_goes_on(
+    sqlite_factory: SqliteFactory,
+) -> None:
+    """An event loop that stops awaiting a submitted unit (its task was cancelled) cancels the
+    unit's future while it waits: the unit never runs, and the writer still serves the next
+    units instead of dying on a future it cannot settle."""
+    db = Database(sqlite_factory.create())
+    group = db.group
+    assert group is not None
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(tx: Tx) -> str:
+        holding.set()
+        release.wait(10)
+        return "held"
+
+    try:
+        first = group.submit(hold)
+        assert holding.wait(10)
+        cancelled = group.submit(_insert("cancelled"))
+        kept = group.submit(_insert("kept"))
+        assert cancelled.cancel()
+        release.set()
+        assert first.result(10) == "held"
+        assert kept.result(10) == "kept"
+        assert group.run(_insert("after")) == "after"
+        with db.raw_read() as tx:
+            rows = tx.all("SELECT id FROM lookup_failure ORDER BY id")
+        assert rows == [("after",), ("kept",)]
+    finally:
+        db.dispose()
+
+
 def test_a_refused_payment_in_a_batch_leaves_the_others_paid(
     sqlite_factory: SqliteFactory,
 ) -> None:
