@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import dataclasses
+import logging
 import signal
 
 from app.settings import Settings
