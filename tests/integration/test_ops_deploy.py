@@ -38,9 +38,15 @@ def compose() -> dict[str, Any]:
 
 def test_compose_has_the_production_topology() -> None:
     """PostgreSQL, Redis, the app with at least 2 replicas behind an nginx load balancer, a
-    one-shot migration the replicas wait for, every long-running service health-checked."""
+    one-shot migration the replicas wait for, webhooks sent by a service of their own (the
+    replicas' own sending off), every long-running service health-checked."""
     services = compose()["services"]
-    assert {"postgres", "redis", "app", "lb", "migrate"} <= set(services)
+    assert {"postgres", "redis", "app", "lb", "migrate", "webhooks"} <= set(services)
+    assert services["webhooks"]["command"][:2] == ["paycode", "webhooks"]
+    assert services["app"]["environment"]["PAYCODE_WEBHOOK_WORKER"] == "off"
+    assert services["webhooks"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
     app = services["app"]
     assert app["deploy"]["replicas"] >= 2
     assert "ports" not in app, "replicas are reached through the load balancer only"
@@ -49,7 +55,7 @@ def test_compose_has_the_production_topology() -> None:
     assert app["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert app["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert app["depends_on"]["redis"]["condition"] == "service_healthy"
-    for name in ("postgres", "redis", "app", "lb"):
+    for name in ("postgres", "redis", "app", "lb", "webhooks"):
         assert services[name]["healthcheck"]["test"], name
     assert "/readyz" in " ".join(app["healthcheck"]["test"])
 
@@ -63,6 +69,7 @@ def test_compose_configures_the_app_by_environment() -> None:
     known = {
         "PAYCODE_DATABASE_URL", "PAYCODE_BROKER_URL", "PAYCODE_PUBLIC_URL", "PAYCODE_CURRENCY",
         "PAYCODE_ADMIN_TOKEN", "PAYCODE_RECEIPT_KEY", "PAYCODE_LOG_LEVEL", "FORWARDED_ALLOW_IPS",
+        "PAYCODE_WEBHOOK_WORKER",
     }  # fmt: skip
     assert set(env) <= known
     assert compose()["services"]["migrate"]["environment"] == env
