@@ -183,6 +183,38 @@ def start_sender(database_url: str, logs: Path) -> subprocess.Popen[bytes]:
         )
 
 
+async def fixed_rate(
+    floor: Floor,
+    server: servers.Server,
+    sink_proc: subprocess.Popen[bytes],
+    sender: subprocess.Popen[bytes] | None,
+    base: str,
+    hooks: dict[str, str],
+    sink: int,
+    on: bool,
+    without: list[float],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Sales offered at 40 % of the saturation without webhooks, endpoints off or on, the
+    drain inside the window: the server CPU per payment then includes every delivery the
+    sales owed, which saturation phases (where the sender can fall behind) do not."""
+    the_shop = floor.shop
+    await switch(base, the_shop, hooks, on)
+    sink_reset(sink)
+    rate = 0.4 * sum(without) / len(without)
+    with Watch(server, sink_proc, sender.pid if sender else None) as cpu:
+        result = await offered(floor, rate, args.rate_seconds)
+        # The off side waits the same last second the drain waits for its count to settle.
+        drained = await drain(sink) if on else await asyncio.sleep(1.0)
+    result.update(cpu.shares)
+    result["webhooks"] = on
+    result["offered_per_s"] = round(rate, 1)
+    result["drain_seconds"] = drained
+    result["deliveries_received"] = len(sink_stats(sink))
+    result["server_cpu_ms_per_payment"] = cpu.per_operation_ms(result["completed"])
+    return result
+
+
 async def run(args: argparse.Namespace, logs: Path, *, separate: bool) -> dict[str, Any]:
     """One server; webhooks sent by its own event loop, or by a separate process."""
     database, broker, workers = CONFIGS[args.config]
@@ -232,6 +264,14 @@ async def _run(
                     spy.wait(timeout=60)
                     profile = profiling.top(out)
                 await drain(sink)
+            without = [p["payments_per_s"] for p in phases if not p["webhooks"]]
+            steady = []
+            for on in (False, True, False, True):
+                steady.append(
+                    await fixed_rate(
+                        floor, server, sink_proc, sender, base, hooks, sink, on, without, args
+                    )
+                )
             with_hooks = [p["payments_per_s"] for p in phases if p["webhooks"]]
             rate = 0.5 * sum(with_hooks) / len(with_hooks)
             await switch(base, the_shop, hooks, True)
@@ -260,9 +300,16 @@ async def _run(
     def mean(rows: list[dict[str, Any]], key: str) -> float:
         return sum(r[key] for r in rows) / len(rows)
 
+    steady_off = [p for p in steady if not p["webhooks"]]
+    steady_on = [p for p in steady if p["webhooks"]]
     return {
         "webhooks_sent_by": "a separate paycode webhooks process" if separate else "the server",
         "phases": phases,
+        "fixed_rate": steady,
+        "fixed_rate_cpu_ms_per_payment_off_on": [
+            round(mean(steady_off, "server_cpu_ms_per_payment"), 3),
+            round(mean(steady_on, "server_cpu_ms_per_payment"), 3),
+        ],
         "half_saturation": half,
         "profile_with_webhooks": profile,
         "ratio_payments_per_s_on_over_off": round(
@@ -322,6 +369,13 @@ def main() -> None:
                 f"{phase['payments_per_s']} payments/s, "
                 f"{phase['server_cpu_ms_per_payment']} ms server CPU/payment, "
                 f"drain {phase.get('drain_seconds')} s"
+            )
+        for phase in run_["fixed_rate"]:
+            print(
+                f"  {phase['offered_per_s']}/s offered, webhooks="
+                f"{'on ' if phase['webhooks'] else 'off'} {phase['completed']} payments, "
+                f"{phase['server_cpu_ms_per_payment']} ms server CPU/payment "
+                f"(deliveries drained inside), {phase['deliveries_received']} deliveries"
             )
         half = run_["half_saturation"]
         print(

@@ -9,7 +9,9 @@ in a batch of payments, not a transaction of its own); on PostgreSQL it runs on 
 
 A pass runs when this process commits events (``nudge``), when attempts end, and every
 ``interval`` for what other processes committed; passes are at least ``spacing`` apart, so
-under load one pass carries the deliveries of every commit in that window. Attempts are sent
+under load one pass carries the deliveries of every commit in that window, and only
+``busy_spacing`` apart while a pass leaves deliveries it had no room for: an endpoint's
+throughput is its slots divided by the time between passes. Attempts are sent
 by ``Sender`` on the event loop. Nothing here runs inside a payment's transaction.
 """
 
@@ -49,8 +51,9 @@ class WorkerConfig:
     allow_private: bool = False
     interval: float = 0.25
     spacing: float = 0.05
+    busy_spacing: float = 0.005
     concurrency: int = 256
-    per_endpoint: int = 8
+    per_endpoint: int = 16
     timeout: float = ATTEMPT_TIMEOUT
     schedule: Sequence[float] = queue.RETRY_SCHEDULE
     disable_after: timedelta = queue.DISABLE_AFTER
@@ -71,6 +74,7 @@ class WorkerConfig:
             allow_private=settings.webhook_allow_private,
             interval=float(extra.get("webhook_interval", base.interval)),
             spacing=float(extra.get("webhook_spacing", base.spacing)),
+            busy_spacing=float(extra.get("webhook_busy_spacing", base.busy_spacing)),
             concurrency=int(extra.get("webhook_concurrency", base.concurrency)),
             per_endpoint=int(extra.get("webhook_per_endpoint", base.per_endpoint)),
             schedule=tuple(extra.get("webhook_retry_schedule", base.schedule)),
@@ -93,6 +97,8 @@ class WebhookWorker:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._nudged = False
+        # The last pass left deliveries due that it had no slot for.
+        self._behind = False
         self._running: dict[str, queue.Job] = {}
         self._per_endpoint: dict[str, int] = {}
         self._gauge_at = 0.0
@@ -155,7 +161,8 @@ class WebhookWorker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.interval):
                     await self._wake.wait()
-            rest = started + self.config.spacing - loop.time()
+            spacing = self.config.busy_spacing if self._behind else self.config.spacing
+            rest = started + spacing - loop.time()
             if rest > 0:
                 await asyncio.sleep(rest)
 
@@ -168,7 +175,9 @@ class WebhookWorker:
             for webhook_id, count in self._per_endpoint.items()
         }
         try:
-            jobs, finished = await self._pass(done, max(0, free), room, look=not nudged)
+            jobs, finished, self._behind = await self._pass(
+                done, max(0, free), room, look=not nudged
+            )
         except BaseException:
             # Recorded at the next pass; a lease that runs out meanwhile makes it a retry.
             self._done[:0] = done
@@ -200,13 +209,13 @@ class WebhookWorker:
         room: dict[str, int],
         *,
         look: bool,
-    ) -> tuple[list[queue.Job], queue.Finished]:
+    ) -> tuple[list[queue.Job], queue.Finished, bool]:
         """Everything a pass writes, in one unit. With nothing to record and no commit of
         this process to fan out, a read decides first whether there is work at all, so an
         idle pass never takes SQLite's single write lock."""
         now = utcnow()
         if look and not done and not await in_thread(self._any_work, now, slots, room):
-            return [], queue.Finished([], [])
+            return [], queue.Finished([], []), False
         work = partial(self._write, self._results(done), now, slots, room)
         if self.db.group is not None:
             return await asyncio.wrap_future(self.db.group.submit(work))
@@ -228,17 +237,25 @@ class WebhookWorker:
         slots: int,
         room: dict[str, int],
         tx: Tx,
-    ) -> tuple[list[queue.Job], queue.Finished]:
+    ) -> tuple[list[queue.Job], queue.Finished, bool]:
         finished = queue.finish(tx, results, now, schedule=self.config.schedule)
         lease = {"per_endpoint": self.config.per_endpoint, "lease": self.config.lease}
-        _count, jobs = queue.fan_out(tx, now, slots=slots, room=room, **lease)
+        created, jobs = queue.fan_out(tx, now, slots=slots, room=room, **lease)
+        behind = created > len(jobs)
         slots -= len(jobs)
         if slots > 0:
             taken = dict(room)
             for job in jobs:
                 taken[job.webhook_id] = taken.get(job.webhook_id, self.config.per_endpoint) - 1
-            jobs += queue.claim(tx, now, slots=slots, room=taken, **lease)
-        return jobs, finished
+            claimed = queue.claim(tx, now, slots=slots, room=taken, **lease)
+            # Due deliveries were waiting: more may be, behind this claim's slots.
+            behind = behind or bool(claimed)
+            jobs += claimed
+        else:
+            behind = True
+        # An endpoint with every slot taken is not even read by the claim: assume it is behind.
+        behind = behind or any(left <= 0 for left in room.values())
+        return jobs, finished, behind
 
     @staticmethod
     def _results(
