@@ -93,6 +93,7 @@ WEBHOOK_ATTEMPTS = Counter(
     "connection_error, refused_address).",
     ["outcome"],
 )
+_WEBHOOK_ATTEMPTS_BY_OUTCOME: dict[str, Any] = {}
 WEBHOOK_ATTEMPT_SECONDS = Histogram(
     "paycode_webhook_attempt_duration_seconds",
     "Time from opening an attempt to the receiver's answer or the attempt's failure.",
@@ -191,7 +192,11 @@ def set_relay_lag(seconds: float) -> None:
 
 
 def record_webhook_attempt(outcome: str, seconds: float) -> None:
-    WEBHOOK_ATTEMPTS.labels(outcome=outcome).inc()
+    # The labelled child looked up once per outcome: every payment's deliveries pass here.
+    child = _WEBHOOK_ATTEMPTS_BY_OUTCOME.get(outcome)
+    if child is None:
+        child = _WEBHOOK_ATTEMPTS_BY_OUTCOME[outcome] = WEBHOOK_ATTEMPTS.labels(outcome=outcome)
+    child.inc()
     WEBHOOK_ATTEMPT_SECONDS.observe(max(0.0, seconds))
 
 

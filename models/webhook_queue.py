@@ -379,19 +379,19 @@ def finish(
     failing: list[str] = []
     settled: list[tuple[Any, ...]] = []
     moment = tx.moment(now)
+    finished_at = rfc3339(now)
     for job, result in done:
         if held.get(job.delivery_id) != job.lease_token:
             statuses.append(None)
             continue
         log = [dict(e) for e in job.log]
         if log and log[-1]["number"] == job.number:
-            log[-1] = attempt_entry(
-                job.number,
-                result.outcome,
-                job.started_at,
+            # The in-flight entry already holds the attempt's number and start.
+            log[-1].update(
+                outcome=result.outcome,
                 status_code=result.status_code,
                 error=result.error,
-                finished_at=now,
+                finished_at=finished_at,
             )
         if result.succeeded:
             status, next_at, delivered = SUCCEEDED, None, moment
