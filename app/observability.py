@@ -122,9 +122,19 @@ IDEMPOTENCY_OLDEST_AGE = Gauge(
 )
 
 
+# The labelled children by kind, made at first use: ``labels()`` validates and locks on every
+# call.
+_payment_kinds: dict[str, Any] = {}
+
+
 def record_payment(kind: str) -> None:
     """One committed payment; ``kind`` is static, dynamic or direct."""
-    PAYMENTS.labels(kind=kind if kind in ("static", "dynamic", "direct") else "other").inc()
+    if kind not in ("static", "dynamic", "direct"):
+        kind = "other"
+    child = _payment_kinds.get(kind)
+    if child is None:
+        child = _payment_kinds[kind] = PAYMENTS.labels(kind=kind)
+    child.inc()
 
 
 def record_refund() -> None:
