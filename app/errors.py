@@ -6,8 +6,9 @@ import logging
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
+from app.http import JsonResponse
 from models import errors
 
 log = logging.getLogger("paycode.errors")
@@ -50,7 +51,7 @@ def status_of(exc: errors.DomainError) -> int:
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
-    return JSONResponse(error_body(code, message, field), status_code=status)
+    return JsonResponse(error_body(code, message, field), status)
 
 
 async def domain_error_handler(_request: Request, exc: Exception) -> Response:

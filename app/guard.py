@@ -12,6 +12,10 @@ read (``app.http.decode_json``), WebSocket frames where they are decoded
 An exception no handler knows is logged once, with its traceback and the request id, and
 answered 500 (or a WebSocket closed 1011); it is not passed on to the server, which would log
 it a second time.
+
+The checks and answers are here; ``app.observability.ObservabilityMiddleware`` (``guard=True``)
+runs them in the same pure-ASGI layer that sets the request id, the metrics and the security
+headers, so a request passes one middleware of the app's, not two.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import logging
 from collections.abc import Iterable
 from urllib.parse import unquote_to_bytes
 
+from starlette.routing import Mount
+from starlette.types import Receive, Scope, Send
+
 from app.errors import error_response
-from app.observability import ASGIApp, Message, Receive, Scope, Send, route_template
 
 log = logging.getLogger("paycode.errors")
 
@@ -60,45 +66,44 @@ def undecodable_part(scope: Scope) -> str | None:
     return None
 
 
-class RequestGuard:
-    """Pure ASGI, between the observability middleware (whose request id the log line
-    carries) and Starlette's exception middleware."""
+UNMATCHED = "unmatched"
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        part = undecodable_part(scope)
-        if part is not None:
-            if kind == "websocket":
-                # Before the handshake is accepted: the client is refused (HTTP 403).
-                await send({"type": "websocket.close", "code": 1007, "reason": ""})
-                return
-            message = f"the request's {part} is not UTF-8 text"
-            await error_response(400, "malformed_request", message)(scope, receive, send)
-            return
+def route_template(scope: Scope) -> str:
+    """The matched route's template ("/api/v1/codes/{code_id}"), never the raw path: bounded
+    label values for Prometheus, and no tokens or short codes in logs."""
+    route = scope.get("route")
+    if route is None:
+        return UNMATCHED
+    root = str(scope.get("root_path", ""))
+    app_root = str(scope.get("app_root_path", ""))
+    prefix = root[len(app_root) :] if root.startswith(app_root) else root
+    if isinstance(route, Mount):
+        return f"{prefix}/{{path}}"
+    return f"{prefix}{getattr(route, 'path', '')}" or UNMATCHED
 
-        started = False
 
-        async def send_watching(message: Message) -> None:
-            nonlocal started
-            if message["type"] in ("http.response.start", "websocket.accept"):
-                started = True
-            await send(message)
+def log_unhandled(scope: Scope) -> None:
+    """The one log line of an exception no handler knows, with its traceback (call it in the
+    ``except`` block); the request id is the caller's context's."""
+    method = scope.get("method", "WEBSOCKET")
+    log.exception("unhandled error on %s %s", method, route_template(scope))
 
-        try:
-            await self.app(scope, receive, send_watching)
-        except Exception:
-            method = scope.get("method", "WEBSOCKET")
-            log.exception("unhandled error on %s %s", method, route_template(scope))
-            if started:
-                # Nothing more can be said: the server ends the connection.
-                return
-            if kind == "websocket":
-                await send({"type": "websocket.close", "code": 1011, "reason": ""})
-                return
-            await error_response(500, "internal_error", "internal error")(scope, receive, send)
+
+async def refuse_undecodable(part: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer a request whose ``part`` is not Unicode text: 400, or a WebSocket refused before
+    its handshake is accepted (HTTP 403)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1007, "reason": ""})
+        return
+    message = f"the request's {part} is not UTF-8 text"
+    await error_response(400, "malformed_request", message)(scope, receive, send)
+
+
+async def answer_unhandled(scope: Scope, receive: Receive, send: Send) -> None:
+    """What the client gets for an exception no handler knows, when nothing has been sent:
+    500 internal_error, or the WebSocket closed 1011."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1011, "reason": ""})
+        return
+    await error_response(500, "internal_error", "internal error")(scope, receive, send)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 from sqlalchemy.exc import DataError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -136,8 +136,32 @@ def page(items: list[Any], limit: int, cursor_of: Callable[[Any], str]) -> dict[
     return {"data": items, "next_cursor": cursor_of(items[-1]) if more and items else None}
 
 
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+class JsonResponse(JSONResponse):
+    """A JSON body encoded by pydantic-core's compiled encoder: the same bytes as Starlette's
+    ``json.dumps(content, ensure_ascii=False, separators=(",", ":"))`` for every value a
+    response holds (key order kept, non-ASCII characters as UTF-8), at a fraction of the CPU;
+    its two headers are built directly."""
+
+    def __init__(
+        self, content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+    ) -> None:
+        if headers is not None or status_code < 200 or status_code in (204, 304):
+            super().__init__(content, status_code, headers)
+            return
+        self.status_code = status_code
+        self.background = None
+        self.body = body = to_json(content)
+        self.raw_headers = [(b"content-length", b"%d" % len(body)), _JSON_TYPE]
+
+    def render(self, content: Any) -> bytes:
+        return to_json(content)
+
+
 def ok(body: Any, status: int = 200) -> Response:
-    return JSONResponse(body, status_code=status)
+    return JsonResponse(body, status)
 
 
 def no_content() -> Response:

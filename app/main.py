@@ -18,7 +18,6 @@ from starlette.routing import BaseRoute, Mount
 
 from app import errors, observability, openapi
 from app.admission import Admission
-from app.guard import RequestGuard
 from app.http import in_thread
 from app.purge import Purge
 from app.relay import Relay
@@ -64,12 +63,14 @@ async def concurrent_conflict(_request: Request, exc: Exception) -> Response:
 
 
 def api_routes() -> list[BaseRoute]:
+    # The sale's routes first: a request is matched against the routes in order, and no path
+    # of the others overlaps theirs.
     return [
+        *payments_routes.routes,
+        *codes_routes.routes,
         *accounts_routes.routes,
         *admin_routes.routes,
         *agencies_routes.routes,
-        *codes_routes.routes,
-        *payments_routes.routes,
         *reports_routes.routes,
         *events_routes.routes,
         *receipts_routes.routes,
@@ -142,10 +143,12 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             *openapi.routes,
             *pages_routes.routes,
         ],
+        # One pure-ASGI layer: request id, metrics, security headers, and the guard (refusals
+        # before routing; unexpected exceptions never reach the server).
         middleware=[
-            Middleware(observability.ObservabilityMiddleware, extra_headers=security_headers),
-            # Inside the request id's context; unexpected exceptions never reach the server.
-            Middleware(RequestGuard),
+            Middleware(
+                observability.ObservabilityMiddleware, extra_headers=security_headers, guard=True
+            ),
         ],
         exception_handlers={
             domain_errors.DomainError: errors.domain_error_handler,

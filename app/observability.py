@@ -33,8 +33,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.routing import Mount
 
+from app import guard
+from app.guard import route_template
 from realtime.protocol import commit_time
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -121,12 +122,20 @@ IDEMPOTENCY_OLDEST_AGE = Gauge(
     multiprocess_mode="livemax",
 )
 
-UNMATCHED = "unmatched"
+
+# The labelled children by kind, made at first use: ``labels()`` validates and locks on every
+# call.
+_payment_kinds: dict[str, Any] = {}
 
 
 def record_payment(kind: str) -> None:
     """One committed payment; ``kind`` is static, dynamic or direct."""
-    PAYMENTS.labels(kind=kind if kind in ("static", "dynamic", "direct") else "other").inc()
+    if kind not in ("static", "dynamic", "direct"):
+        kind = "other"
+    child = _payment_kinds.get(kind)
+    if child is None:
+        child = _payment_kinds[kind] = PAYMENTS.labels(kind=kind)
+    child.inc()
 
 
 def record_refund() -> None:
@@ -329,20 +338,6 @@ def _fresh_request_id() -> str:
     return f"{getrandbits(128):032x}"
 
 
-def route_template(scope: Scope) -> str:
-    """The matched route's template ("/api/v1/codes/{code_id}"), never the raw path: bounded
-    label values for Prometheus, and no tokens or short codes in logs."""
-    route = scope.get("route")
-    if route is None:
-        return UNMATCHED
-    root = str(scope.get("root_path", ""))
-    app_root = str(scope.get("app_root_path", ""))
-    prefix = root[len(app_root) :] if root.startswith(app_root) else root
-    if isinstance(route, Mount):
-        return f"{prefix}/{{path}}"
-    return f"{prefix}{getattr(route, 'path', '')}" or UNMATCHED
-
-
 # The labelled children by (method, route, status): ``labels()`` validates and locks on every
 # call. Bounded, because the method comes from the client; past the bound, ``labels()`` as usual.
 _CHILDREN_LIMIT = 1024
@@ -392,22 +387,33 @@ SERVER_SEND = "paycode.server_send"
 
 
 class ObservabilityMiddleware:
-    """Pure ASGI: ids, metrics and the access log line for HTTP; for WebSockets an id and the
-    open-socket gauge (accepted until the handler returns), frames otherwise untouched.
+    """Pure ASGI, the app's one middleware: ids, metrics and the access log line for HTTP; for
+    WebSockets an id and the open-socket gauge (accepted until the handler returns), frames
+    otherwise untouched.
 
     ``extra_headers(host)`` names headers every HTTP response carries unless the app set them
     (the security headers): added in the same ``send`` wrapper as the request id, rather
-    than by a middleware and a wrapper of their own around every request."""
+    than by a middleware and a wrapper of their own around every request.
 
-    def __init__(self, app: ASGIApp, extra_headers: ExtraHeaders | None = None) -> None:
+    With ``guard`` it also does ``app.guard``'s work inside the request id's context: a
+    request whose path, query or text headers are not Unicode text is refused before
+    routing, and an exception no handler knows is logged once and answered 500 (a WebSocket
+    closed 1011) instead of reaching the server. One layer and one ``send`` wrapper do what
+    three middlewares did."""
+
+    def __init__(
+        self, app: ASGIApp, extra_headers: ExtraHeaders | None = None, *, guard: bool = False
+    ) -> None:
         self.app = app
         self.extra_headers = extra_headers
+        self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
+        kind = scope["type"]
+        if kind == "websocket":
             await self._websocket(scope, receive, send)
             return
-        if scope["type"] != "http":
+        if kind != "http":
             await self.app(scope, receive, send)
             return
 
@@ -423,6 +429,7 @@ class ObservabilityMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        responded = False
         id_header = (b"x-request-id", request_id.encode("ascii"))
         extra = (
             ()
@@ -431,14 +438,28 @@ class ObservabilityMiddleware:
         )
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
+                responded = True
                 status = int(message["status"])
                 message["headers"] = _response_headers(message.get("headers", ()), id_header, extra)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            part = guard.undecodable_part(scope) if self.guard else None
+            if part is not None:
+                await guard.refuse_undecodable(part, scope, receive, send_with_headers)
+            elif self.guard:
+                try:
+                    await self.app(scope, receive, send_with_headers)
+                except Exception:
+                    guard.log_unhandled(scope)
+                    # Once the response has started nothing more can be said: the server
+                    # ends the connection.
+                    if not responded:
+                        await guard.answer_unhandled(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
         except BaseException:
             status = 500
             raise
@@ -478,7 +499,18 @@ class ObservabilityMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_counting)
+            part = guard.undecodable_part(scope) if self.guard else None
+            if part is not None:
+                await guard.refuse_undecodable(part, scope, receive, send)
+            elif self.guard:
+                try:
+                    await self.app(scope, receive, send_counting)
+                except Exception:
+                    guard.log_unhandled(scope)
+                    if not accepted:
+                        await guard.answer_unhandled(scope, receive, send)
+            else:
+                await self.app(scope, receive, send_counting)
         finally:
             if accepted:
                 websocket_closed()

@@ -178,7 +178,6 @@ _LOCK_ROWS = (
     "SELECT id, handle, display_name, kind, balance, last_seq FROM account"
     " WHERE id IN ({marks}) ORDER BY id"
 )
-_USER_BY_HANDLE = "SELECT id FROM account WHERE handle = ? AND kind = 'user'"
 
 
 def lock_rows_query(tx: Tx, account_ids: set[str]) -> tuple[str, list[str]]:
@@ -197,17 +196,6 @@ def lock_rows(tx: Tx, account_ids: set[str]) -> dict[str, LockedAccount]:
     query, rows as plain data instead of ORM objects (building those cost more than the query).
     SQLite needs no row lock: the write transaction began IMMEDIATE."""
     return locked_rows(tx.all(*lock_rows_query(tx, account_ids)))
-
-
-def user_id_by_handle(tx: Tx, value: Any, *, field: str) -> str:
-    """``get_by_handle`` for the hot path: the id only, the same 422 and 404."""
-    handle = value.strip().lower() if isinstance(value, str) else None
-    row = tx.one(_USER_BY_HANDLE, (handle,)) if handle is not None else None
-    if row is None:
-        if not isinstance(value, str):
-            raise Invalid(f"{field} must be a handle", field=field)
-        raise NotFound(f"no account with that {field}", field=field)
-    return str(row[0])
 
 
 def sign_up(session: Session, handle: Any, display_name: Any, password: Any) -> Account:

@@ -30,7 +30,6 @@ from models.accounts import (
     lock_rows_query,
     locked_rows,
     party,
-    user_id_by_handle,
 )
 from models.agencies import ACTIVE as AGENCY_ACTIVE
 from models.agencies import PENDING as AGENCY_PENDING
@@ -174,6 +173,11 @@ def views(session: Session, payments: list[Payment], currency: str) -> list[dict
 
 
 # --- paying -----------------------------------------------------------------------------------
+#
+# One payment, on either database: ``_plan`` reads and checks what the body asks for (nothing
+# locked yet), ``_draft`` builds the payment, its receipt and its views, then ``pay`` (SQLite,
+# and any caller that holds a transaction) writes them under its row locks, or
+# ``pay_in_server`` (PostgreSQL) hands them to the ``paycode_pay`` function in one round trip.
 
 
 def _optional_text(body: dict[str, Any], field: str) -> str | None:
@@ -211,35 +215,72 @@ def _code_amount(code: codes.CodeRow, given: int | None) -> int:
 
 # The code re-read under its row lock (PostgreSQL), so its status is decided once.
 _LOCK_CODE = f"SELECT {codes.CODE_COLUMNS} FROM code WHERE code.id = ? FOR NO KEY UPDATE"
+_USER_PARTY_BY_HANDLE = (
+    "SELECT id, handle, display_name FROM account WHERE handle = ? AND kind = 'user'"
+)
 
 
 @dataclass
 class _Plan:
+    """A payment as the body asks for it, checked against what no lock protects: the payee,
+    the amount, the memo, the code (if paid by code), and every party's name as a view shows
+    it."""
+
     payee_id: str
     amount: int
+    memo: str | None
+    parties: dict[str, Party]
     code: codes.CodeRow | None = None
     agency_id: str | None = None
 
+    @property
+    def agent_id(self) -> str | None:
+        return self.code.agent_id if self.code is not None else None
 
-def _plan(tx: Tx, payer_id: str, body: dict[str, Any]) -> _Plan:
+
+def _named_payee(tx: Tx, value: Any) -> Party:
+    """The user a direct payment names by handle: 422 if not a handle, 404 if no such user."""
+    handle = value.strip().lower() if isinstance(value, str) else None
+    row = tx.one(_USER_PARTY_BY_HANDLE, (handle,)) if handle is not None else None
+    if row is None:
+        if not isinstance(value, str):
+            raise Invalid("payee must be a handle", field="payee")
+        raise NotFound("no account with that payee", field="payee")
+    return Party(*row)
+
+
+def _plan(tx: Tx, payer: Party, body: dict[str, Any]) -> _Plan:
+    """Read and check what the body asks for, in the order of the answers: memo, one of code
+    or payee, amount, the code and its agency (or the payee), then no paying oneself. One read
+    for a payee, one per form tried for a code (its agency and both parties come with it)."""
+    memo = _optional_text(body, "memo")
     has_code = body.get("code") is not None
     has_payee = body.get("payee") is not None
     if has_code == has_payee:
         raise Invalid("give exactly one of code or payee", field="code")
     given = parse_amount(body["amount"]) if body.get("amount") is not None else None
     if has_payee:
-        payee_id = user_id_by_handle(tx, body["payee"], field="payee")
+        payee = _named_payee(tx, body["payee"])
         if given is None:
             raise Invalid("amount is required", code="amount_required", field="amount")
-        return _Plan(payee_id, given)
-    if not isinstance(body["code"], str):
-        raise Invalid("code must be a code token or short code", field="code")
-    found = codes.resolve_with_agency(tx, body["code"])
-    if found is None:
-        raise NotFound("no such code", field="code")
-    code, agency_status = found
-    _refuse_unusable(code, agency_status)
-    return _Plan(code.payee_id, _code_amount(code, given), code, code.agency_id)
+        plan = _Plan(payee.id, given, memo, {payee.id: payee, payer.id: payer})
+    else:
+        if not isinstance(body["code"], str):
+            raise Invalid("code must be a code token or short code", field="code")
+        found = codes.resolve_with_parties(tx, body["code"])
+        if found is None:
+            raise NotFound("no such code", field="code")
+        code, agency_status, payee, agent = found
+        _refuse_unusable(code, agency_status)
+        parties = {payee.id: payee, agent.id: agent, payer.id: payer}
+        plan = _Plan(code.payee_id, _code_amount(code, given), memo, parties, code, code.agency_id)
+    if plan.payee_id == payer.id:
+        raise Invalid(
+            "the payee cannot pay itself",
+            code="self_payment",
+            field="payee" if plan.code is None else "code",
+        )
+    return plan
 
 
 def _receipt_facts(payment: SimpleNamespace, parties: Parties, currency: str) -> dict[str, Any]:
@@ -253,6 +294,47 @@ def _receipt_facts(payment: SimpleNamespace, parties: Parties, currency: str) ->
         "code_id": payment.code_id,
         "created_at": rfc3339(payment.created_at),
     }
+
+
+@dataclass
+class _Draft:
+    """The payment's row (plain attributes: a SQLModel instance costs more to build than the
+    INSERT), signed, with the views its events carry."""
+
+    payment: SimpleNamespace
+    view: dict[str, Any]
+    code_body: dict[str, Any] | None
+
+
+def _draft(plan: _Plan, payer_id: str, ctx: Context, now: datetime) -> _Draft:
+    code = plan.code
+    payment_id = new_id("pay")
+    payment = SimpleNamespace(
+        id=payment_id,
+        status=SUCCEEDED,
+        amount=plan.amount,
+        refunded_amount=0,
+        payer_id=payer_id,
+        payee_id=plan.payee_id,
+        agent_id=plan.agent_id,
+        agency_id=plan.agency_id,
+        code_id=code.id if code else None,
+        code_kind=code.kind if code else None,
+        code_label=code.label if code else None,
+        items=list(code.items) if code else [],
+        memo=plan.memo if plan.memo is not None or code is None else code.memo,
+        receipt={},
+        created_at=now,
+    )
+    payment.receipt = ctx.signer.sign(_receipt_facts(payment, plan.parties, ctx.currency))
+    view = payment_view(payment, plan.parties, ctx.currency)
+    code_body = None
+    if code is not None and code.kind == codes.DYNAMIC:
+        paid = replace(code, status=codes.PAID, paid_payment_id=payment_id)
+        code_body = codes.code_view(
+            paid, plan.parties, public_url=ctx.public_url, currency=ctx.currency, now=now
+        )
+    return _Draft(payment, view, code_body)
 
 
 _PAYMENT_FIELDS = list(Payment.model_fields)
@@ -275,74 +357,47 @@ def _save_accounts(tx: Tx, changes: dict[str, list[int]]) -> None:
     )
 
 
-def _insert_payment(tx: Tx, row: dict[str, Any]) -> None:
+def _insert_payment(tx: Tx, payment: SimpleNamespace) -> None:
+    row = vars(payment)
     values = [tx.json(row[name]) if name in _JSON else row[name] for name in _PAYMENT_FIELDS]
     values[_CREATED_AT] = tx.moment(row["created_at"])
     tx.run(_INSERT, values)
 
 
 def pay(
-    work: Session | Tx, payer_id: str, body: dict[str, Any], ctx: Context
+    work: Session | Tx, payer: Party, body: dict[str, Any], ctx: Context
 ) -> tuple[dict[str, Any], list[Published]]:
     """Move money from the caller to a payee, by code or directly, in the caller's transaction.
 
     Checks first (cheap reads), then locks the accounts in ascending id order, re-reads the
-    code under its lock and decides its status once, then writes everything with one Core
+    code under its lock and decides its status once, then writes everything with one
     statement per table in hand-written SQL, so the locks are held for as short a time as can
     be."""
     tx = sql.tx(work)
-    memo = _optional_text(body, "memo")
-    plan = _plan(tx, payer_id, body)
-    if plan.payee_id == payer_id:
-        raise Invalid(
-            "the payee cannot pay itself",
-            code="self_payment",
-            field="payee" if plan.code is None else "code",
-        )
+    plan = _plan(tx, payer, body)
     code = plan.code
-    agent_id = code.agent_id if code is not None else None
-    involved = {payer_id, plan.payee_id} | ({agent_id} if agent_id else set())
-    payment_id = new_id("pay")
+    agent_id = plan.agent_id
+    involved = {payer.id, plan.payee_id} | ({agent_id} if agent_id else set())
     if code is not None and not tx.is_sqlite:
         # SQLite's write transaction began before the code was read (BEGIN IMMEDIATE), so
         # nothing can have changed it; elsewhere another transaction may have paid, cancelled
         # or revoked it while we waited. Accounts first, then the code: one round trip.
         account_rows, code_rows = tx.both(*lock_rows_query(tx, involved), _LOCK_CODE, (code.id,))
         locked = locked_rows(account_rows)
-        code = codes.read_row(tx, code_rows[0])
+        plan.code = code = codes.read_row(tx, code_rows[0])
+        _refuse_unusable(code, None)
     else:
         locked = lock_rows(tx, involved)
-    if code is not None:
-        _refuse_unusable(code, None)
-    payer, payee = locked[payer_id], locked[plan.payee_id]
+    payer_row, payee_row = locked[payer.id], locked[plan.payee_id]
     now = utcnow()
-    legs = ledger.entries("payment", payment_id, [(payer, -plan.amount), (payee, plan.amount)], now)
-    row: dict[str, Any] = {
-        "id": payment_id,
-        "status": SUCCEEDED,
-        "amount": plan.amount,
-        "refunded_amount": 0,
-        "payer_id": payer.id,
-        "payee_id": payee.id,
-        "agent_id": agent_id,
-        "agency_id": plan.agency_id,
-        "code_id": code.id if code else None,
-        "code_kind": code.kind if code else None,
-        "code_label": code.label if code else None,
-        "items": list(code.items) if code else [],
-        "memo": memo if memo is not None or code is None else code.memo,
-        "receipt": {},
-        "created_at": now,
-    }
-    # Plain attributes for the view: a SQLModel instance costs more to build than the INSERT.
-    payment = SimpleNamespace(**row)
-    row["receipt"] = payment.receipt = ctx.signer.sign(
-        _receipt_facts(payment, locked, ctx.currency)
+    draft = _draft(plan, payer.id, ctx, now)
+    payment_id = draft.payment.id
+    legs = ledger.entries(
+        "payment", payment_id, [(payer_row, -plan.amount), (payee_row, plan.amount)], now
     )
-    view = payment_view(payment, locked, ctx.currency)
     changes = {account_id: [0, 0] for account_id in involved}
     changes[payer.id][0] = -plan.amount
-    changes[payee.id][0] = plan.amount
+    changes[plan.payee_id][0] = plan.amount
     rows: list[dict[str, Any]] = []
     events: list[Published] = []
 
@@ -353,28 +408,22 @@ def pay(
         events.append(published)
 
     for account_id in sorted(involved):
-        stage(account_id, PAYMENT_SUCCEEDED, view)
-    if code is not None and code.kind == codes.DYNAMIC:
+        stage(account_id, PAYMENT_SUCCEEDED, draft.view)
+    if code is not None and draft.code_body is not None:
         codes.mark_paid(tx, code, payment_id)
-        code_body = codes.code_view(
-            code, locked, public_url=ctx.public_url, currency=ctx.currency, now=now
-        )
         for account_id in sorted({code.agent_id, code.payee_id}):
-            stage(account_id, CODE_PAID, code_body)
-    _insert_payment(tx, row)
+            stage(account_id, CODE_PAID, draft.code_body)
+    _insert_payment(tx, draft.payment)
     ledger.insert(tx, legs)
     _save_accounts(tx, changes)
     insert_events(tx, rows)
-    for account in (payer, payee):
+    for account in (payer_row, payee_row):
         account.balance += changes[account.id][0]
-    return view, events
+    return draft.view, events
 
 
 # --- paying inside PostgreSQL -----------------------------------------------------------------
 
-_USER_PARTY_BY_HANDLE = (
-    "SELECT id, handle, display_name FROM account WHERE handle = ? AND kind = 'user'"
-)
 # Every parameter typed, so the one function is found without guessing.
 _PAY = (
     "SELECT outcome, stored_status, stored_response, stored_hash, seqs, event_accounts"
@@ -395,40 +444,6 @@ _REFUSALS: dict[str, tuple[str, str]] = {
 }
 
 
-def _named_payee(tx: Tx, value: Any) -> Party:
-    """``user_id_by_handle`` with the name a view shows."""
-    handle = value.strip().lower() if isinstance(value, str) else None
-    row = tx.one(_USER_PARTY_BY_HANDLE, (handle,)) if handle is not None else None
-    if row is None:
-        if not isinstance(value, str):
-            raise Invalid("payee must be a handle", field="payee")
-        raise NotFound("no account with that payee", field="payee")
-    return Party(*row)
-
-
-def _plan_named(tx: Tx, payer: Party, body: dict[str, Any]) -> tuple[_Plan, dict[str, Party]]:
-    """``_plan`` with every party's name, so nothing needs reading once the rows are locked."""
-    has_code = body.get("code") is not None
-    has_payee = body.get("payee") is not None
-    if has_code == has_payee:
-        raise Invalid("give exactly one of code or payee", field="code")
-    given = parse_amount(body["amount"]) if body.get("amount") is not None else None
-    if has_payee:
-        payee = _named_payee(tx, body["payee"])
-        if given is None:
-            raise Invalid("amount is required", code="amount_required", field="amount")
-        return _Plan(payee.id, given), {payee.id: payee, payer.id: payer}
-    if not isinstance(body["code"], str):
-        raise Invalid("code must be a code token or short code", field="code")
-    found = codes.resolve_with_parties(tx, body["code"])
-    if found is None:
-        raise NotFound("no such code", field="code")
-    code, agency_status, payee, agent = found
-    _refuse_unusable(code, agency_status)
-    plan = _Plan(code.payee_id, _code_amount(code, given), code, code.agency_id)
-    return plan, {payee.id: payee, agent.id: agent, payer.id: payer}
-
-
 def pay_in_server(
     tx: Tx, payer: Party, body: dict[str, Any], ctx: Context, claim: Claim | None
 ) -> tuple[int, Any, list[Published]]:
@@ -438,48 +453,16 @@ def pay_in_server(
     events and the key's record. ``tx`` is an autocommit connection, so the function's
     statement is its whole transaction. Returns the status, the body and the events; a key
     recorded since the caller looked returns its stored response and no events."""
-    memo = _optional_text(body, "memo")
-    plan, parties = _plan_named(tx, payer, body)
-    code = plan.code
-    if plan.payee_id == payer.id:
-        raise Invalid(
-            "the payee cannot pay itself",
-            code="self_payment",
-            field="payee" if code is None else "code",
-        )
-    agent_id = code.agent_id if code is not None else None
-    payment_id = new_id("pay")
+    plan = _plan(tx, payer, body)
     now = utcnow()
-    payment = SimpleNamespace(
-        id=payment_id,
-        status=SUCCEEDED,
-        amount=plan.amount,
-        refunded_amount=0,
-        payer_id=payer.id,
-        payee_id=plan.payee_id,
-        agent_id=agent_id,
-        agency_id=plan.agency_id,
-        code_id=code.id if code else None,
-        code_kind=code.kind if code else None,
-        code_label=code.label if code else None,
-        items=list(code.items) if code else [],
-        memo=memo if memo is not None or code is None else code.memo,
-        receipt={},
-        created_at=now,
-    )
-    payment.receipt = ctx.signer.sign(_receipt_facts(payment, parties, ctx.currency))
-    view = payment_view(payment, parties, ctx.currency)
-    code_body = None
-    if code is not None and code.kind == codes.DYNAMIC:
-        paid = replace(code, status=codes.PAID, paid_payment_id=payment_id)
-        code_body = codes.code_view(
-            paid, parties, public_url=ctx.public_url, currency=ctx.currency, now=now
-        )
+    draft = _draft(plan, payer.id, ctx, now)
+    payment, view, code_body = draft.payment, draft.view, draft.code_body
+    agent_id = plan.agent_id
     outcome, stored_status, stored_body, stored_hash, seqs, accounts = (
         tx.one(
             _PAY,
             (
-                payment_id,
+                payment.id,
                 payer.id,
                 plan.payee_id,
                 agent_id,

@@ -8,7 +8,9 @@ driver. The schema, the migrations and every other query stay with SQLModel.
 Statements are written once with ``?`` placeholders and rewritten to ``%s`` for psycopg.
 Values are stored exactly as SQLAlchemy's types store them, so either side reads what the
 other wrote: on SQLite an aware UTC time is ``YYYY-MM-DD HH:MM:SS.ffffff`` text and JSON is
-``json.dumps`` text; PostgreSQL takes and gives ``timestamptz`` and ``json`` natively.
+JSON text; PostgreSQL takes and gives ``timestamptz`` and ``json`` natively. JSON is written by
+pydantic-core's compiled encoder (compact, UTF-8 kept as it is): any JSON reader, SQLAlchemy's
+``json.loads`` included, reads back the same values as from ``json.dumps`` text.
 Driver errors are raised as SQLAlchemy's exception classes, so the handlers that map them to
 HTTP (409, 503, 422) and the Idempotency-Key retry see one kind of error whatever ran.
 """
@@ -22,6 +24,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
@@ -127,10 +130,10 @@ class Tx:
 
     def json(self, value: Any) -> Any:
         if self.is_sqlite:
-            return json.dumps(value)
+            return to_json(value).decode()
         from psycopg.types.json import Json
 
-        return Json(value)
+        return Json(value, dumps=to_json)
 
     def read_moment(self, value: Any) -> datetime | None:
         if value is None:

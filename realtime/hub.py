@@ -58,6 +58,9 @@ class Hub:
         max_per_account: int = MAX_SOCKETS_PER_ACCOUNT,
     ) -> None:
         self.instance_id = uuid.uuid4().hex
+        # How every event this hub publishes begins ([instance_id, seq, event] in msgpack): its
+        # own echo from the broker is recognised by these bytes, without unpacking the event.
+        self._echo_head = b"\x93" + msgpack.packb(self.instance_id)
         self.max_per_device = max_per_device
         self.max_per_account = max_per_account
         # Metrics callbacks handed in by the app (frame_pushed, broker_reconnected, relay_lag).
@@ -273,6 +276,9 @@ class Hub:
     # -- broker sink ---------------------------------------------------------------------
 
     def deliver(self, account_id: str, payload: bytes) -> None:
+        if payload.startswith(self._echo_head):
+            # This hub's own event back from the broker: delivered here when it was published.
+            return
         try:
             origin, seq, event = msgpack.unpackb(payload, raw=False)
         except Exception:

@@ -7,13 +7,12 @@ every socket.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 
 MSGPACK = "paycode.v1.msgpack"
 JSON = "paycode.v1.json"
@@ -53,14 +52,13 @@ def negotiate(offered: list[str]) -> str:
     return JSON
 
 
-# json.dumps builds an encoder on every call that asks for anything but the defaults.
-_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 def encode(fmt: str, frame: dict[str, Any]) -> Wire:
+    """A frame in the wire format: msgpack bytes, or compact JSON text with non-ASCII
+    characters as they are (pydantic-core's compiled encoder: the same text as
+    ``json.dumps(frame, separators=(",", ":"), ensure_ascii=False)``, at a fraction of the CPU)."""
     if fmt == MSGPACK:
         return msgpack.packb(frame, use_bin_type=True)  # type: ignore[no-any-return]
-    return _to_json(frame)
+    return to_json(frame).decode()
 
 
 def decode(fmt: str, message: Wire) -> dict[str, Any]:

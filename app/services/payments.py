@@ -66,7 +66,7 @@ def pay(
     )
 
     def operation(tx: Tx) -> tuple[int, Any, list[Published]]:
-        view, events = payments.pay(tx, caller_id, body, ctx)
+        view, events = payments.pay(tx, payer, body, ctx)
         return 201, view, events
 
     def in_server(tx: Tx, claim: Claim | None) -> tuple[int, Any, list[Published]]:
