@@ -32,6 +32,19 @@ def _insert(name: str) -> Any:
     return work
 
 
+def _holder() -> tuple[Any, threading.Event, threading.Event]:
+    """A unit that holds the writer until released, and the events that tell it has started
+    and let it go: what arrives meanwhile queues for the next batch."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(tx: Tx) -> str:
+        holding.set()
+        release.wait(10)
+        return "held"
+
+    return hold, holding, release
+
+
 def test_one_failing_unit_rolls_back_alone_and_the_batch_commits(
     sqlite_factory: SqliteFactory,
 ) -> None:
@@ -40,12 +53,7 @@ def test_one_failing_unit_rolls_back_alone_and_the_batch_commits(
     db = Database(sqlite_factory.create())
     group = db.group
     assert group is not None
-    holding, release = threading.Event(), threading.Event()
-
-    def hold(tx: Tx) -> str:
-        holding.set()
-        release.wait(10)
-        return "held"
+    hold, holding, release = _holder()
 
     try:
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -77,12 +85,7 @@ def test_a_unit_cancelled_while_it_waits_is_skipped_and_the_writer_goes_on(
     db = Database(sqlite_factory.create())
     group = db.group
     assert group is not None
-    holding, release = threading.Event(), threading.Event()
-
-    def hold(tx: Tx) -> str:
-        holding.set()
-        release.wait(10)
-        return "held"
+    hold, holding, release = _holder()
 
     try:
         first = group.submit(hold)
