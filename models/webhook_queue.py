@@ -210,18 +210,18 @@ def fan_out(
     tx: Tx,
     now: datetime,
     *,
-    slots: int = 0,
-    room: dict[str, int] | None = None,
-    per_endpoint: int = 0,
-    lease: timedelta = timedelta(0),
+    slots: int,
+    room: dict[str, int],
+    per_endpoint: int,
+    lease: timedelta,
 ) -> tuple[int, list[Job]]:
     """Create the deliveries owed for new outbox events: how many, and the attempts leased
     at once (up to ``slots``, at most ``room.get(id, per_endpoint)`` per endpoint) so that a
-    fresh delivery is sent without a claim of its own."""
+    fresh delivery is sent without a claim of its own. The slots it leases are taken from
+    ``room``, so a claim after it in the same pass sees only the slots still free."""
     statement = _NEW_EVENTS.format(limit=FAN_OUT_EVENTS)
     if not tx.is_sqlite:
         statement += " FOR UPDATE OF w SKIP LOCKED"
-    left = dict(room or {})
     pending: list[tuple[Any, ...]] = []
     leased: list[tuple[Any, ...]] = []
     jobs: list[Job] = []
@@ -241,8 +241,8 @@ def fan_out(
         if type_ not in wanted:
             continue
         delivery_id = new_id("msg")
-        if len(jobs) < slots and left.setdefault(webhook_id, per_endpoint) > 0:
-            left[webhook_id] -= 1
+        if len(jobs) < slots and room.setdefault(webhook_id, per_endpoint) > 0:
+            room[webhook_id] -= 1
             token = secrets.token_hex(16)
             entries = [attempt_entry(1, IN_FLIGHT, now)]
             leased.append(

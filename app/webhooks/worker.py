@@ -240,22 +240,20 @@ class WebhookWorker:
     ) -> tuple[list[queue.Job], queue.Finished, bool]:
         finished = queue.finish(tx, results, now, schedule=self.config.schedule)
         lease = {"per_endpoint": self.config.per_endpoint, "lease": self.config.lease}
-        created, jobs = queue.fan_out(tx, now, slots=slots, room=room, **lease)
+        # An endpoint with every slot taken before this pass is not even read by the claim.
+        full = any(left <= 0 for left in room.values())
+        free = dict(room)
+        created, jobs = queue.fan_out(tx, now, slots=slots, room=free, **lease)
         behind = created > len(jobs)
         slots -= len(jobs)
         if slots > 0:
-            taken = dict(room)
-            for job in jobs:
-                taken[job.webhook_id] = taken.get(job.webhook_id, self.config.per_endpoint) - 1
-            claimed = queue.claim(tx, now, slots=slots, room=taken, **lease)
+            claimed = queue.claim(tx, now, slots=slots, room=free, **lease)
             # Due deliveries were waiting: more may be, behind this claim's slots.
             behind = behind or bool(claimed)
             jobs += claimed
         else:
             behind = True
-        # An endpoint with every slot taken is not even read by the claim: assume it is behind.
-        behind = behind or any(left <= 0 for left in room.values())
-        return jobs, finished, behind
+        return jobs, finished, behind or full
 
     @staticmethod
     def _results(
