@@ -17,6 +17,8 @@ from starlette.responses import JSONResponse, Response
 
 from models.clock import parse_rfc3339
 from models.errors import Invalid, Malformed, PayloadTooLarge
+from models.group import GroupWriter
+from models.sql import Tx
 
 MAX_BODY = 64 * 1024
 DEFAULT_LIMIT = 50
@@ -181,9 +183,23 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return await loop.run_in_executor(_WORKERS, context.run, partial(fn, *args, **kwargs))
     except DataError as exc:
-        # The database refused a value the checks let through (a NUL character in a string,
-        # an integer past a column's range): bad input, rolled back with its transaction.
-        raise Invalid("a value contains a NUL character or is out of range") from exc
+        raise _refused_value(exc) from exc
+
+
+async def in_writer(group: GroupWriter, work: Callable[[Tx], T]) -> T:
+    """``work(tx)`` in the next batch of SQLite's group commit, awaited from the event loop
+    itself: the writer thread settles the future, so the request takes no worker thread and
+    no second hop (a thread waiting on the writer would cost both)."""
+    try:
+        return await asyncio.wrap_future(group.submit(work))
+    except DataError as exc:
+        raise _refused_value(exc) from exc
+
+
+def _refused_value(exc: DataError) -> Invalid:
+    # The database refused a value the checks let through (a NUL character in a string,
+    # an integer past a column's range): bad input, rolled back with its transaction.
+    return Invalid("a value contains a NUL character or is out of range")
 
 
 def client_address(request: Request) -> str:

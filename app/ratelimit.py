@@ -7,11 +7,12 @@ count survives the refusal it accompanies.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Protocol, TypeVar
 
+from app.http import in_thread
 from app.state import AppState
 from models import ratelimit
 from models.errors import DomainError, NotFound
@@ -83,13 +84,8 @@ def limited(
     ``lookup(check)`` calls ``check(tx)`` on its own connection before it looks the code up
     (refused with 429 while over the limit), and a NotFound for ``field``, raised or carried
     as the result's ``error`` (a refusal stored under an Idempotency-Key), counts a failure."""
-    limits = _limits(state)
-
-    def check_on(tx: Tx) -> None:
-        ratelimit.check(tx, account_id, client, limits)
-
     try:
-        result = lookup(check_on)
+        result = lookup(_check_on(state, account_id, client))
     except NotFound as exc:
         if exc.field == field:
             record_failure(state, account_id, client)
@@ -97,6 +93,35 @@ def limited(
     if is_unknown_code(result.error, field):
         record_failure(state, account_id, client)
     return result
+
+
+async def limited_on_loop(
+    state: AppState,
+    account_id: str,
+    client: str,
+    lookup: Callable[[Check], Awaitable[L]],
+    field: str,
+) -> L:
+    """:func:`limited` for a lookup the event loop awaits (SQLite's group commit); a failure
+    is counted in a worker thread, since its write would block the loop."""
+    try:
+        result = await lookup(_check_on(state, account_id, client))
+    except NotFound as exc:
+        if exc.field == field:
+            await in_thread(record_failure, state, account_id, client)
+        raise
+    if is_unknown_code(result.error, field):
+        await in_thread(record_failure, state, account_id, client)
+    return result
+
+
+def _check_on(state: AppState, account_id: str, client: str) -> Check:
+    limits = _limits(state)
+
+    def check_on(tx: Tx) -> None:
+        ratelimit.check(tx, account_id, client, limits)
+
+    return check_on
 
 
 def _limits(state: AppState) -> ratelimit.Limits:

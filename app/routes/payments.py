@@ -84,7 +84,12 @@ async def create_payment(request: Request) -> Response:
         return service.pay(state, payer, key.get(), body.get(), client)
 
     async with state.admission.slot():
-        result = await as_user(request, pay)
+        if state.db.is_sqlite:
+            who = await require_user(request)
+            payer = Party(who.account_id, who.handle, who.display_name)
+            result = await service.pay_in_group(state, payer, key.get(), body.get(), client)
+        else:
+            result = await as_user(request, pay)
     observability.record_committed(result.events)
     await state.publish(result.events)
     return ok(result.body, result.status_code)

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from app.errors import error_body, status_of
+from app.http import in_writer
 from app.state import AppState
 from models import idempotency
 from models.errors import DomainError
@@ -37,6 +38,7 @@ class Result:
 
 
 Operation = Callable[[Any], tuple[int, Any, list[Published]]]
+Check = Callable[[Tx], None]
 
 
 def _unit(state: AppState, raw: bool) -> AbstractContextManager[Session | Tx]:
@@ -77,16 +79,56 @@ def run(
     raise AssertionError("unreachable")
 
 
-def _effect(operation: Operation, tx: Tx) -> Result:
+async def run_in_group(
+    state: AppState,
+    account_id: str,
+    scope: str,
+    key: str | None,
+    request_body: Any,
+    operation: Operation,
+    *,
+    before: Check | None = None,
+) -> Result:
+    """``run(..., raw=True)`` on SQLite, awaited on the event loop: the unit goes to the group
+    writer from the loop and its future is settled there, with no worker thread between.
+    ``before`` (the limiter's check) runs first in the unit, outside the key's bookkeeping:
+    a 429 is never stored under the key."""
+    group = state.db.group
+    if key is None:
+        return await in_writer(group, partial(_effect, operation, before=before))
+    fingerprint = idempotency.request_fingerprint(request_body)
+    work = partial(_grouped, account_id, scope, key, fingerprint, operation, before=before)
+    for attempt in range(3):
+        try:
+            return await in_writer(group, work)
+        except IntegrityError:
+            # As in ``run``: the retry sees the winner's stored response.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _effect(operation: Operation, tx: Tx, *, before: Check | None = None) -> Result:
+    if before is not None:
+        before(tx)
     status_code, body, events = operation(tx)
     return Result(status_code, body, events)
 
 
 def _grouped(
-    account_id: str, scope: str, key: str, fingerprint: str, operation: Operation, tx: Tx
+    account_id: str,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    operation: Operation,
+    tx: Tx,
+    *,
+    before: Check | None = None,
 ) -> Result:
     """``_run_once`` as one unit of a group commit: the effect in a savepoint of its own, so
     a refusal rolls back only the effect and is recorded under the key in the same batch."""
+    if before is not None:
+        before(tx)
     stored = idempotency.begin(tx, account_id, scope, key, fingerprint)
     if stored is not None:
         return Result(stored.status_code, stored.body)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session
 
 from app import ratelimit
+from app.http import in_thread
 from app.services import idempotent
 from app.settings import Settings
 from app.state import AppState
@@ -41,13 +42,20 @@ def _signer_key(state: AppState) -> tuple[str, str | None]:
     return (state.db.url, state.settings.receipt_key)
 
 
+def _cached_signer(state: AppState) -> receipts.Signer | None:
+    cached = _signers.get(_signer_key(state))
+    if cached is not None and time.monotonic() - cached[0] < SIGNER_TTL:
+        return cached[1]
+    return None
+
+
 def _signer(state: AppState) -> receipts.Signer:
     """The cached signer; past its TTL it is read again in a transaction of its own, before the
     payment's (SQLite has one writer connection, which the payment is about to take)."""
+    cached = _cached_signer(state)
+    if cached is not None:
+        return cached
     key = _signer_key(state)
-    cached = _signers.get(key)
-    if cached is not None and time.monotonic() - cached[0] < SIGNER_TTL:
-        return cached[1]
     with state.db.write() as session:
         signer = receipts.current_signer(session, state.settings.receipt_key)
     with _signers_lock:
@@ -55,15 +63,42 @@ def _signer(state: AppState) -> receipts.Signer:
     return signer
 
 
+def _context(state: AppState, signer: receipts.Signer) -> payments.Context:
+    return payments.Context(
+        currency=state.settings.currency, public_url=state.settings.public_url, signer=signer
+    )
+
+
+async def pay_in_group(
+    state: AppState, payer: Party, key: str | None, body: dict[str, Any], client: str
+) -> idempotent.Result:
+    """``pay`` on SQLite, from the event loop straight into the group commit: the limiter's
+    check, the key's lookup, the money movement and the key's record are one unit of the
+    writer's batch, and the loop awaits its future. Only the rare blocking steps (a signer past
+    its TTL, counting an unknown code) take a worker thread."""
+    signer = _cached_signer(state) or await in_thread(_signer, state)
+    ctx = _context(state, signer)
+
+    def operation(tx: Tx) -> tuple[int, Any, list[Published]]:
+        view, events = payments.pay(tx, payer, body, ctx)
+        return 201, view, events
+
+    def run(check: ratelimit.Check | None) -> Awaitable[idempotent.Result]:
+        return idempotent.run_in_group(
+            state, payer.id, "payments", key, body, operation, before=check
+        )
+
+    if body.get("code") is None:
+        return await run(None)
+    # Paying by code is a lookup too: guesses through it are limited like /scan.
+    return await ratelimit.limited_on_loop(state, payer.id, client, run, "code")
+
+
 def pay(
     state: AppState, payer: Party, key: str | None, body: dict[str, Any], client: str
 ) -> idempotent.Result:
     caller_id = payer.id
-    ctx = payments.Context(
-        currency=state.settings.currency,
-        public_url=state.settings.public_url,
-        signer=_signer(state),
-    )
+    ctx = _context(state, _signer(state))
 
     def operation(tx: Tx) -> tuple[int, Any, list[Published]]:
         view, events = payments.pay(tx, payer, body, ctx)
