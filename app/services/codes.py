@@ -19,14 +19,27 @@ def _presentation(state: AppState) -> dict[str, str]:
     return {"public_url": state.settings.public_url, "currency": state.settings.currency}
 
 
-def create(
-    state: AppState, caller_id: str, body: dict[str, Any], key: str | None
-) -> idempotent.Result:
+def _issuing(state: AppState, caller_id: str, body: dict[str, Any]) -> idempotent.Operation:
     def operation(tx: Tx) -> tuple[int, Any, list[Published]]:
         view, events = codes.issue(tx, caller_id, body, **_presentation(state))
         return 201, view, events
 
+    return operation
+
+
+def create(
+    state: AppState, caller_id: str, body: dict[str, Any], key: str | None
+) -> idempotent.Result:
+    operation = _issuing(state, caller_id, body)
     return idempotent.run(state, caller_id, CREATE_SCOPE, key, body, operation, raw=True)
+
+
+async def create_in_group(
+    state: AppState, caller_id: str, body: dict[str, Any], key: str | None
+) -> idempotent.Result:
+    """``create`` on SQLite, from the event loop straight into the group commit."""
+    operation = _issuing(state, caller_id, body)
+    return await idempotent.run_in_group(state, caller_id, CREATE_SCOPE, key, body, operation)
 
 
 def get(state: AppState, caller_id: str, code_id: str) -> dict[str, Any]:
