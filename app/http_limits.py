@@ -2,13 +2,19 @@
 protocol, which has none of its own: llhttp buffers a header of any length, so one client could
 make the process hold megabytes per connection. Past the cap the client gets 431 with the
 API's error body and the connection is closed; the process keeps serving everyone else.
+
+The same protocol class is where each request's response cycle is given the connection's
+one-write transport (``app/one_write.py``): head and body leave in one write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.one_write import HeadWithBody
 
 # Request line plus every header, in bytes: nginx's default (4 buffers of 8 KiB) with room.
 MAX_HEAD_BYTES = 32 * 1024
@@ -68,7 +74,16 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             # The parser reports this as a callback error, which uvicorn answers through
             # send_400_response: that is where the 431 goes out instead.
             raise HeadTooLarge(size)
+        existing = self.cycle
         super().on_headers_complete()
+        if self.cycle is not existing:
+            # A new request's cycle (an upgrade to WebSocket makes none); its task has not
+            # run yet, so every write of its response goes through the one-write transport.
+            self.cycle.transport = self._response_transport  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._response_transport = HeadWithBody(transport, self.loop)
 
     def send_400_response(self, msg: str) -> None:
         if self._refused:
