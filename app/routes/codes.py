@@ -22,7 +22,6 @@ from app.http import (
     read_json_later,
 )
 from app.services import codes as service
-from app.services import idempotent
 from app.state import state_of
 from models.codes import STATUSES
 from models.idempotency import validate_key
@@ -37,20 +36,10 @@ async def create_code(request: Request) -> Response:
     key = later(validate_key, request.headers.get("idempotency-key"))
     body = await read_json_later(request)
     state = state_of(request)
-
-    def create(who: Principal) -> idempotent.Result:
-        idempotency_key = key.get()
-        return service.create(state, who.account_id, body.get(), idempotency_key)
-
     async with state.admission.slot():
-        if state.db.is_sqlite:
-            who = await require_user(request)
-            idempotency_key = key.get()
-            result = await service.create_in_group(
-                state, who.account_id, body.get(), idempotency_key
-            )
-        else:
-            result = await as_user(request, create)
+        who = await require_user(request)
+        idempotency_key = key.get()
+        result = await service.create(state, who.account_id, body.get(), idempotency_key)
     await state.publish(result.events)
     return ok(result.body, result.status_code)
 

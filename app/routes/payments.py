@@ -75,21 +75,15 @@ async def create_payment(request: Request) -> Response:
     key = later(_idempotency_key, request)
     body = await read_json_later(request)
     state = state_of(request)
-    client = client_address(request)
-
-    def pay(who: Principal) -> idempotent.Result:
-        # The order of the checks is the order of the answers: key, body, then (in the
-        # service) the limiter of a payment by code.
-        payer = Party(who.account_id, who.handle, who.display_name)
-        return service.pay(state, payer, key.get(), body.get(), client)
-
     async with state.admission.slot():
-        if state.db.is_sqlite:
-            who = await require_user(request)
-            payer = Party(who.account_id, who.handle, who.display_name)
-            result = await service.pay_in_group(state, payer, key.get(), body.get(), client)
-        else:
-            result = await as_user(request, pay)
+        who = await require_user(request)
+        payer = Party(who.account_id, who.handle, who.display_name)
+        # The order of the checks is the order of the answers: token, key, body, then (in
+        # the service) the limiter of a payment by code.
+        idempotency_key = key.get()
+        result = await service.pay(
+            state, payer, idempotency_key, body.get(), client_address(request)
+        )
     observability.record_committed(result.events)
     await state.publish(result.events)
     return ok(result.body, result.status_code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app import render
+from app.http import in_thread
 from app.services import idempotent
 from app.state import AppState
 from models import codes, shortcodes
@@ -27,19 +28,17 @@ def _issuing(state: AppState, caller_id: str, body: dict[str, Any]) -> idempoten
     return operation
 
 
-def create(
+async def create(
     state: AppState, caller_id: str, body: dict[str, Any], key: str | None
 ) -> idempotent.Result:
+    """A code under its ``Idempotency-Key``: on SQLite from the event loop straight into the
+    group commit, on PostgreSQL in one worker-thread hop."""
     operation = _issuing(state, caller_id, body)
-    return idempotent.run(state, caller_id, CREATE_SCOPE, key, body, operation, raw=True)
-
-
-async def create_in_group(
-    state: AppState, caller_id: str, body: dict[str, Any], key: str | None
-) -> idempotent.Result:
-    """``create`` on SQLite, from the event loop straight into the group commit."""
-    operation = _issuing(state, caller_id, body)
-    return await idempotent.run_in_group(state, caller_id, CREATE_SCOPE, key, body, operation)
+    if state.db.is_sqlite:
+        return await idempotent.run_in_group(state, caller_id, CREATE_SCOPE, key, body, operation)
+    return await in_thread(
+        idempotent.run, state, caller_id, CREATE_SCOPE, key, body, operation, raw=True
+    )
 
 
 def get(state: AppState, caller_id: str, code_id: str) -> dict[str, Any]:

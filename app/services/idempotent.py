@@ -56,20 +56,15 @@ def run(
     *,
     raw: bool = False,
 ) -> Result:
-    """``operation`` gets a :class:`Tx` when ``raw``, else a SQLModel session. A raw
-    operation on SQLite joins the process's group commit (``models/group.py``)."""
-    group = state.db.group if raw else None
+    """``operation`` gets a :class:`Tx` when ``raw``, else a SQLModel session; run in a
+    worker thread. (On SQLite the hot paths' raw operations take :func:`run_in_group`.)"""
     if key is None:
-        if group is not None:
-            return group.run(partial(_effect, operation))
         with _unit(state, raw) as work:
             status_code, body, events = operation(work)
             return Result(status_code, body, events)
     fingerprint = idempotency.request_fingerprint(request_body)
     for attempt in range(3):
         try:
-            if group is not None:
-                return group.run(partial(_grouped, account_id, scope, key, fingerprint, operation))
             return _run_once(state, account_id, scope, key, fingerprint, operation, raw)
         except IntegrityError:
             # Lost the race for the key (or another unique key): the retry sees the winner's
@@ -89,11 +84,12 @@ async def run_in_group(
     *,
     before: Check | None = None,
 ) -> Result:
-    """``run(..., raw=True)`` on SQLite, awaited on the event loop: the unit goes to the group
+    """A raw operation on SQLite, awaited on the event loop: the unit goes to the group
     writer from the loop and its future is settled there, with no worker thread between.
     ``before`` (the limiter's check) runs first in the unit, outside the key's bookkeeping:
     a 429 is never stored under the key."""
     group = state.db.group
+    assert group is not None, "the group commit is SQLite's"
     if key is None:
         return await in_writer(group, partial(_effect, operation, before=before))
     fingerprint = idempotency.request_fingerprint(request_body)

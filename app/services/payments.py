@@ -69,13 +69,18 @@ def _context(state: AppState, signer: receipts.Signer) -> payments.Context:
     )
 
 
-async def pay_in_group(
+async def pay(
     state: AppState, payer: Party, key: str | None, body: dict[str, Any], client: str
 ) -> idempotent.Result:
-    """``pay`` on SQLite, from the event loop straight into the group commit: the limiter's
-    check, the key's lookup, the money movement and the key's record are one unit of the
-    writer's batch, and the loop awaits its future. Only the rare blocking steps (a signer past
-    its TTL, counting an unknown code) take a worker thread."""
+    """A payment under its ``Idempotency-Key``, limited like /scan when it names a code.
+
+    SQLite: from the event loop straight into the group commit; the limiter's check, the
+    key's lookup, the money movement and the key's record are one unit of the writer's batch,
+    and the loop awaits its future. PostgreSQL: one worker-thread hop for the function call
+    that does the locked part in the server. Only the rare blocking steps on SQLite (a signer
+    past its TTL, counting an unknown code) take a worker thread."""
+    if not state.db.is_sqlite:
+        return await in_thread(_pay_in_server, state, payer, key, body, client)
     signer = _cached_signer(state) or await in_thread(_signer, state)
     ctx = _context(state, signer)
 
@@ -94,35 +99,22 @@ async def pay_in_group(
     return await ratelimit.limited_on_loop(state, payer.id, client, run, "code")
 
 
-def pay(
+def _pay_in_server(
     state: AppState, payer: Party, key: str | None, body: dict[str, Any], client: str
 ) -> idempotent.Result:
-    caller_id = payer.id
     ctx = _context(state, _signer(state))
-
-    def operation(tx: Tx) -> tuple[int, Any, list[Published]]:
-        view, events = payments.pay(tx, payer, body, ctx)
-        return 201, view, events
 
     def in_server(tx: Tx, claim: Claim | None) -> tuple[int, Any, list[Published]]:
         return payments.pay_in_server(tx, payer, body, ctx, claim)
 
     def run(check: ratelimit.Check | None) -> idempotent.Result:
-        if state.db.is_sqlite:
-            # No network between SQLite and the process: its transaction stays here, and the
-            # limiter reads on the read pool, not under the write lock.
-            if check is not None:
-                with state.db.raw_read() as tx:
-                    check(tx)
-            return idempotent.run(state, caller_id, "payments", key, body, operation, raw=True)
         return idempotent.run_in_server(
-            state, caller_id, "payments", key, body, in_server, before=check
+            state, payer.id, "payments", key, body, in_server, before=check
         )
 
     if body.get("code") is None:
         return run(None)
-    # Paying by code is a lookup too: guesses through it are limited like /scan.
-    return ratelimit.limited(state, caller_id, client, run, "code")
+    return ratelimit.limited(state, payer.id, client, run, "code")
 
 
 def refund(

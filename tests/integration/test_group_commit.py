@@ -134,3 +134,49 @@ def test_a_refused_payment_in_a_batch_leaves_the_others_paid(
         assert api.get("/me", poor).json()["balance"] == 10
         replay = pay(poor, "k6")
         assert replay.status_code == 409 and replay.json() == answers[6].json()
+
+
+def test_a_sale_on_sqlite_goes_from_the_event_loop_to_the_writer_without_a_worker_thread(
+    sqlite_factory: SqliteFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the caller's token known, a dynamic code and its payment (with an
+    Idempotency-Key, by code, so the limiter is consulted) are each one unit of the group
+    commit handed over by the event loop: no request of the sale enters the worker threads."""
+    from app import http
+
+    settings = Settings(database_url=sqlite_factory.create(), admin_token=ADMIN_TOKEN)
+    with TestClient(create_app(settings, migrate_schema=False)) as client:
+        api = Api(client, ADMIN_TOKEN)
+        payee, agent, payer = api.user(), api.user(), api.user(funds=5000)
+        agency = api.agency(payee, agent)
+        # Each caller's token read once, into the cache.
+        for who in (payee, agent, payer):
+            assert api.get("/me", who).status_code == 200
+        group = client.app.state.paycode.db.group  # type: ignore[attr-defined]
+        units_before = group.units
+        hops: list[Any] = []
+        submit = http._WORKERS.submit
+
+        def counted(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            hops.append(args)
+            return submit(fn, *args, **kwargs)
+
+        monkeypatch.setattr(http._WORKERS, "submit", counted)
+        code = api.code(agent, agency["id"])
+        paid = api.post(
+            "/payments",
+            payer,
+            json={"code": code["token"]},
+            headers={"Idempotency-Key": "sale-1"},
+        )
+        assert paid.status_code == 201, paid.text
+        assert hops == []
+        assert group.units == units_before + 2
+        replay = api.post(
+            "/payments",
+            payer,
+            json={"code": code["token"]},
+            headers={"Idempotency-Key": "sale-1"},
+        )
+        assert replay.status_code == 201 and replay.json() == paid.json()
+        assert hops == []
