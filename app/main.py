@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
-from app import errors, observability, openapi
+from app import errors, gc_policy, observability, openapi
 from app.admission import Admission
 from app.http import in_thread
 from app.purge import Purge
@@ -164,5 +164,8 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
 
 
 def app_from_env() -> Starlette:
-    """Factory for uvicorn workers: settings come from the environment set by ``paycode serve``."""
-    return create_app(migrate_schema=False)
+    """Factory for uvicorn workers: settings come from the environment set by ``paycode serve``.
+    The process serves from here on, so its collector is settled for serving."""
+    app = create_app(migrate_schema=False)
+    gc_policy.settle()
+    return app
