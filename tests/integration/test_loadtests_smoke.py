@@ -97,6 +97,24 @@ def test_bench_quick_writes_complete_sane_results(tmp_path: Path) -> None:
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_compare_measures_each_tree_in_each_round(tmp_path: Path) -> None:
+    """``compare`` runs the given checkout's server for every round and reports the floor's
+    saturation and each offered rate, with every confirmation delivered in seq order."""
+    out = tmp_path / "runs.json"
+    args = ["--trees", str(ROOT), "--rounds", "2", "--seconds", "2", "--warmup", "1"]
+    args += ["--shops", "4", "--rates", "20", "--out", str(out)]
+    done = _run(["loadtests.compare", *args], 180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = json.loads(out.read_text())
+    assert [run["round"] for run in runs] == [0, 1]
+    for run in runs:
+        assert run["tree"] == str(ROOT)
+        assert run["saturation"]["payments_per_s"] > 0 and run["saturation"]["cpu_ms"] > 0
+        (rate,) = run["rates"]
+        assert rate["offered"] == 20 and rate["done_per_s"] > 0 and rate["p99_ms"] > 0
+        assert run["seq_faults"] == {"gaps": 0, "duplicates": 0, "reconnects": 0}
+
+
 def test_bare_shop_sells_with_ordered_frames_and_refuses_bad_input(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,0 +1,117 @@
+"""Before/after on one machine: paycode trees (checkouts of two commits, e.g. made with
+``git worktree add``) in alternating rounds on SQLite + memory, so that the machine's drift
+touches every tree alike.
+
+    python -m loadtests.compare --trees ../before . --rounds 2 --seconds 10 --rates 200 400 600
+
+Each round starts each tree's server in turn (``python -m app.cli serve`` run from that
+tree) on a fresh database and measures the 100-shop floor of ``loadtests.mall`` (3 devices per
+account): its saturation, then each offered rate; with ``--sale``, the 32-counter sale of
+``loadtests.sales`` too. Reported per run: payments/s, server CPU per payment, the
+confirmation p50/p99/max and the 503s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loadtests import mall, servers
+from loadtests.bench import CpuWatch, backing, shop_floor
+from loadtests.sales import saturate as sale_saturate
+
+
+def _latency(result: dict[str, Any]) -> dict[str, Any]:
+    confirmed = result["confirmation_every_device"]
+    return {
+        "p50_ms": confirmed["p50_ms"],
+        "p99_ms": confirmed["p99_ms"],
+        "max_ms": confirmed["max_ms"],
+        "refused": result["refused"],
+    }
+
+
+async def measure(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
+    servers.ROOT = tree
+    out: dict[str, Any] = {"tree": str(tree)}
+    with tempfile.TemporaryDirectory() as scratch:
+        logs = Path(scratch)
+        with backing("sqlite", "memory", logs) as (db_url, broker_url):
+            server = servers.start_paycode(db_url, broker_url, 1, logs)
+            try:
+                built = await mall.build(server.host, server.port, args.shops, 3)
+                floor = mall.MallFloor(server.host, server.port, built)
+                await floor.open()
+                try:
+                    await mall.saturate(floor, args.warmup)
+                    with CpuWatch(server) as cpu:
+                        saturation = await mall.saturate(floor, args.seconds)
+                    out["saturation"] = {
+                        "payments_per_s": saturation["payments_per_s"],
+                        "cpu_ms": cpu.per_operation_ms(saturation["completed"]),
+                        **_latency(saturation),
+                    }
+                    out["rates"] = []
+                    for rate in args.rates:
+                        with CpuWatch(server) as cpu:
+                            result = await mall.offered(floor, rate, args.seconds)
+                        done = result["completed"]
+                        out["rates"].append(
+                            {
+                                "offered": rate,
+                                "done_per_s": round(done / args.seconds, 1),
+                                "cpu_ms": cpu.per_operation_ms(done),
+                                **_latency(result),
+                            }
+                        )
+                    out["seq_faults"] = floor.seq_faults()
+                finally:
+                    await floor.close()
+                if args.sale:
+                    async with shop_floor(server, 32) as sale_floor:
+                        await sale_saturate(sale_floor, args.warmup)
+                        with CpuWatch(server) as cpu:
+                            sale = await sale_saturate(sale_floor, args.seconds)
+                        out["sale_32"] = {
+                            "payments_per_s": sale["payments_per_s"],
+                            "cpu_ms": cpu.per_operation_ms(sale["completed"]),
+                        }
+            finally:
+                server.stop()
+    return out
+
+
+async def main_async(args: argparse.Namespace, trees: list[Path]) -> list[dict[str, Any]]:
+    runs = []
+    for round_no in range(args.rounds):
+        for tree in trees:
+            run = await measure(tree, args)
+            run["round"] = round_no
+            print(json.dumps(run), flush=True)
+            runs.append(run)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="loadtests.compare", description=__doc__)
+    parser.add_argument("--trees", nargs="+", required=True, help="paycode checkouts")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10.0, help="each phase")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--shops", type=int, default=100)
+    parser.add_argument("--rates", type=float, nargs="*", default=[200.0, 400.0, 600.0])
+    parser.add_argument("--sale", action="store_true", help="the 32-counter sale too")
+    parser.add_argument("--out", help="write every run here as JSON")
+    args = parser.parse_args(argv)
+    runs = asyncio.run(main_async(args, [Path(tree).resolve() for tree in args.trees]))
+    if args.out:
+        Path(args.out).write_text(json.dumps(runs, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
