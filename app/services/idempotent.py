@@ -22,6 +22,7 @@ from sqlmodel import Session
 
 from app.errors import error_body, status_of
 from app.http import in_writer
+from app.ratelimit import Check
 from app.state import AppState
 from models import idempotency
 from models.errors import DomainError
@@ -38,7 +39,6 @@ class Result:
 
 
 Operation = Callable[[Any], tuple[int, Any, list[Published]]]
-Check = Callable[[Tx], None]
 
 
 def _unit(state: AppState, raw: bool) -> AbstractContextManager[Session | Tx]:
@@ -153,7 +153,7 @@ def run_in_server(
     request_body: Any,
     operation: Callable[[Tx, idempotency.Claim | None], tuple[int, Any, list[Published]]],
     *,
-    before: Callable[[Tx], None] | None = None,
+    before: Check | None = None,
 ) -> Result:
     """``run`` for an operation whose write, the key's record included, is one call that does
     everything inside the database (PostgreSQL). ``before`` (the limiter's check) runs first,
@@ -178,7 +178,7 @@ def _run_in_server_once(
     state: AppState,
     claim: idempotency.Claim | None,
     operation: Callable[[Tx, idempotency.Claim | None], tuple[int, Any, list[Published]]],
-    before: Callable[[Tx], None] | None,
+    before: Check | None,
 ) -> Result:
     with state.db.autocommit() as tx:
         if before is not None:
