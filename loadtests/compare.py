@@ -20,66 +20,60 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from loadtests import mall, servers
-from loadtests.bench import CpuWatch, backing, shop_floor
-from loadtests.sales import saturate as sale_saturate
+from loadtests import servers
+from loadtests.bench import backing, mall_phase, saturation_of, shop_floor
 
 
-def _latency(result: dict[str, Any]) -> dict[str, Any]:
-    confirmed = result["confirmation_every_device"]
+def _summary(phase: dict[str, Any]) -> dict[str, Any]:
+    confirmed = phase["confirmation_every_device"]
     return {
+        "cpu_ms": phase["server_cpu_ms_per_payment"],
         "p50_ms": confirmed["p50_ms"],
         "p99_ms": confirmed["p99_ms"],
         "max_ms": confirmed["max_ms"],
-        "refused": result["refused"],
+        "refused": phase["refused"],
     }
 
 
 async def measure(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     servers.ROOT = tree
     out: dict[str, Any] = {"tree": str(tree)}
+    # The floor as `make bench` measures it, with this tool's phase lengths and rates.
+    floor_args = argparse.Namespace(
+        shops=args.shops,
+        shop_devices=3,
+        warmup=args.warmup,
+        seconds=args.seconds,
+        rate_seconds=args.seconds,
+        shop_rates=args.rates,
+    )
     with tempfile.TemporaryDirectory() as scratch:
         logs = Path(scratch)
         with backing("sqlite", "memory", logs) as (db_url, broker_url):
             server = servers.start_paycode(db_url, broker_url, 1, logs)
             try:
-                built = await mall.build(server.host, server.port, args.shops, 3)
-                floor = mall.MallFloor(server.host, server.port, built)
-                await floor.open()
-                try:
-                    await mall.saturate(floor, args.warmup)
-                    with CpuWatch(server) as cpu:
-                        saturation = await mall.saturate(floor, args.seconds)
-                    out["saturation"] = {
-                        "payments_per_s": saturation["payments_per_s"],
-                        "cpu_ms": cpu.per_operation_ms(saturation["completed"]),
-                        **_latency(saturation),
+                shops = await mall_phase(server, floor_args)
+                saturation = shops["saturation"]
+                out["saturation"] = {
+                    "payments_per_s": saturation["payments_per_s"],
+                    **_summary(saturation),
+                }
+                out["rates"] = [
+                    {
+                        "offered": rate,
+                        "done_per_s": round(phase["completed"] / args.seconds, 1),
+                        **_summary(phase),
                     }
-                    out["rates"] = []
-                    for rate in args.rates:
-                        with CpuWatch(server) as cpu:
-                            result = await mall.offered(floor, rate, args.seconds)
-                        done = result["completed"]
-                        out["rates"].append(
-                            {
-                                "offered": rate,
-                                "done_per_s": round(done / args.seconds, 1),
-                                "cpu_ms": cpu.per_operation_ms(done),
-                                **_latency(result),
-                            }
-                        )
-                    out["seq_faults"] = floor.seq_faults()
-                finally:
-                    await floor.close()
+                    for rate, phase in zip(args.rates, shops["rates"], strict=True)
+                ]
+                out["seq_faults"] = shops["seq_faults"]
                 if args.sale:
                     async with shop_floor(server, 32) as sale_floor:
-                        await sale_saturate(sale_floor, args.warmup)
-                        with CpuWatch(server) as cpu:
-                            sale = await sale_saturate(sale_floor, args.seconds)
-                        out["sale_32"] = {
-                            "payments_per_s": sale["payments_per_s"],
-                            "cpu_ms": cpu.per_operation_ms(sale["completed"]),
-                        }
+                        sale = await saturation_of(sale_floor, server, args)
+                    out["sale_32"] = {
+                        "payments_per_s": sale["payments_per_s"],
+                        "cpu_ms": sale["server_cpu_ms_per_payment"],
+                    }
             finally:
                 server.stop()
     return out
