@@ -43,14 +43,11 @@ class GroupWriter:
         self.batches = 0
         self.units = 0
 
-    def run(self, work: Callable[[Tx], T]) -> T:
-        """``work(tx)`` in the next batch; its result once the batch has committed, or the
-        error it raised (its own effects rolled back, the others' kept)."""
-        return self.submit(work).result()
-
     def submit(self, work: Callable[[Tx], T]) -> Future[T]:
-        """``run`` without waiting: the future is settled once the batch has committed (an
-        event loop awaits it through ``asyncio.wrap_future``, with no thread of its own)."""
+        """``work(tx)`` in the next batch. The future is settled once the batch has committed,
+        with the unit's result or the error it raised (its own effects rolled back, the
+        others' kept); an event loop awaits it through ``asyncio.wrap_future``, with no thread
+        of its own."""
         self._ensure_started()
         done: Future[T] = Future()
         self._queue.put((work, done))

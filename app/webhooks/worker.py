@@ -28,7 +28,7 @@ from functools import partial
 from typing import TypeVar
 
 from app import observability
-from app.http import in_thread
+from app.http import in_thread, in_writer
 from app.settings import Settings
 from app.webhooks import signing
 from app.webhooks.addresses import Resolver, system_resolver
@@ -222,7 +222,7 @@ class WebhookWorker:
             return [], queue.Finished([], []), False
         work = partial(self._write, self._results(done), now, slots, room)
         if self.db.group is not None:
-            return await asyncio.wrap_future(self.db.group.submit(work))
+            return await in_writer(self.db.group, work)
         return await in_thread(self._unit, work)
 
     def _unit(self, work: Callable[[Tx], T]) -> T:

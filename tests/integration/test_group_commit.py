@@ -56,18 +56,17 @@ def test_one_failing_unit_rolls_back_alone_and_the_batch_commits(
     hold, holding, release = _holder()
 
     try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            first = pool.submit(group.run, hold)
-            assert holding.wait(10)
-            others = [pool.submit(group.run, _insert(n)) for n in ("ok1", "bad", "ok2")]
-            while group._queue.qsize() < 3:
-                release.wait(0.01)
-            release.set()
-            assert first.result(10) == "held"
-            assert others[0].result(10) == "ok1"
-            with pytest.raises(ValueError, match="bad"):
-                others[1].result(10)
-            assert others[2].result(10) == "ok2"
+        first = group.submit(hold)
+        assert holding.wait(10)
+        others = [group.submit(_insert(n)) for n in ("ok1", "bad", "ok2")]
+        while group._queue.qsize() < 3:
+            release.wait(0.01)
+        release.set()
+        assert first.result(10) == "held"
+        assert others[0].result(10) == "ok1"
+        with pytest.raises(ValueError, match="bad"):
+            others[1].result(10)
+        assert others[2].result(10) == "ok2"
         assert group.batches == 2 and group.units == 4
         with db.raw_read() as tx:
             rows = tx.all("SELECT id FROM lookup_failure ORDER BY id")
@@ -96,7 +95,7 @@ def test_a_unit_cancelled_while_it_waits_is_skipped_and_the_writer_goes_on(
         release.set()
         assert first.result(10) == "held"
         assert kept.result(10) == "kept"
-        assert group.run(_insert("after")) == "after"
+        assert group.submit(_insert("after")).result(10) == "after"
         with db.raw_read() as tx:
             rows = tx.all("SELECT id FROM lookup_failure ORDER BY id")
         assert rows == [("after",), ("kept",)]
