@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic_core import from_json, to_json
 from sqlalchemy.exc import DataError
+from sqlalchemy.util import greenlet_spawn
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -192,6 +193,17 @@ async def in_writer(group: GroupWriter, work: Callable[[Tx], T]) -> T:
     no second hop (a thread waiting on the writer would cost both)."""
     try:
         return await asyncio.wrap_future(group.submit(work))
+    except DataError as exc:
+        raise _refused_value(exc) from exc
+
+
+async def on_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking-style database code on the event loop: in a greenlet whose driver waits
+    (a ``Database.autocommit_on_loop`` unit's) are awaits, so the request takes no worker
+    thread and never waits for the GIL behind the loop. ``fn`` must do no other blocking I/O:
+    the loop stops while it runs."""
+    try:
+        return await greenlet_spawn(fn, *args)
     except DataError as exc:
         raise _refused_value(exc) from exc
 

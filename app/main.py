@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             await purger.stop()
             await relay.stop()
             await hub.stop()
+            await db.dispose_loop_engine()
             db.dispose()
             observability.process_exiting()
 

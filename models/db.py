@@ -3,8 +3,9 @@
 SQLite: WAL, a busy timeout, foreign keys on, and write transactions opened with
 ``BEGIN IMMEDIATE`` on a single pooled connection, so writers queue in the pool instead of
 spinning on SQLite's busy handler. Reads use their own pool and never block on writers.
-PostgreSQL: one pool; writers lock the rows they change (``SELECT … FOR NO KEY UPDATE``) in
-ascending id order.
+PostgreSQL: one pool for worker threads; writers lock the rows they change (``SELECT … FOR
+NO KEY UPDATE``) in ascending id order. A second pool, of the same driver in its asyncio mode,
+serves the payment on the event loop itself (:meth:`Database.autocommit_on_loop`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
@@ -72,6 +74,7 @@ class Database:
         self.pool_size = pool_size
         # The group commit of the hot path's writes (SQLite only: there is one writer anyway).
         self.group: GroupWriter | None = None
+        self.loop_engine: AsyncEngine | None = None
         if self.dialect == "sqlite":
             self.writer = _sqlite_engine(
                 self.url, immediate=True, pool_size=1, pool_timeout=pool_timeout or 60
@@ -89,6 +92,15 @@ class Database:
                 pool_pre_ping=True,
             )
             self.reader = self.writer
+            # Connects on first use, so a process that never pays on the loop (the CLI, a
+            # migration) opens nothing; its connections belong to the loop that made them.
+            self.loop_engine = create_async_engine(
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_timeout=pool_timeout or 30,
+                pool_pre_ping=True,
+            )
         else:
             raise ValueError(f"unsupported database URL scheme: {self.dialect}")
 
@@ -130,9 +142,16 @@ class Database:
     def raw_read(self) -> AbstractContextManager[sql.Tx]:
         return sql.unit(self.reader, write=False)
 
-    def autocommit(self) -> AbstractContextManager[sql.Tx]:
-        """PostgreSQL only: each statement its own transaction (see ``sql.autocommit``)."""
-        return sql.autocommit(self.writer)
+    def autocommit_on_loop(self) -> AbstractContextManager[sql.Tx]:
+        """PostgreSQL, for a unit run by ``app.http.on_loop``: each statement its own
+        transaction (see ``sql.autocommit``), each driver wait an await of the event loop."""
+        assert self.loop_engine is not None, "the loop's pool is PostgreSQL's"
+        return sql.autocommit(self.loop_engine.sync_engine)
+
+    async def dispose_loop_engine(self) -> None:
+        """Close the loop's pool; on the loop that used it (its connections are bound to it)."""
+        if self.loop_engine is not None:
+            await self.loop_engine.dispose()
 
     def dispose(self) -> None:
         if self.group is not None:

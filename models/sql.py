@@ -163,7 +163,9 @@ def _checkout(engine: Engine) -> tuple[Any, Any, type[Exception]]:
         # The pool hands a refused connect through as the driver's own error; Engine.connect
         # would have raised SQLAlchemy's (the 503 handler's) class.
         raise DBAPIError.instance("connect", (), exc, dbapi_error) from exc
-    return proxy, proxy.driver_connection, dbapi_error
+    # The DBAPI face: for an asyncio driver, SQLAlchemy's adapter that awaits each call in
+    # the greenlet it runs in; for a blocking driver, the driver's connection itself.
+    return proxy, proxy.dbapi_connection, dbapi_error
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from app.errors import error_body, status_of
-from app.http import in_writer
+from app.http import in_thread, in_writer, on_loop
 from app.ratelimit import Check
 from app.state import AppState
 from models import idempotency
@@ -39,6 +39,7 @@ class Result:
 
 
 Operation = Callable[[Any], tuple[int, Any, list[Published]]]
+InServer = Callable[[Tx, idempotency.Claim | None], tuple[int, Any, list[Published]]]
 
 
 def _unit(state: AppState, raw: bool) -> AbstractContextManager[Session | Tx]:
@@ -145,20 +146,20 @@ def _grouped(
     return Result(status_code, body, events)
 
 
-def run_in_server(
+async def run_in_server(
     state: AppState,
     account_id: str,
     scope: str,
     key: str | None,
     request_body: Any,
-    operation: Callable[[Tx, idempotency.Claim | None], tuple[int, Any, list[Published]]],
+    operation: InServer,
     *,
     before: Check | None = None,
 ) -> Result:
-    """``run`` for an operation whose write, the key's record included, is one call that does
-    everything inside the database (PostgreSQL). ``before`` (the limiter's check) runs first,
-    then the stored response is looked up; the reads and the call share one connection, each
-    statement its own transaction."""
+    """A raw operation whose write, the key's record included, is one call that does
+    everything inside the database (PostgreSQL), awaited on the event loop (``on_loop``).
+    ``before`` (the limiter's check) runs first, then the stored response is looked up; the
+    reads and the call share one connection, each statement its own transaction."""
     claim = None
     if key is not None:
         claim = idempotency.Claim(
@@ -166,21 +167,30 @@ def run_in_server(
         )
     for attempt in range(3):
         try:
-            return _run_in_server_once(state, claim, operation, before)
+            outcome = await on_loop(_run_in_server_once, state, claim, operation, before)
         except IntegrityError:
             # Lost the race for the key: the retry reads the winner's stored response.
             if attempt == 2:
                 raise
+            continue
+        if isinstance(outcome, Result):
+            return outcome
+        # A refusal is rare: it is recorded from a worker thread, off the loop's pool.
+        assert claim is not None
+        return await in_thread(
+            _refused, state, claim.account_id, claim.scope, claim.key, claim.fingerprint, outcome
+        )
     raise AssertionError("unreachable")
 
 
 def _run_in_server_once(
     state: AppState,
     claim: idempotency.Claim | None,
-    operation: Callable[[Tx, idempotency.Claim | None], tuple[int, Any, list[Published]]],
+    operation: InServer,
     before: Check | None,
-) -> Result:
-    with state.db.autocommit() as tx:
+) -> Result | DomainError:
+    """The result, or the refusal to record under the claimed key."""
+    with state.db.autocommit_on_loop() as tx:
         if before is not None:
             # Outside the refusal handling below: a limiter's 429 is never kept under the key.
             before(tx)
@@ -196,10 +206,7 @@ def _run_in_server_once(
         except DomainError as exc:
             if claim is None:
                 raise
-            refusal = exc
-    # Recorded once this connection is back in the pool.
-    assert claim is not None
-    return _refused(state, claim.account_id, claim.scope, claim.key, claim.fingerprint, refusal)
+            return exc
 
 
 def _run_once(

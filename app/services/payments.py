@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -72,49 +72,42 @@ def _context(state: AppState, signer: receipts.Signer) -> payments.Context:
 async def pay(
     state: AppState, payer: Party, key: str | None, body: dict[str, Any], client: str
 ) -> idempotent.Result:
-    """A payment under its ``Idempotency-Key``, limited like /scan when it names a code.
+    """A payment under its ``Idempotency-Key``, limited like /scan when it names a code,
+    awaited on the event loop with no worker thread between.
 
-    SQLite: from the event loop straight into the group commit; the limiter's check, the
-    key's lookup, the money movement and the key's record are one unit of the writer's batch,
-    and the loop awaits its future. PostgreSQL: one worker-thread hop for the function call
-    that does the locked part in the server. Only the rare blocking steps on SQLite (a signer
-    past its TTL, counting an unknown code) take a worker thread."""
-    if not state.db.is_sqlite:
-        return await in_thread(_pay_in_server, state, payer, key, body, client)
+    SQLite: into the group commit; the limiter's check, the key's lookup, the money movement
+    and the key's record are one unit of the writer's batch. PostgreSQL: the same reads and
+    the function call that does the locked part in the server, on the loop's own pool. Only
+    the rare steps (a signer past its TTL, counting an unknown code, recording a refusal)
+    take a worker thread."""
     signer = _cached_signer(state) or await in_thread(_signer, state)
     ctx = _context(state, signer)
+    run: Callable[[ratelimit.Check | None], Awaitable[idempotent.Result]]
+    if state.db.is_sqlite:
 
-    def operation(tx: Tx) -> tuple[int, Any, list[Published]]:
-        view, events = payments.pay(tx, payer, body, ctx)
-        return 201, view, events
+        def operation(tx: Tx) -> tuple[int, Any, list[Published]]:
+            view, events = payments.pay(tx, payer, body, ctx)
+            return 201, view, events
 
-    def run(check: ratelimit.Check | None) -> Awaitable[idempotent.Result]:
-        return idempotent.run_in_group(
-            state, payer.id, "payments", key, body, operation, before=check
-        )
+        def run(check: ratelimit.Check | None) -> Awaitable[idempotent.Result]:
+            return idempotent.run_in_group(
+                state, payer.id, "payments", key, body, operation, before=check
+            )
+
+    else:
+
+        def in_server(tx: Tx, claim: Claim | None) -> tuple[int, Any, list[Published]]:
+            return payments.pay_in_server(tx, payer, body, ctx, claim)
+
+        def run(check: ratelimit.Check | None) -> Awaitable[idempotent.Result]:
+            return idempotent.run_in_server(
+                state, payer.id, "payments", key, body, in_server, before=check
+            )
 
     if body.get("code") is None:
         return await run(None)
     # Paying by code is a lookup too: guesses through it are limited like /scan.
     return await ratelimit.limited_on_loop(state, payer.id, client, run, "code")
-
-
-def _pay_in_server(
-    state: AppState, payer: Party, key: str | None, body: dict[str, Any], client: str
-) -> idempotent.Result:
-    ctx = _context(state, _signer(state))
-
-    def in_server(tx: Tx, claim: Claim | None) -> tuple[int, Any, list[Published]]:
-        return payments.pay_in_server(tx, payer, body, ctx, claim)
-
-    def run(check: ratelimit.Check | None) -> idempotent.Result:
-        return idempotent.run_in_server(
-            state, payer.id, "payments", key, body, in_server, before=check
-        )
-
-    if body.get("code") is None:
-        return run(None)
-    return ratelimit.limited(state, payer.id, client, run, "code")
 
 
 def refund(
