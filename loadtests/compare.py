@@ -1,6 +1,7 @@
 """Before/after on one machine: paycode trees (checkouts of two commits, e.g. made with
-``git worktree add``) in alternating rounds on SQLite + memory, so that the machine's drift
-touches every tree alike.
+``git worktree add``) in alternating rounds on one of ``make bench``'s configurations
+(SQLite + memory unless ``--config`` names another), so that the machine's drift touches
+every tree alike.
 
     python -m loadtests.compare --trees ../before . --rounds 2 --seconds 10 --rates 200 400 600
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests import servers
-from loadtests.bench import backing, mall_phase, saturation_of, shop_floor
+from loadtests.bench import CONFIGS, backing, mall_phase, saturation_of, shop_floor
 
 
 def _summary(phase: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def _summary(phase: dict[str, Any]) -> dict[str, Any]:
 
 async def measure(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     servers.ROOT = tree
-    out: dict[str, Any] = {"tree": str(tree)}
+    out: dict[str, Any] = {"tree": str(tree), "config": args.config}
     # The floor as `make bench` measures it, with this tool's phase lengths and rates.
     floor_args = argparse.Namespace(
         shops=args.shops,
@@ -49,8 +50,9 @@ async def measure(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     )
     with tempfile.TemporaryDirectory() as scratch:
         logs = Path(scratch)
-        with backing("sqlite", "memory", logs) as (db_url, broker_url):
-            server = servers.start_paycode(db_url, broker_url, 1, logs)
+        database, broker, workers = CONFIGS[args.config]
+        with backing(database, broker, logs) as (db_url, broker_url):
+            server = servers.start_paycode(db_url, broker_url, workers, logs)
             try:
                 shops = await mall_phase(server, floor_args)
                 saturation = shops["saturation"]
@@ -93,6 +95,7 @@ async def main_async(args: argparse.Namespace, trees: list[Path]) -> list[dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loadtests.compare", description=__doc__)
     parser.add_argument("--trees", nargs="+", required=True, help="paycode checkouts")
+    parser.add_argument("--config", choices=list(CONFIGS), default="sqlite-memory")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0, help="each phase")
     parser.add_argument("--warmup", type=float, default=3.0)
