@@ -148,6 +148,16 @@ class Database:
         assert self.loop_engine is not None, "the loop's pool is PostgreSQL's"
         return sql.autocommit(self.loop_engine.sync_engine)
 
+    def raw_write_on_loop(self) -> AbstractContextManager[sql.Tx]:
+        """PostgreSQL: ``raw_write`` for a unit run by ``app.http.on_loop``."""
+        assert self.loop_engine is not None, "the loop's pool is PostgreSQL's"
+        return sql.unit(self.loop_engine.sync_engine, write=True)
+
+    def raw_read_on_loop(self) -> AbstractContextManager[sql.Tx]:
+        """PostgreSQL: ``raw_read`` for a unit run by ``app.http.on_loop``."""
+        assert self.loop_engine is not None, "the loop's pool is PostgreSQL's"
+        return sql.unit(self.loop_engine.sync_engine, write=False)
+
     async def dispose_loop_engine(self) -> None:
         """Close the loop's pool; on the loop that used it (its connections are bound to it)."""
         if self.loop_engine is not None:

@@ -29,6 +29,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
+from models.awaited import AwaitedConnection
+
 Params = Sequence[Any]
 
 
@@ -163,9 +165,10 @@ def _checkout(engine: Engine) -> tuple[Any, Any, type[Exception]]:
         # The pool hands a refused connect through as the driver's own error; Engine.connect
         # would have raised SQLAlchemy's (the 503 handler's) class.
         raise DBAPIError.instance("connect", (), exc, dbapi_error) from exc
-    # The DBAPI face: for an asyncio driver, SQLAlchemy's adapter that awaits each call in
-    # the greenlet it runs in; for a blocking driver, the driver's connection itself.
-    return proxy, proxy.dbapi_connection, dbapi_error
+    if engine.dialect.is_async:
+        # The loop's pool: each driver call awaited in the greenlet the unit runs in.
+        return proxy, AwaitedConnection(proxy.driver_connection), dbapi_error
+    return proxy, proxy.driver_connection, dbapi_error
 
 
 @contextmanager

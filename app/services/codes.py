@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from app import render
-from app.http import in_thread
 from app.services import idempotent
 from app.state import AppState
 from models import codes, shortcodes
@@ -31,14 +30,12 @@ def _issuing(state: AppState, caller_id: str, body: dict[str, Any]) -> idempoten
 async def create(
     state: AppState, caller_id: str, body: dict[str, Any], key: str | None
 ) -> idempotent.Result:
-    """A code under its ``Idempotency-Key``: on SQLite from the event loop straight into the
-    group commit, on PostgreSQL in one worker-thread hop."""
+    """A code under its ``Idempotency-Key``, awaited on the event loop with no worker thread
+    between: on SQLite in the group commit, on PostgreSQL over the loop's pool."""
     operation = _issuing(state, caller_id, body)
     if state.db.is_sqlite:
         return await idempotent.run_in_group(state, caller_id, CREATE_SCOPE, key, body, operation)
-    return await in_thread(
-        idempotent.run, state, caller_id, CREATE_SCOPE, key, body, operation, raw=True
-    )
+    return await idempotent.run_on_loop(state, caller_id, CREATE_SCOPE, key, body, operation)
 
 
 def get(state: AppState, caller_id: str, code_id: str) -> dict[str, Any]:

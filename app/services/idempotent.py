@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from app.errors import error_body, status_of
-from app.http import in_thread, in_writer, on_loop
+from app.http import in_writer, on_loop
 from app.ratelimit import Check
 from app.state import AppState
 from models import idempotency
@@ -64,15 +64,56 @@ def run(
             status_code, body, events = operation(work)
             return Result(status_code, body, events)
     fingerprint = idempotency.request_fingerprint(request_body)
+    open_unit = partial(_unit, state, raw)
     for attempt in range(3):
         try:
-            return _run_once(state, account_id, scope, key, fingerprint, operation, raw)
+            outcome = _attempt(open_unit, account_id, scope, key, fingerprint, operation)
         except IntegrityError:
             # Lost the race for the key (or another unique key): the retry sees the winner's
             # stored response; a genuine conflict fails again and surfaces on the last try.
             if attempt == 2:
                 raise
+            continue
+        if isinstance(outcome, Result):
+            return outcome
+        return _refused(state.db.raw_write, account_id, scope, key, fingerprint, outcome)
     raise AssertionError("unreachable")
+
+
+async def run_on_loop(
+    state: AppState,
+    account_id: str,
+    scope: str,
+    key: str | None,
+    request_body: Any,
+    operation: Operation,
+) -> Result:
+    """``run`` of a raw operation on PostgreSQL, awaited on the event loop (``on_loop``):
+    the same unit over the loop's pool, the refusal recorded there too."""
+    open_unit = state.db.raw_write_on_loop
+    if key is None:
+        return await on_loop(_in_unit, open_unit, operation)
+    fingerprint = idempotency.request_fingerprint(request_body)
+    for attempt in range(3):
+        try:
+            outcome = await on_loop(
+                _attempt, open_unit, account_id, scope, key, fingerprint, operation
+            )
+        except IntegrityError:
+            # As in ``run``.
+            if attempt == 2:
+                raise
+            continue
+        if isinstance(outcome, Result):
+            return outcome
+        return await on_loop(_refused, open_unit, account_id, scope, key, fingerprint, outcome)
+    raise AssertionError("unreachable")
+
+
+def _in_unit(open_unit: Callable[[], AbstractContextManager[Any]], operation: Operation) -> Result:
+    with open_unit() as work:
+        status_code, body, events = operation(work)
+        return Result(status_code, body, events)
 
 
 async def run_in_group(
@@ -122,7 +163,7 @@ def _grouped(
     *,
     before: Check | None = None,
 ) -> Result:
-    """``_run_once`` as one unit of a group commit: the effect in a savepoint of its own, so
+    """``_attempt`` as one unit of a group commit: the effect in a savepoint of its own, so
     a refusal rolls back only the effect and is recorded under the key in the same batch."""
     if before is not None:
         before(tx)
@@ -175,10 +216,15 @@ async def run_in_server(
             continue
         if isinstance(outcome, Result):
             return outcome
-        # A refusal is rare: it is recorded from a worker thread, off the loop's pool.
         assert claim is not None
-        return await in_thread(
-            _refused, state, claim.account_id, claim.scope, claim.key, claim.fingerprint, outcome
+        return await on_loop(
+            _refused,
+            state.db.raw_write_on_loop,
+            claim.account_id,
+            claim.scope,
+            claim.key,
+            claim.fingerprint,
+            outcome,
         )
     raise AssertionError("unreachable")
 
@@ -209,17 +255,17 @@ def _run_in_server_once(
             return exc
 
 
-def _run_once(
-    state: AppState,
+def _attempt(
+    open_unit: Callable[[], AbstractContextManager[Any]],
     account_id: str,
     scope: str,
     key: str,
     fingerprint: str,
     operation: Operation,
-    raw: bool,
-) -> Result:
+) -> Result | DomainError:
+    """One try under the key: the stored response, the result, or the refusal to record."""
     try:
-        with _unit(state, raw) as work:
+        with open_unit() as work:
             stored = idempotency.begin(work, account_id, scope, key, fingerprint)
             if stored is not None:
                 return Result(stored.status_code, stored.body)
@@ -227,11 +273,16 @@ def _run_once(
             idempotency.finish(work, account_id, scope, key, fingerprint, status_code, body)
             return Result(status_code, body, events)
     except DomainError as exc:
-        return _refused(state, account_id, scope, key, fingerprint, exc)
+        return exc
 
 
 def _refused(
-    state: AppState, account_id: str, scope: str, key: str, fingerprint: str, exc: DomainError
+    open_unit: Callable[[], AbstractContextManager[Tx]],
+    account_id: str,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    exc: DomainError,
 ) -> Result:
     """The refusal recorded under the key in a transaction of its own (the effect's rolled
     back), or the response someone recorded first."""
@@ -240,7 +291,7 @@ def _refused(
         # A 5xx did nothing and is never stored: the retry must run afresh.
         raise exc
     body = error_body(exc.code, exc.message, exc.field)
-    with state.db.raw_write() as tx:
+    with open_unit() as tx:
         stored = idempotency.begin(tx, account_id, scope, key, fingerprint)
         if stored is not None:
             return Result(stored.status_code, stored.body)

@@ -5,7 +5,8 @@ fans new outbox events out to the endpoints that want them (leasing the fresh de
 once), and leases due retries, up to the free slots: at most ``concurrency`` attempts in flight
 in this process and ``per_endpoint`` to any one endpoint, so a slow or dead endpoint holds only
 its own slots. On SQLite the pass is a unit of the process's group commit (one more savepoint
-in a batch of payments, not a transaction of its own); on PostgreSQL it runs on a worker thread.
+in a batch of payments, not a transaction of its own); on PostgreSQL it runs on the event loop
+over the loop's pool (``on_loop``), as the payments do.
 
 A pass runs when this process commits events (``nudge``), when attempts end, and every
 ``interval`` for what other processes committed; passes are at least ``spacing`` apart, so
@@ -22,13 +23,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TypeVar
 
 from app import observability
-from app.http import in_thread, in_writer
+from app.http import in_thread, in_writer, on_loop
 from app.settings import Settings
 from app.webhooks import signing
 from app.webhooks.addresses import Resolver, system_resolver
@@ -218,20 +220,31 @@ class WebhookWorker:
         this process to fan out, a read decides first whether there is work at all, so an
         idle pass never takes SQLite's single write lock."""
         now = utcnow()
-        if look and not done and not await in_thread(self._any_work, now, slots, room):
+        if look and not done and not await self._any_work(now, slots, room):
             return [], queue.Finished([], []), False
         work = partial(self._write, self._results(done), now, slots, room)
         if self.db.group is not None:
             return await in_writer(self.db.group, work)
-        return await in_thread(self._unit, work)
+        return await on_loop(self._unit, work)
 
     def _unit(self, work: Callable[[Tx], T]) -> T:
-        with self.db.raw_write() as tx:
+        with self.db.raw_write_on_loop() as tx:
             return work(tx)
 
-    def _any_work(self, now: datetime, slots: int, room: dict[str, int]) -> bool:
+    async def _any_work(self, now: datetime, slots: int, room: dict[str, int]) -> bool:
         full = {k for k, v in room.items() if v <= 0}
-        with self.db.raw_read() as tx:
+        if self.db.is_sqlite:
+            return await in_thread(self._look, self.db.raw_read, now, slots, full)
+        return await on_loop(self._look, self.db.raw_read_on_loop, now, slots, full)
+
+    @staticmethod
+    def _look(
+        open_read: Callable[[], AbstractContextManager[Tx]],
+        now: datetime,
+        slots: int,
+        full: set[str],
+    ) -> bool:
+        with open_read() as tx:
             return queue.any_behind(tx) or (slots > 0 and queue.any_due(tx, now, full))
 
     def _write(
