@@ -67,7 +67,9 @@ def guarded(
         raise
 
 
-Check = Callable[[Tx], None]
+# The limiter's check handed to a lookup's unit: called on its transaction, or its read
+# carried in the lookup's own statement.
+Check = ratelimit.Guard
 
 
 class Looked(Protocol):
@@ -116,12 +118,7 @@ async def limited_on_loop(
 
 
 def _check_on(state: AppState, account_id: str, client: str) -> Check:
-    limits = _limits(state)
-
-    def check_on(tx: Tx) -> None:
-        ratelimit.check(tx, account_id, client, limits)
-
-    return check_on
+    return ratelimit.Guard(account_id, client, _limits(state))
 
 
 def _limits(state: AppState) -> ratelimit.Limits:

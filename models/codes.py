@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -30,6 +31,7 @@ from models.errors import Conflict, Invalid, NotFound
 from models.events import Published
 from models.ids import new_id
 from models.money import MAX_AMOUNT, parse_amount
+from models.ratelimit import Guard
 from models.sql import Tx
 
 STATIC = "static"
@@ -167,12 +169,28 @@ def resolve_with_agency(work: Session | Tx, typed: str) -> tuple[CodeRow, str] |
     return read_row(tx, row), row[_CODE_COLUMNS]
 
 
-def resolve_with_parties(tx: Tx, typed: str) -> tuple[CodeRow, str, Party, Party] | None:
+def resolve_with_parties(
+    tx: Tx, typed: str, guard: Guard | None = None
+) -> tuple[CodeRow, str, Party, Party] | None:
     """``resolve_with_agency`` with the code's payee and agent as a view names them, in one
-    read per form tried: what a payment signs and shows, read before any lock is taken."""
+    read per form tried: what a payment signs and shows, read before any lock is taken.
+
+    With the limiter's ``guard``, its read rides in the first form's statement and is judged
+    before anything found is looked at: a limited caller learns nothing, for no round trip
+    of its own."""
     if not isinstance(typed, str) or not typed or len(typed) > 200:
+        if guard is not None:
+            guard(tx)
         return None
-    row = tx.one(_PARTIES_BY_TOKEN, (typed,))
+    if guard is None:
+        row = tx.one(_PARTIES_BY_TOKEN, (typed,))
+    else:
+        now = utcnow()
+        limiting, params = guard.read(tx, now)
+        joined = tx.one(_guarded_by(limiting), (*params, typed))
+        assert joined is not None
+        guard.judge(tx, joined[:2], now)
+        row = joined[2:] if joined[2] is not None else None
     if row is None:
         canonical = shortcodes.normalize(typed)
         if canonical is None:
@@ -404,6 +422,16 @@ _WITH_PARTIES = (
 )
 _PARTIES_BY_TOKEN = _WITH_PARTIES + " WHERE code.token = ?"
 _PARTIES_BY_SHORT_CODE = _WITH_PARTIES + " WHERE code.short_code = ?"
+
+
+@lru_cache(maxsize=4)
+def _guarded_by(limiting: str) -> str:
+    # The limiter's one-row read, then the code's columns or NULLs when no code matches.
+    return (
+        f"SELECT * FROM ({limiting}) AS limiting LEFT JOIN ({_PARTIES_BY_TOKEN}) AS found ON true"
+    )
+
+
 _SHORT_CODE_TAKEN = "SELECT id FROM code WHERE short_code = ?"
 _INSERT = f"INSERT INTO code ({', '.join(_FIELDS)}) VALUES ({', '.join('?' for _ in _FIELDS)})"
 

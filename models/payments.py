@@ -44,6 +44,7 @@ from models.idempotency import Claim
 from models.ids import new_id
 from models.ledger import post
 from models.money import parse_amount
+from models.ratelimit import Guard
 from models.receipts import Signer
 from models.sql import Tx
 
@@ -249,10 +250,13 @@ def _named_payee(tx: Tx, value: Any) -> Party:
     return Party(*row)
 
 
-def _plan(tx: Tx, payer: Party, body: dict[str, Any]) -> _Plan:
+def _plan(tx: Tx, payer: Party, body: dict[str, Any], guard: Guard | None = None) -> _Plan:
     """Read and check what the body asks for, in the order of the answers: memo, one of code
     or payee, amount, the code and its agency (or the payee), then no paying oneself. One read
-    for a payee, one per form tried for a code (its agency and both parties come with it)."""
+    for a payee, one per form tried for a code (its agency and both parties come with it).
+    With the limiter's ``guard`` (a payment by code) its verdict comes first, read with the
+    code."""
+    found = codes.resolve_with_parties(tx, body.get("code"), guard) if guard else None
     memo = _optional_text(body, "memo")
     has_code = body.get("code") is not None
     has_payee = body.get("payee") is not None
@@ -267,7 +271,8 @@ def _plan(tx: Tx, payer: Party, body: dict[str, Any]) -> _Plan:
     else:
         if not isinstance(body["code"], str):
             raise Invalid("code must be a code token or short code", field="code")
-        found = codes.resolve_with_parties(tx, body["code"])
+        if guard is None:
+            found = codes.resolve_with_parties(tx, body["code"])
         if found is None:
             raise NotFound("no such code", field="code")
         code, agency_status, payee, agent = found
@@ -445,7 +450,12 @@ _REFUSALS: dict[str, tuple[str, str]] = {
 
 
 def pay_in_server(
-    tx: Tx, payer: Party, body: dict[str, Any], ctx: Context, claim: Claim | None
+    tx: Tx,
+    payer: Party,
+    body: dict[str, Any],
+    ctx: Context,
+    claim: Claim | None,
+    guard: Guard | None = None,
 ) -> tuple[int, Any, list[Published]]:
     """``pay`` with its locked part in one round trip: the checks of what cannot change, the
     receipt and the views here, then the ``paycode_pay`` function (migration 0003) locks,
@@ -453,7 +463,7 @@ def pay_in_server(
     events and the key's record. ``tx`` is an autocommit connection, so the function's
     statement is its whole transaction. Returns the status, the body and the events; a key
     recorded since the caller looked returns its stored response and no events."""
-    plan = _plan(tx, payer, body)
+    plan = _plan(tx, payer, body, guard)
     now = utcnow()
     draft = _draft(plan, payer.id, ctx, now)
     payment, view, code_body = draft.payment, draft.view, draft.code_body

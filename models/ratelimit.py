@@ -7,6 +7,7 @@ sliding one read from the table, so every process behind one database shares it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -60,24 +61,50 @@ _LIMITING = (
 )
 
 
+@dataclass(frozen=True)
+class Guard:
+    """The limiter's verdict on one caller and address, as a read and its judgment, so a
+    lookup can carry the read in its own statement (one round trip for both) and judge it
+    before it looks at what it found."""
+
+    account_id: str
+    client: str
+    limits: Limits = DEFAULT
+
+    def read(self, tx: Tx, now: datetime) -> tuple[str, tuple[object, ...]]:
+        """The statement and parameters: one row of two moments (NULL: not over the limit)."""
+        since = tx.moment(now - self.limits.window)
+        return _LIMITING, (
+            self.account_id,
+            since,
+            self.limits.per_account - 1,
+            self.client[:100],
+            since,
+            self.limits.per_client - 1,
+        )
+
+    def judge(self, tx: Tx, moments: Sequence[object], now: datetime) -> None:
+        """RateLimited while either side has too many recent failures."""
+        limiting = [moment for moment in map(tx.read_moment, moments) if moment is not None]
+        if limiting:
+            # Free again when the limit-th most recent failure leaves the window.
+            unlock_at = max(limiting) + self.limits.window
+            raise RateLimited(
+                "too many unknown codes; try again later",
+                retry_after=int((unlock_at - now).total_seconds()) + 1,
+            )
+
+    def __call__(self, tx: Tx) -> None:
+        """The check on its own: a read of the limiter's table, then the judgment."""
+        now = utcnow()
+        row = tx.one(*self.read(tx, now))
+        assert row is not None
+        self.judge(tx, row, now)
+
+
 def check(work: Session | Tx, account_id: str, client: str, limits: Limits = DEFAULT) -> None:
     """RateLimited while either the account or the address has too many recent failures."""
-    tx = sql.tx(work)
-    now = utcnow()
-    since = tx.moment(now - limits.window)
-    row = tx.one(
-        _LIMITING,
-        (account_id, since, limits.per_account - 1, client[:100], since, limits.per_client - 1),
-    )
-    assert row is not None
-    limiting = [moment for moment in map(tx.read_moment, row) if moment is not None]
-    if limiting:
-        # Free again when the limit-th most recent failure leaves the window.
-        unlock_at = max(limiting) + limits.window
-        raise RateLimited(
-            "too many unknown codes; try again later",
-            retry_after=int((unlock_at - now).total_seconds()) + 1,
-        )
+    Guard(account_id, client, limits)(sql.tx(work))
 
 
 def record(session: Session, account_id: str, client: str, limits: Limits = DEFAULT) -> None:

@@ -25,7 +25,7 @@ from app.http import in_writer, on_loop
 from app.ratelimit import Check
 from app.state import AppState
 from models import idempotency
-from models.errors import DomainError
+from models.errors import DomainError, RateLimited
 from models.events import Published
 from models.sql import Tx
 
@@ -39,7 +39,7 @@ class Result:
 
 
 Operation = Callable[[Any], tuple[int, Any, list[Published]]]
-InServer = Callable[[Tx, idempotency.Claim | None], tuple[int, Any, list[Published]]]
+InServer = Callable[[Tx, idempotency.Claim | None, Check | None], tuple[int, Any, list[Published]]]
 
 
 def _unit(state: AppState, raw: bool) -> AbstractContextManager[Session | Tx]:
@@ -199,8 +199,12 @@ async def run_in_server(
 ) -> Result:
     """A raw operation whose write, the key's record included, is one call that does
     everything inside the database (PostgreSQL), awaited on the event loop (``on_loop``).
-    ``before`` (the limiter's check) runs first, then the stored response is looked up; the
-    reads and the call share one connection, each statement its own transaction."""
+
+    The operation gets the limiter's check to run first (or to carry in its first read), and
+    the key's claim, which the database call honours: a stored response comes back from it.
+    So the key is looked up here only when the operation is refused (``_refused``), where a
+    stored response wins over the refusal of the re-run (a replay after the code was paid).
+    Each statement is its own transaction on one connection."""
     claim = None
     if key is not None:
         claim = idempotency.Claim(
@@ -237,18 +241,12 @@ def _run_in_server_once(
 ) -> Result | DomainError:
     """The result, or the refusal to record under the claimed key."""
     with state.db.autocommit_on_loop() as tx:
-        if before is not None:
-            # Outside the refusal handling below: a limiter's 429 is never kept under the key.
-            before(tx)
         try:
-            if claim is not None:
-                stored = idempotency.begin(
-                    tx, claim.account_id, claim.scope, claim.key, claim.fingerprint
-                )
-                if stored is not None:
-                    return Result(stored.status_code, stored.body)
-            status_code, body, events = operation(tx, claim)
+            status_code, body, events = operation(tx, claim, before)
             return Result(status_code, body, events)
+        except RateLimited:
+            # A limiter's 429 is never kept under the key.
+            raise
         except DomainError as exc:
             if claim is None:
                 raise

@@ -96,8 +96,10 @@ async def pay(
 
     else:
 
-        def in_server(tx: Tx, claim: Claim | None) -> tuple[int, Any, list[Published]]:
-            return payments.pay_in_server(tx, payer, body, ctx, claim)
+        def in_server(
+            tx: Tx, claim: Claim | None, guard: ratelimit.Check | None
+        ) -> tuple[int, Any, list[Published]]:
+            return payments.pay_in_server(tx, payer, body, ctx, claim, guard)
 
         def run(check: ratelimit.Check | None) -> Awaitable[idempotent.Result]:
             return idempotent.run_in_server(

@@ -292,6 +292,21 @@ def test_idempotency_key_replays_a_refusal_too(api: Api) -> None:
     assert balance(api, payer) == 1000
 
 
+def test_the_replay_of_a_paid_code_answers_the_first_201(api: Api) -> None:
+    """The dynamic code a key paid is paid by the time the retry comes: the retry answers the
+    stored 201 (not 409 code_already_paid), pays nothing more, and another key is refused."""
+    _payee, agent, agency = shop(api)
+    code = api.code(agent, agency["id"], "dynamic", amount=500)
+    payer = api.user(funds=2_000)
+    first = pay(api, payer, "till-7", code=code["token"])
+    replay = pay(api, payer, "till-7", code=code["token"])
+    assert first.status_code == replay.status_code == 201
+    assert replay.json() == first.json()
+    other = pay(api, payer, "till-8", code=code["token"])
+    assert other.status_code == 409, other.text
+    assert balance(api, payer) == 1_500
+
+
 @pytest.mark.parametrize("key", ["", "x" * 256, "tab\there"])
 def test_a_bad_idempotency_key_is_422(api: Api, key: str) -> None:
     """Idempotency-Key must be 1-255 printable ASCII characters."""
