@@ -10,12 +10,15 @@ serves the payment on the event loop itself (:meth:`Database.autocommit_on_loop`
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from psycopg.pq import ConnStatus
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
@@ -65,6 +68,19 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, pool_timeout: f
     return engine
 
 
+def _alive_on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """The loop pool's liveness check, in place of pre-ping's round trip: the server's close
+    of a connection that sat in the pool (a restart, an idle timeout, a terminated backend)
+    is waiting in its socket, and asking whether there is any costs one non-blocking syscall. A
+    dead one makes every pooled connection suspect (a restart closes them all), so the pool
+    drops them all and SQLAlchemy connects afresh."""
+    pgconn = dbapi_connection.driver_connection.pgconn
+    # An idle connection that is not listening has nothing to say: anything to read (the
+    # server's FATAL message, its close) means the server is done with it.
+    if pgconn.status != ConnStatus.OK or select.select([pgconn.socket], [], [], 0)[0]:
+        raise InvalidatePoolError()
+
+
 class Database:
     """Owns the engines of one database and hands out transactions."""
 
@@ -99,8 +115,8 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_timeout=pool_timeout or 30,
-                pool_pre_ping=True,
             )
+            event.listen(self.loop_engine.sync_engine, "checkout", _alive_on_checkout)
         else:
             raise ValueError(f"unsupported database URL scheme: {self.dialect}")
 
