@@ -30,6 +30,17 @@ _BODY = json.dumps(
 ).encode()
 
 
+_MALFORMED = json.dumps(
+    {
+        "error": {
+            "code": "malformed_request",
+            "message": "the request is not valid HTTP/1.1",
+            "field": None,
+        }
+    }
+).encode()
+
+
 class HeadTooLarge(Exception):
     """A complete request head over the cap."""
 
@@ -89,7 +100,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if self._refused:
             self._send_431()
         else:
-            super().send_400_response(msg)
+            # The API's error body (spec §2), not uvicorn's plain text: a client parses one
+            # shape of error whichever layer refused it.
+            self._send_closing(b"400 Bad Request", _MALFORMED)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -98,11 +111,14 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def _send_431(self) -> None:
         self.logger.warning("Request head larger than %d bytes refused.", self.max_head_bytes)
+        self._send_closing(b"431 Request Header Fields Too Large", _BODY)
+
+    def _send_closing(self, status: bytes, body: bytes) -> None:
         head = (
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"HTTP/1.1 " + status + b"\r\n"
             b"content-type: application/json\r\n"
-            b"content-length: " + str(len(_BODY)).encode("ascii") + b"\r\n"
+            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n"
             b"connection: close\r\n\r\n"
         )
-        self.transport.write(head + _BODY)
+        self.transport.write(head + body)
         self.transport.close()

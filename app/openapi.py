@@ -308,6 +308,9 @@ def op(
     request: dict[str, Any] | None = None,
     auth: bool = True,
 ) -> dict[str, Any]:
+    # A request that is not valid HTTP/1.1 (a Content-Length that is not a number) is 400
+    # with the error body, on any route, before the route sees it.
+    responses.setdefault("400", ERRORS)
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
     if auth:
         operation["security"] = BEARER

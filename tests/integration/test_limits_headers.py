@@ -75,6 +75,17 @@ def request(path: str = "/healthz", headers: bytes = b"") -> bytes:
     return b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + headers
 
 
+def test_a_request_that_is_not_valid_http_is_400_with_the_error_body(base: str) -> None:
+    """A Content-Length that is not a number: 400 malformed_request in the API's JSON error
+    body (not the HTTP server's plain text), and the connection closed."""
+    answer = raw_exchange(base, request("/api/v1/me", b"Content-Length: _\r\n\r\n"))
+    status, body = status_and_body(answer)
+    assert status == 400
+    assert body["error"]["code"] == "malformed_request"
+    assert b"content-type: application/json" in answer.lower()
+    assert b"connection: close" in answer.lower()
+
+
 def test_a_head_just_under_the_cap_is_served(base: str) -> None:
     """Legitimate large heads still work: 30 KiB of headers get the normal answer."""
     answer = raw_exchange(base, request(headers=b"X-Pad: " + b"a" * 30_000 + b"\r\n\r\n"))
