@@ -91,16 +91,16 @@ async def run_on_loop(
     """``run`` of a raw operation on PostgreSQL, awaited on the event loop (``on_loop``):
     the same unit over the loop's pool, the refusal recorded there too."""
     open_unit = state.db.raw_write_on_loop
-    if key is None:
-        return await on_loop(_in_unit, open_unit, operation)
-    fingerprint = idempotency.request_fingerprint(request_body)
+    fingerprint = idempotency.request_fingerprint(request_body) if key is not None else ""
     for attempt in range(3):
         try:
+            if key is None:
+                return await on_loop(_in_unit, open_unit, operation)
             outcome = await on_loop(
                 _attempt, open_unit, account_id, scope, key, fingerprint, operation
             )
         except IntegrityError:
-            # As in ``run``.
+            # As in ``run_in_group``: a unique value taken meanwhile, the unit rolled back.
             if attempt == 2:
                 raise
             continue
@@ -132,15 +132,18 @@ async def run_in_group(
     a 429 is never stored under the key."""
     group = state.db.group
     assert group is not None, "the group commit is SQLite's"
+    work: Callable[[Tx], Result]
     if key is None:
-        return await in_writer(group, partial(_effect, operation, before=before))
-    fingerprint = idempotency.request_fingerprint(request_body)
-    work = partial(_grouped, account_id, scope, key, fingerprint, operation, before=before)
+        work = partial(_effect, operation, before=before)
+    else:
+        fingerprint = idempotency.request_fingerprint(request_body)
+        work = partial(_grouped, account_id, scope, key, fingerprint, operation, before=before)
     for attempt in range(3):
         try:
             return await in_writer(group, work)
         except IntegrityError:
-            # As in ``run``: the retry sees the winner's stored response.
+            # A unique value taken meanwhile rolled the unit back whole: the key by a twin
+            # (the retry sees its stored response), or a fresh short code (drawn again).
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")

@@ -636,6 +636,25 @@ def test_the_barcode_is_code_128_of_the_short_code(api: Api, shop: Any, database
         assert [d.text for d in decoded] == [expected]
 
 
+@pytest.mark.parametrize("key", [None, "till-3"])
+def test_a_short_code_drawn_twice_is_drawn_again(
+    api: Api, shop: Any, monkeypatch: pytest.MonkeyPatch, key: str | None
+) -> None:
+    """The random short code of a new code is one an existing code holds: the unique index
+    refuses it, the issue runs again with a fresh draw, and the caller gets a 201 with a
+    short code of its own (with or without an Idempotency-Key)."""
+    _payee, agent, agency = shop
+    body = {"agency_id": agency["id"], "kind": "static"}
+    taken = api.post("/codes", agent, json=body).json()
+    draws = iter([shortcodes.normalize(taken["short_code"]), shortcodes.generate()])
+    monkeypatch.setattr(shortcodes, "generate", lambda: next(draws))
+    headers = {"Idempotency-Key": key} if key else {}
+    fresh = api.post("/codes", agent, json=body, headers=headers)
+    assert fresh.status_code == 201, fresh.text
+    assert fresh.json()["short_code"] != taken["short_code"]
+    assert next(draws, None) is None, "the second draw was not used"
+
+
 # --- Idempotency-Key --------------------------------------------------------------------------
 
 
