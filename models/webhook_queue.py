@@ -87,6 +87,14 @@ _INSERT_LEASED = (
 _MOVE_CURSOR = "UPDATE webhook_endpoint SET cursor_seq = ? WHERE id = ?"
 
 
+_ANY_ENABLED = "SELECT 1 FROM webhook_endpoint WHERE enabled LIMIT 1"
+
+
+def any_enabled(tx: Tx) -> bool:
+    """Whether any endpoint at all is enabled: with none, no delivery can be owed."""
+    return tx.one(_ANY_ENABLED) is not None
+
+
 def any_behind(tx: Tx) -> bool:
     """Whether any enabled endpoint has outbox events not yet turned into deliveries: a read,
     so that an idle pass never takes SQLite's single write lock."""

@@ -12,8 +12,10 @@ A pass runs when this process commits events (``nudge``), when attempts end, and
 ``interval`` for what other processes committed; passes are at least ``spacing`` apart, so
 under load one pass carries the deliveries of every commit in that window, and only
 ``busy_spacing`` apart while a pass leaves deliveries it had no room for: an endpoint's
-throughput is its slots divided by the time between passes. Attempts are sent
-by ``Sender`` on the event loop. Nothing here runs inside a payment's transaction.
+throughput is its slots divided by the time between passes. While the last look found no
+endpoint enabled anywhere, a nudge costs no database unit: the look every ``interval`` is
+what notices the first endpoint (its deliveries wait for it, at most that long). Attempts are
+sent by ``Sender`` on the event loop. Nothing here runs inside a payment's transaction.
 """
 
 from __future__ import annotations
@@ -108,6 +110,10 @@ class WebhookWorker:
         self._running: dict[str, queue.Job] = {}
         self._per_endpoint: dict[str, int] = {}
         self._gauge_at = 0.0
+        # The last look found no endpoint enabled anywhere: until the next look, a commit of
+        # this process owes no delivery, and its nudge costs no database unit.
+        self._none_enabled = False
+        self._looked_at = 0.0
         self._stopping = False
         # Attempts that ended, waiting for the next pass to record them.
         self._done: list[tuple[queue.Job, Outcome]] = []
@@ -174,6 +180,13 @@ class WebhookWorker:
 
     async def tick(self) -> None:
         nudged, self._nudged = self._nudged, False
+        if nudged and not self._done and not self._running:
+            if time.monotonic() - self._looked_at >= self.config.interval:
+                # A look now and then even under a stream of commits: it is what learns
+                # that no endpoint is enabled, and sees the first one that is.
+                nudged = False
+            elif self._none_enabled:
+                return
         done, self._done = self._done, []
         free = self.config.concurrency - len(self._running)
         room = {
@@ -233,9 +246,13 @@ class WebhookWorker:
 
     async def _any_work(self, now: datetime, slots: int, room: dict[str, int]) -> bool:
         full = {k for k, v in room.items() if v <= 0}
+        self._looked_at = time.monotonic()
         if self.db.is_sqlite:
-            return await in_thread(self._look, self.db.raw_read, now, slots, full)
-        return await on_loop(self._look, self.db.raw_read_on_loop, now, slots, full)
+            enabled, work = await in_thread(self._look, self.db.raw_read, now, slots, full)
+        else:
+            enabled, work = await on_loop(self._look, self.db.raw_read_on_loop, now, slots, full)
+        self._none_enabled = not enabled
+        return work
 
     @staticmethod
     def _look(
@@ -243,9 +260,12 @@ class WebhookWorker:
         now: datetime,
         slots: int,
         full: set[str],
-    ) -> bool:
+    ) -> tuple[bool, bool]:
+        """Whether any endpoint is enabled, and whether there is work for a pass."""
         with open_read() as tx:
-            return queue.any_behind(tx) or (slots > 0 and queue.any_due(tx, now, full))
+            if not queue.any_enabled(tx):
+                return False, False
+            return True, queue.any_behind(tx) or (slots > 0 and queue.any_due(tx, now, full))
 
     def _write(
         self,

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from app.webhooks.worker import WorkerConfig
+from app.webhooks.worker import WebhookWorker, WorkerConfig
 from tests.api import Api, User
 from tests.conftest import ADMIN_TOKEN
 from tests.server import ROOT
@@ -104,6 +104,35 @@ def test_a_payment_reaches_the_payees_and_the_agents_endpoints_once_verified(
         [delivery] = deliveries(api, payee if name == "payee" else agent, hook["id"])
         assert delivery["id"] == call.webhook_id
         assert delivery["status"] == "succeeded" and delivery["attempts"] == 1
+
+
+def test_with_no_endpoint_enabled_a_payment_costs_the_worker_no_database_unit(
+    database_url: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No endpoint anywhere: the payments' nudges run no write pass (the looks, one per
+    interval, find nothing to do); the first endpoint enabled gets the next payment."""
+    writes: list[int] = []
+    write = WebhookWorker._write
+
+    def counted(self: WebhookWorker, *args: Any) -> Any:
+        writes.append(1)
+        return write(self, *args)
+
+    monkeypatch.setattr(WebhookWorker, "_write", counted)
+    with make_client(database_url, webhook_interval=0.2) as client:
+        api = Api(client, ADMIN_TOKEN)
+        payee, _agent, payer, code = shop(api)
+        time.sleep(0.5)
+        before = len(writes)
+        for _ in range(10):
+            pay(api, payer, code)
+            time.sleep(0.03)
+        time.sleep(0.3)
+        assert len(writes) == before, "a payment with no endpoint anywhere ran a write pass"
+        hook = endpoint(api, payee, receiver.url("payee"), events=["payment.succeeded"])
+        paid = pay(api, payer, code)
+        until(lambda: len(receiver.of("payee")) == 1, 10)
+        assert receiver.of("payee")[0].verify(hook["secret"])["data"]["id"] == paid["id"]
 
 
 def test_two_failures_then_success_are_three_attempts_under_one_webhook_id(
