@@ -36,8 +36,9 @@ def _backend_pid(db: Database) -> int:
 
 
 def _terminate(db: Database, pids: set[int]) -> None:
-    """End the backends from the thread pool's engine, and wait until they are gone."""
-    with db.writer.connect() as admin:
+    """End the backends from the thread pool's engine, and wait until they are gone (in
+    autocommit: a transaction would read pg_stat_activity's first snapshot every time)."""
+    with db.writer.connect().execution_options(isolation_level="AUTOCOMMIT") as admin:
         for pid in pids:
             admin.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
         deadline = time.monotonic() + 10
