@@ -11,11 +11,11 @@ got; 5xx are never stored, so a retry after an outage runs afresh.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -39,6 +39,7 @@ class Result:
 
 
 Operation = Callable[[Any], tuple[int, Any, list[Published]]]
+R = TypeVar("R")
 InServer = Callable[[Tx, idempotency.Claim | None, Check | None], tuple[int, Any, list[Published]]]
 
 
@@ -91,22 +92,28 @@ async def run_on_loop(
     """``run`` of a raw operation on PostgreSQL, awaited on the event loop (``on_loop``):
     the same unit over the loop's pool, the refusal recorded there too."""
     open_unit = state.db.raw_write_on_loop
-    fingerprint = idempotency.request_fingerprint(request_body) if key is not None else ""
-    for attempt in range(3):
+    if key is None:
+        return await _until_unique(lambda: on_loop(_in_unit, open_unit, operation))
+    fingerprint = idempotency.request_fingerprint(request_body)
+    outcome = await _until_unique(
+        lambda: on_loop(_attempt, open_unit, account_id, scope, key, fingerprint, operation)
+    )
+    if isinstance(outcome, Result):
+        return outcome
+    return await on_loop(_refused, open_unit, account_id, scope, key, fingerprint, outcome)
+
+
+async def _until_unique(attempt: Callable[[], Awaitable[R]]) -> R:
+    """``attempt()`` again, up to three tries, while a unique value was taken meanwhile: the
+    IntegrityError rolled its unit back whole. The key taken by a twin request (the retry
+    sees its stored response), or a fresh short code (drawn again); a genuine conflict fails
+    every time and surfaces on the last."""
+    for tried in range(3):
         try:
-            if key is None:
-                return await on_loop(_in_unit, open_unit, operation)
-            outcome = await on_loop(
-                _attempt, open_unit, account_id, scope, key, fingerprint, operation
-            )
+            return await attempt()
         except IntegrityError:
-            # As in ``run_in_group``: a unique value taken meanwhile, the unit rolled back.
-            if attempt == 2:
+            if tried == 2:
                 raise
-            continue
-        if isinstance(outcome, Result):
-            return outcome
-        return await on_loop(_refused, open_unit, account_id, scope, key, fingerprint, outcome)
     raise AssertionError("unreachable")
 
 
@@ -138,15 +145,7 @@ async def run_in_group(
     else:
         fingerprint = idempotency.request_fingerprint(request_body)
         work = partial(_grouped, account_id, scope, key, fingerprint, operation, before=before)
-    for attempt in range(3):
-        try:
-            return await in_writer(group, work)
-        except IntegrityError:
-            # A unique value taken meanwhile rolled the unit back whole: the key by a twin
-            # (the retry sees its stored response), or a fresh short code (drawn again).
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    return await _until_unique(lambda: in_writer(group, work))
 
 
 def _effect(operation: Operation, tx: Tx, *, before: Check | None = None) -> Result:
@@ -213,27 +212,21 @@ async def run_in_server(
         claim = idempotency.Claim(
             account_id, scope, key, idempotency.request_fingerprint(request_body)
         )
-    for attempt in range(3):
-        try:
-            outcome = await on_loop(_run_in_server_once, state, claim, operation, before)
-        except IntegrityError:
-            # Lost the race for the key: the retry reads the winner's stored response.
-            if attempt == 2:
-                raise
-            continue
-        if isinstance(outcome, Result):
-            return outcome
-        assert claim is not None
-        return await on_loop(
-            _refused,
-            state.db.raw_write_on_loop,
-            claim.account_id,
-            claim.scope,
-            claim.key,
-            claim.fingerprint,
-            outcome,
-        )
-    raise AssertionError("unreachable")
+    outcome = await _until_unique(
+        lambda: on_loop(_run_in_server_once, state, claim, operation, before)
+    )
+    if isinstance(outcome, Result):
+        return outcome
+    assert claim is not None
+    return await on_loop(
+        _refused,
+        state.db.raw_write_on_loop,
+        claim.account_id,
+        claim.scope,
+        claim.key,
+        claim.fingerprint,
+        outcome,
+    )
 
 
 def _run_in_server_once(
