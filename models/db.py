@@ -71,13 +71,19 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, pool_timeout: f
 def _alive_on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """The loop pool's liveness check, in place of pre-ping's round trip: the server's close
     of a connection that sat in the pool (a restart, an idle timeout, a terminated backend)
-    is waiting in its socket, and asking whether there is any costs one non-blocking syscall. A
+    is waiting in its socket, and asking whether there is any costs one non-blocking poll. A
     dead one makes every pooled connection suspect (a restart closes them all), so the pool
     drops them all and SQLAlchemy connects afresh."""
     pgconn = dbapi_connection.driver_connection.pgconn
+    if pgconn.status != ConnStatus.OK:
+        raise InvalidatePoolError()
     # An idle connection that is not listening has nothing to say: anything to read (the
-    # server's FATAL message, its close) means the server is done with it.
-    if pgconn.status != ConnStatus.OK or select.select([pgconn.socket], [], [], 0)[0]:
+    # server's FATAL message, its close) means the server is done with it. poll, not select:
+    # a process holding thousands of sockets gives its new connections descriptors past
+    # select's 1,024.
+    waiting = select.poll()
+    waiting.register(pgconn.socket, select.POLLIN)
+    if waiting.poll(0):
         raise InvalidatePoolError()
 
 

@@ -6,6 +6,7 @@ fresh connection instead of failing."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 
@@ -53,10 +54,27 @@ def _terminate(db: Database, pids: set[int]) -> None:
     raise AssertionError(f"backends {pids} still alive")
 
 
+@pytest.fixture
+def crowded() -> Iterator[None]:
+    """1,100 descriptors open, so the connections made next get numbers past select's 1,024,
+    as in a process holding thousands of WebSockets."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1_100)]
+    try:
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 @pytest.mark.parametrize("pooled", [1, 3])
-def test_connections_the_server_closed_in_the_pool_are_replaced(pg_url: str, pooled: int) -> None:
+@pytest.mark.parametrize("descriptors", ["few", "past 1024"])
+def test_connections_the_server_closed_in_the_pool_are_replaced(
+    pg_url: str, pooled: int, descriptors: str, request: pytest.FixtureRequest
+) -> None:
     """Every pooled connection's backend is terminated while idle: the next units succeed,
     each on a backend that did not exist before."""
+    if descriptors != "few":
+        request.getfixturevalue("crowded")
 
     async def scenario() -> None:
         db = Database(pg_url)
