@@ -256,7 +256,7 @@ def _plan(tx: Tx, payer: Party, body: dict[str, Any], guard: Guard | None = None
     for a payee, one per form tried for a code (its agency and both parties come with it).
     With the limiter's ``guard`` (a payment by code) its verdict comes first, read with the
     code."""
-    found = codes.resolve_with_parties(tx, body.get("code"), guard) if guard else None
+    found = None if guard is None else codes.resolve_with_parties(tx, body.get("code"), guard)
     memo = _optional_text(body, "memo")
     has_code = body.get("code") is not None
     has_payee = body.get("payee") is not None
@@ -462,7 +462,8 @@ def pay_in_server(
     re-checks what can change, and writes the payment, its legs, the balances, the code, the
     events and the key's record. ``tx`` is an autocommit connection, so the function's
     statement is its whole transaction. Returns the status, the body and the events; a key
-    recorded since the caller looked returns its stored response and no events."""
+    already recorded returns its stored response and no events. ``guard``: the limiter's
+    check, judged first, its read carried by the code's."""
     plan = _plan(tx, payer, body, guard)
     now = utcnow()
     draft = _draft(plan, payer.id, ctx, now)
