@@ -4,7 +4,7 @@ drives, for code that runs in a greenlet of the event loop (``app.http.on_loop``
 Each call awaits the driver's coroutine through SQLAlchemy's ``await_only``: the greenlet
 yields to the loop while the database works, so the hot paths' units keep their one
 blocking-style body for both pools. SQLAlchemy's own adapter of the same connection serves
-its pool (connect, pre-ping, reset); this one adds what ``Tx`` needs that the adapter lacks:
+its pool (connect, reset on return); this one adds what ``Tx`` needs that the adapter lacks:
 pipeline mode, and rows fetched as the driver returns them.
 """
 

@@ -106,22 +106,16 @@ class Database:
             )
             self.group = GroupWriter(self.writer)
         elif self.dialect == "postgresql":
-            self.writer = create_engine(
-                self.url,
-                pool_size=pool_size,
-                max_overflow=pool_size,
-                pool_timeout=pool_timeout or 30,
-                pool_pre_ping=True,
-            )
+            pool: dict[str, Any] = {
+                "pool_size": pool_size,
+                "max_overflow": pool_size,
+                "pool_timeout": pool_timeout or 30,
+            }
+            self.writer = create_engine(self.url, pool_pre_ping=True, **pool)
             self.reader = self.writer
             # Connects on first use, so a process that never pays on the loop (the CLI, a
             # migration) opens nothing; its connections belong to the loop that made them.
-            self.loop_engine = create_async_engine(
-                self.url,
-                pool_size=pool_size,
-                max_overflow=pool_size,
-                pool_timeout=pool_timeout or 30,
-            )
+            self.loop_engine = create_async_engine(self.url, **pool)
             event.listen(self.loop_engine.sync_engine, "checkout", _alive_on_checkout)
         else:
             raise ValueError(f"unsupported database URL scheme: {self.dialect}")
@@ -164,21 +158,23 @@ class Database:
     def raw_read(self) -> AbstractContextManager[sql.Tx]:
         return sql.unit(self.reader, write=False)
 
+    @property
+    def _on_loop(self) -> Engine:
+        assert self.loop_engine is not None, "the loop's pool is PostgreSQL's"
+        return self.loop_engine.sync_engine
+
     def autocommit_on_loop(self) -> AbstractContextManager[sql.Tx]:
         """PostgreSQL, for a unit run by ``app.http.on_loop``: each statement its own
         transaction (see ``sql.autocommit``), each driver wait an await of the event loop."""
-        assert self.loop_engine is not None, "the loop's pool is PostgreSQL's"
-        return sql.autocommit(self.loop_engine.sync_engine)
+        return sql.autocommit(self._on_loop)
 
     def raw_write_on_loop(self) -> AbstractContextManager[sql.Tx]:
         """PostgreSQL: ``raw_write`` for a unit run by ``app.http.on_loop``."""
-        assert self.loop_engine is not None, "the loop's pool is PostgreSQL's"
-        return sql.unit(self.loop_engine.sync_engine, write=True)
+        return sql.unit(self._on_loop, write=True)
 
     def raw_read_on_loop(self) -> AbstractContextManager[sql.Tx]:
         """PostgreSQL: ``raw_read`` for a unit run by ``app.http.on_loop``."""
-        assert self.loop_engine is not None, "the loop's pool is PostgreSQL's"
-        return sql.unit(self.loop_engine.sync_engine, write=False)
+        return sql.unit(self._on_loop, write=False)
 
     async def dispose_loop_engine(self) -> None:
         """Close the loop's pool; on the loop that used it (its connections are bound to it)."""

@@ -18,7 +18,6 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
 
 from app.errors import error_body, status_of
 from app.http import in_writer, on_loop
@@ -43,11 +42,6 @@ R = TypeVar("R")
 InServer = Callable[[Tx, idempotency.Claim | None, Check | None], tuple[int, Any, list[Published]]]
 
 
-def _unit(state: AppState, raw: bool) -> AbstractContextManager[Session | Tx]:
-    # A raw operation takes the hot path's hand-written SQL unit; the others an ORM session.
-    return state.db.raw_write() if raw else state.db.write()
-
-
 def run(
     state: AppState,
     account_id: str,
@@ -55,20 +49,15 @@ def run(
     key: str | None,
     request_body: Any,
     operation: Operation,
-    *,
-    raw: bool = False,
 ) -> Result:
-    """``operation`` gets a :class:`Tx` when ``raw``, else a SQLModel session; run in a
-    worker thread. (On SQLite the hot paths' raw operations take :func:`run_in_group`.)"""
+    """``operation`` gets a SQLModel session; run in a worker thread. (The hot paths' raw
+    operations take :func:`run_in_group` on SQLite, :func:`run_on_loop` on PostgreSQL.)"""
     if key is None:
-        with _unit(state, raw) as work:
-            status_code, body, events = operation(work)
-            return Result(status_code, body, events)
+        return _in_unit(state.db.write, operation)
     fingerprint = idempotency.request_fingerprint(request_body)
-    open_unit = partial(_unit, state, raw)
     for attempt in range(3):
         try:
-            outcome = _attempt(open_unit, account_id, scope, key, fingerprint, operation)
+            outcome = _attempt(state.db.write, account_id, scope, key, fingerprint, operation)
         except IntegrityError:
             # Lost the race for the key (or another unique key): the retry sees the winner's
             # stored response; a genuine conflict fails again and surfaces on the last try.
