@@ -1,8 +1,9 @@
 """The engine from a URL, and the unit of work.
 
-SQLite: WAL, a busy timeout, foreign keys on, and write transactions opened with
-``BEGIN IMMEDIATE`` on a single pooled connection, so writers queue in the pool instead of
-spinning on SQLite's busy handler. Reads use their own pool and never block on writers.
+SQLite: WAL, foreign keys on, and write transactions opened with ``BEGIN IMMEDIATE`` on a
+single pooled connection, so a process's writers queue in the pool instead of spinning on
+SQLite's busy handler; another process's write lock is waited for in steps of a fraction of
+a millisecond (``sql.begin_immediate``). Reads use their own pool and never block on writers.
 PostgreSQL: one pool for worker threads; writers lock the rows they change (``SELECT … FOR
 NO KEY UPDATE``) in ascending id order. A second pool, of the same driver in its asyncio mode,
 serves the payment on the event loop itself (:meth:`Database.autocommit_on_loop`).
@@ -58,12 +59,16 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, pool_timeout: f
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        # The writer waits for the write lock in sql.begin_immediate, not in SQLite's handler.
+        cursor.execute("PRAGMA busy_timeout=0" if immediate else "PRAGMA busy_timeout=30000")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if immediate:
+            sql.begin_immediate(connection.connection.driver_connection)
+        else:
+            connection.exec_driver_sql("BEGIN")
 
     return engine
 

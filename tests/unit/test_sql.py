@@ -4,6 +4,9 @@ by either side read the same through the other."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
+import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -11,6 +14,7 @@ from sqlalchemy import DateTime, create_engine
 from sqlalchemy.dialects import sqlite
 
 from models import codes, payments, sql
+from models.db import Database
 
 
 def test_a_code_row_has_the_code_table_columns_in_order() -> None:
@@ -80,3 +84,40 @@ def test_a_refused_connect_is_sqlalchemys_operational_error() -> None:
         pass
     finally:
         engine.dispose()
+
+
+def test_a_writer_takes_the_write_lock_as_soon_as_another_process_lets_it_go(
+    tmp_path: Path,
+) -> None:
+    """Another connection (another process: ``paycode webhooks``, the CLI) holds SQLite's
+    write lock: the writer waits for it, with neither SQLite's ``database is locked`` nor
+    its busy handler's sleeps (by 0.45 s they are 100 ms apart), and begins within a few
+    milliseconds of the release."""
+    path = tmp_path / "lock.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        with db.raw_write() as tx:
+            tx.run("CREATE TABLE t (x INTEGER)")
+        holding, released = threading.Event(), threading.Event()
+        let_go_at: list[float] = []
+
+        def hold() -> None:
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            holding.set()
+            released.wait(5)
+            other.execute("COMMIT")
+            let_go_at.append(time.monotonic())
+            other.close()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        holding.wait(5)
+        threading.Timer(0.45, released.set).start()
+        with db.raw_write() as tx:
+            began = time.monotonic()
+            tx.run("INSERT INTO t VALUES (1)")
+        holder.join(5)
+        assert let_go_at and 0 <= began - let_go_at[0] < 0.04
+    finally:
+        db.dispose()
