@@ -1,11 +1,15 @@
 """The delivery queue of spec §11: from the outbox to deliveries, leases, outcomes, retries.
 
-Each pass of a process's worker is one transaction. With several processes on PostgreSQL the
-rows a pass works on are taken with ``FOR UPDATE SKIP LOCKED``, so two processes never fan out
-one endpoint or claim one delivery at once; on SQLite the single writer serializes the same
-statements. An attempt holds its delivery by a lease: the claim writes a fresh ``lease_token``
-and a ``lease_until`` past the attempt's timeout, only the holder of the token records the
-outcome, and a delivery whose holder died becomes due again when the lease runs out.
+Each pass of a process's worker is a read, then one write transaction. The read builds every
+row the pass will write (new events fanned out to their endpoints' deliveries, the outcomes of
+ended attempts), so the write holds SQLite's one write lock, which payments wait for, for its
+statements only. The write keeps a fan-out only for endpoints whose cursor is still where the
+read found it, so two passes never fan out one event twice; with several processes on
+PostgreSQL the endpoints and deliveries a write works on are taken with ``FOR UPDATE SKIP
+LOCKED``, so two processes never fan out one endpoint or claim one delivery at once. An
+attempt holds its delivery by a lease: the fan-out or the claim writes a ``lease_token`` and a
+``lease_until`` past the attempt's timeout, only the holder of the token records the outcome,
+and a delivery whose holder died becomes due again when the lease runs out.
 
 Every delivery of every payment passes through here several times, so the statements are
 hand-written SQL on the session's connection (models/sql.py), batched per pass; only the rare
@@ -71,7 +75,7 @@ _BEHIND = (
 # endpoints that are behind.
 _NEW_EVENTS = (
     "SELECT w.id, w.account_id, w.events, w.url, w.secret, w.previous_secret,"
-    " w.previous_secret_until, e.seq, e.type, e.data, e.created_at"
+    " w.previous_secret_until, w.cursor_seq, e.seq, e.type, e.data, e.created_at"
     " FROM webhook_endpoint w JOIN event e ON e.account_id = w.account_id"
     " AND e.seq > w.cursor_seq WHERE w.enabled ORDER BY w.id, e.seq LIMIT {limit}"
 )
@@ -214,7 +218,19 @@ def claim(
     return jobs
 
 
-def fan_out(
+@dataclass(slots=True)
+class FanOut:
+    """New outbox events turned into deliveries, read outside the write lock: written by
+    ``apply_fan_out`` for each endpoint whose cursor has not moved since (``cursors``: the
+    cursor read and the one to write)."""
+
+    cursors: dict[str, tuple[int, int]] = field(default_factory=dict)
+    pending: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    leased: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    jobs: dict[str, list[Job]] = field(default_factory=dict)
+
+
+def plan_fan_out(
     tx: Tx,
     now: datetime,
     *,
@@ -222,38 +238,38 @@ def fan_out(
     room: dict[str, int],
     per_endpoint: int,
     lease: timedelta,
-) -> tuple[int, list[Job]]:
-    """Create the deliveries owed for new outbox events: how many, and the attempts leased
-    at once (up to ``slots``, at most ``room.get(id, per_endpoint)`` per endpoint) so that a
-    fresh delivery is sent without a claim of its own. The slots it leases are taken from
-    ``room``, so a claim after it in the same pass sees only the slots still free."""
-    statement = _NEW_EVENTS.format(limit=FAN_OUT_EVENTS)
-    if not tx.is_sqlite:
-        statement += " FOR UPDATE OF w SKIP LOCKED"
-    pending: list[tuple[Any, ...]] = []
-    leased: list[tuple[Any, ...]] = []
-    jobs: list[Job] = []
-    cursors: dict[str, int] = {}
-    wanted_by: dict[str, set[str]] = {}
+) -> FanOut:
+    """Read every endpoint's new events and build their deliveries, up to ``slots`` of them
+    leased at once (at most ``room.get(id, per_endpoint)`` per endpoint, taken from ``room``)
+    so that a fresh delivery is sent without a claim of its own. A read: every row and body
+    is made here, so the write that follows holds the write lock for its statements only."""
+    plan = FanOut()
     moment = tx.moment(now)
-    until = now + lease
-    until_moment = tx.moment(until)
+    until_moment = tx.moment(now + lease)
     empty_log = tx.json([])
-    for row in tx.all(statement):
-        webhook_id, account_id, events, url, secret, previous, previous_until = row[:7]
-        seq, type_, data, created_at = row[7:]
-        cursors[webhook_id] = seq
+    # One lease token and one in-flight log entry for every delivery of the pass: a token
+    # only has to differ from the next claim's, and the log is copied before it changes.
+    token = secrets.token_hex(16)
+    entries = [attempt_entry(1, IN_FLIGHT, now)]
+    entries_json = tx.json(entries)
+    wanted_by: dict[str, set[str]] = {}
+    endpoint_secrets: dict[str, list[str]] = {}
+    taken = 0
+    for row in tx.all(_NEW_EVENTS.format(limit=FAN_OUT_EVENTS)):
+        webhook_id, account_id, events, url, secret, previous, previous_until, cursor = row[:8]
+        seq, type_, data, created_at = row[8:]
+        read_at, _ = plan.cursors.get(webhook_id, (cursor, cursor))
+        plan.cursors[webhook_id] = (read_at, seq)
         wanted = wanted_by.get(webhook_id)
         if wanted is None:
             wanted = wanted_by[webhook_id] = set(tx.read_json(events))
         if type_ not in wanted:
             continue
         delivery_id = new_id("msg")
-        if len(jobs) < slots and room.setdefault(webhook_id, per_endpoint) > 0:
+        if taken < slots and room.setdefault(webhook_id, per_endpoint) > 0:
             room[webhook_id] -= 1
-            token = secrets.token_hex(16)
-            entries = [attempt_entry(1, IN_FLIGHT, now)]
-            leased.append(
+            taken += 1
+            plan.leased.setdefault(webhook_id, []).append(
                 (
                     delivery_id,
                     webhook_id,
@@ -262,13 +278,16 @@ def fan_out(
                     seq,
                     until_moment,
                     moment,
-                    tx.json(entries),
+                    entries_json,
                     token,
                     until_moment,
                 )
             )
-            endpoint = (webhook_id, url, secret, previous, previous_until)
-            jobs.append(
+            signing = endpoint_secrets.get(webhook_id)
+            if signing is None:
+                endpoint = (webhook_id, url, secret, previous, previous_until)
+                signing = endpoint_secrets[webhook_id] = _secrets(tx, endpoint, now)
+            plan.jobs.setdefault(webhook_id, []).append(
                 Job(
                     delivery_id=delivery_id,
                     webhook_id=webhook_id,
@@ -276,19 +295,40 @@ def fan_out(
                     number=1,
                     started_at=now,
                     url=url,
-                    secrets=_secrets(tx, endpoint, now),
+                    secrets=signing,
                     body=body_bytes(type_, tx.read_moment(created_at), seq, data),
                     log=entries,
                 )
             )
         else:
-            pending.append(
+            plan.pending.setdefault(webhook_id, []).append(
                 (delivery_id, webhook_id, account_id, type_, seq, moment, moment, empty_log)
             )
+    return plan
+
+
+_STILL_AT = "SELECT id, cursor_seq FROM webhook_endpoint WHERE enabled AND id IN ({marks})"
+
+
+def apply_fan_out(tx: Tx, plan: FanOut) -> tuple[int, list[Job]]:
+    """Write a fan-out read before this transaction: how many deliveries it created, and the
+    attempts leased. An endpoint whose cursor moved since (another process fanned it out),
+    that was switched off or deleted, or (PostgreSQL) that another pass holds right now, is
+    left out: the next pass reads it again."""
+    if not plan.cursors:
+        return 0, []
+    ids = sorted(plan.cursors)
+    statement = _STILL_AT.format(marks=_marks(ids))
+    if not tx.is_sqlite:
+        statement += " ORDER BY id FOR UPDATE SKIP LOCKED"
+    now_at = dict(tx.all(statement, ids))
+    kept = [i for i in ids if now_at.get(i) == plan.cursors[i][0]]
+    pending = [row for i in kept for row in plan.pending.get(i, ())]
+    leased = [row for i in kept for row in plan.leased.get(i, ())]
     tx.run_many(_INSERT_DELIVERY, pending)
     tx.run_many(_INSERT_LEASED, leased)
-    tx.run_many(_MOVE_CURSOR, [(seq, webhook_id) for webhook_id, seq in cursors.items()])
-    return len(pending) + len(leased), jobs
+    tx.run_many(_MOVE_CURSOR, [(plan.cursors[i][1], i) for i in kept])
+    return len(pending) + len(leased), [job for i in kept for job in plan.jobs.get(i, ())]
 
 
 def _secrets(tx: Tx, endpoint: tuple[Any, ...], now: datetime) -> list[str]:
@@ -365,33 +405,27 @@ class Finished:
     failing: list[str]
 
 
-def finish(
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The outcome of one attempt as the row it writes, made outside the write lock."""
+
+    job: Job
+    status: str
+    row: tuple[Any, ...]
+
+
+def prepare_outcomes(
     tx: Tx,
     done: list[tuple[Job, Result]],
     now: datetime,
     *,
     schedule: Sequence[float] = RETRY_SCHEDULE,
-) -> Finished:
-    """Record the outcomes of ended attempts, in two statements whatever their number: the
-    leases still held are read (locked on PostgreSQL, delivery rows first, in id order), and
-    only their holders' outcomes are written."""
-    if not done:
-        return Finished([], [])
-    ids = sorted(job.delivery_id for job, _ in done)
-    statement = _HELD.format(marks=_marks(ids))
-    if not tx.is_sqlite:
-        statement += " ORDER BY id FOR UPDATE"
-    held = dict(tx.all(statement, ids))
-    statuses: list[str | None] = []
-    recovered: set[str] = set()
-    failing: list[str] = []
-    settled: list[tuple[Any, ...]] = []
+) -> list[Settlement]:
+    """Each ended attempt's new status and row (its next attempt's time drawn here)."""
+    settlements: list[Settlement] = []
     moment = tx.moment(now)
     finished_at = rfc3339(now)
     for job, result in done:
-        if held.get(job.delivery_id) != job.lease_token:
-            statuses.append(None)
-            continue
         log = [dict(e) for e in job.log]
         if log and log[-1]["number"] == job.number:
             # The in-flight entry already holds the attempt's number and start.
@@ -403,31 +437,67 @@ def finish(
             )
         if result.succeeded:
             status, next_at, delivered = SUCCEEDED, None, moment
-            recovered.add(job.webhook_id)
         else:
             delay = retry_delay(job.number, schedule)
             status = FAILED if delay is None else PENDING
             next_at = None if delay is None else tx.moment(now + timedelta(seconds=delay))
             delivered = None
-            failing.append(job.webhook_id)
-        settled.append(
-            (
-                status,
-                result.status_code,
-                result.error,
-                next_at,
-                delivered,
-                tx.json(log),
-                job.delivery_id,
-                job.lease_token,
-            )
+        row = (
+            status,
+            result.status_code,
+            result.error,
+            next_at,
+            delivered,
+            tx.json(log),
+            job.delivery_id,
+            job.lease_token,
         )
-        statuses.append(status)
-    tx.run_many(_SETTLE, settled)
+        settlements.append(Settlement(job, status, row))
+    return settlements
+
+
+def settle(tx: Tx, settlements: list[Settlement]) -> Finished:
+    """Record prepared outcomes, in two statements whatever their number: the leases still
+    held are read (locked on PostgreSQL, delivery rows first, in id order), and only their
+    holders' outcomes are written."""
+    if not settlements:
+        return Finished([], [])
+    ids = sorted(s.job.delivery_id for s in settlements)
+    statement = _HELD.format(marks=_marks(ids))
+    if not tx.is_sqlite:
+        statement += " ORDER BY id FOR UPDATE"
+    held = dict(tx.all(statement, ids))
+    statuses: list[str | None] = []
+    recovered: set[str] = set()
+    failing: list[str] = []
+    rows: list[tuple[Any, ...]] = []
+    for settlement in settlements:
+        job = settlement.job
+        if held.get(job.delivery_id) != job.lease_token:
+            statuses.append(None)
+            continue
+        if settlement.status == SUCCEEDED:
+            recovered.add(job.webhook_id)
+        else:
+            failing.append(job.webhook_id)
+        rows.append(settlement.row)
+        statuses.append(settlement.status)
+    tx.run_many(_SETTLE, rows)
     if recovered:
         ids = sorted(recovered)
         tx.run(_RECOVERED.format(marks=_marks(ids)), ids)
     return Finished(statuses, list(dict.fromkeys(failing)))
+
+
+def finish(
+    tx: Tx,
+    done: list[tuple[Job, Result]],
+    now: datetime,
+    *,
+    schedule: Sequence[float] = RETRY_SCHEDULE,
+) -> Finished:
+    """``prepare_outcomes`` and ``settle`` in one transaction."""
+    return settle(tx, prepare_outcomes(tx, done, now, schedule=schedule))
 
 
 def note_failures(

@@ -26,7 +26,7 @@ PROCESS_INTERVAL = 0.05
 
 async def _serve(settings: Settings) -> None:
     db = Database(settings.database_url)
-    config = WorkerConfig.from_settings(settings)
+    config = dataclasses.replace(WorkerConfig.from_settings(settings), passes_on_loop=True)
     if "webhook_interval" not in settings.extra:
         # No commit of its own wakes this process: it looks for new events often instead (an
         # idle look is one indexed read).

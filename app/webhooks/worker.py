@@ -1,12 +1,13 @@
 """The delivery worker of one process: turns outbox events into deliveries and sends them.
 
-Each pass is one short write transaction: it records the outcomes of the attempts that ended,
-fans new outbox events out to the endpoints that want them (leasing the fresh deliveries at
-once), and leases due retries, up to the free slots: at most ``concurrency`` attempts in flight
-in this process and ``per_endpoint`` to any one endpoint, so a slow or dead endpoint holds only
-its own slots. On SQLite the pass is a unit of the process's group commit (one more savepoint
-in a batch of payments, not a transaction of its own); on PostgreSQL it runs on the event loop
-over the loop's pool (``on_loop``), as the payments do.
+Each pass is a read that prepares its rows, then one short write transaction: it records the
+outcomes of the attempts that ended, fans new outbox events out to the endpoints that want
+them (leasing the fresh deliveries at once), and leases due retries, up to the free slots: at
+most ``concurrency`` attempts in flight in this process and ``per_endpoint`` to any one
+endpoint, so a slow or dead endpoint holds only its own slots. On SQLite the write is a unit
+of the process's group commit (one more savepoint in a batch of payments, not a transaction
+of its own), except in ``paycode webhooks``, whose passes run on its event loop's thread; on
+PostgreSQL both run on the event loop over the loop's pool (``on_loop``), as the payments do.
 
 A pass runs when this process commits events (``nudge``), when attempts end, and every
 ``interval`` for what other processes committed; passes are at least ``spacing`` apart, so
@@ -29,7 +30,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app import observability
 from app.http import in_thread, in_writer, on_loop
@@ -67,6 +68,11 @@ class WorkerConfig:
     disable_after: timedelta = queue.DISABLE_AFTER
     resolver: Resolver = system_resolver
     gauge_every: float = 2.0
+    # The process does nothing but deliver (``paycode webhooks``): on SQLite its pass runs
+    # on the event loop's own thread rather than the group commit's, so the write lock,
+    # which the servers wait for, is never held while the writing thread waits for the GIL
+    # behind the loop's attempts.
+    passes_on_loop: bool = False
 
     @property
     def lease(self) -> timedelta:
@@ -229,20 +235,48 @@ class WebhookWorker:
         *,
         look: bool,
     ) -> tuple[list[queue.Job], queue.Finished, bool]:
-        """Everything a pass writes, in one unit. With nothing to record and no commit of
-        this process to fan out, a read decides first whether there is work at all, so an
-        idle pass never takes SQLite's single write lock."""
+        """Everything a pass writes, in one unit, prepared by a read before it: the rows and
+        bodies are made outside the write lock, which the payments wait for. With nothing
+        to record and no commit of this process to fan out, a read decides first whether
+        there is work at all, so an idle pass never takes SQLite's single write lock."""
         now = utcnow()
         if look and not done and not await self._any_work(now, slots, room):
             return [], queue.Finished([], []), False
-        work = partial(self._write, self._results(done), now, slots, room)
-        if self.db.group is not None:
+        free = dict(room)
+        prepare = partial(self._prepare, self._results(done), now, slots, free)
+        if not self.db.is_sqlite:
+            outcomes, plan = await on_loop(prepare, self.db.raw_read_on_loop)
+        elif self.config.passes_on_loop:
+            outcomes, plan = prepare(self.db.raw_read)
+        else:
+            outcomes, plan = await in_thread(prepare, self.db.raw_read)
+        # An endpoint with every slot taken before this pass is not even read by the claim.
+        full = any(left <= 0 for left in room.values())
+        work = partial(self._write, outcomes, plan, now, slots, free, full)
+        if self.db.group is not None and not self.config.passes_on_loop:
             return await in_writer(self.db.group, work)
         return await on_loop(self._unit, work)
 
     def _unit(self, work: Callable[[Tx], T]) -> T:
-        with self.db.raw_write_on_loop() as tx:
+        with self.db.raw_write() if self.db.is_sqlite else self.db.raw_write_on_loop() as tx:
             return work(tx)
+
+    def _prepare(
+        self,
+        results: list[tuple[queue.Job, queue.Result]],
+        now: datetime,
+        slots: int,
+        free: dict[str, int],
+        open_read: Callable[[], AbstractContextManager[Tx]],
+    ) -> tuple[list[queue.Settlement], queue.FanOut]:
+        with open_read() as tx:
+            outcomes = queue.prepare_outcomes(tx, results, now, schedule=self.config.schedule)
+            plan = queue.plan_fan_out(tx, now, slots=slots, room=free, **self._lease_terms)
+        return outcomes, plan
+
+    @property
+    def _lease_terms(self) -> dict[str, Any]:
+        return {"per_endpoint": self.config.per_endpoint, "lease": self.config.lease}
 
     async def _any_work(self, now: datetime, slots: int, room: dict[str, int]) -> bool:
         full = {k for k, v in room.items() if v <= 0}
@@ -269,22 +303,20 @@ class WebhookWorker:
 
     def _write(
         self,
-        results: list[tuple[queue.Job, queue.Result]],
+        outcomes: list[queue.Settlement],
+        plan: queue.FanOut,
         now: datetime,
         slots: int,
-        room: dict[str, int],
+        free: dict[str, int],
+        full: bool,
         tx: Tx,
     ) -> tuple[list[queue.Job], queue.Finished, bool]:
-        finished = queue.finish(tx, results, now, schedule=self.config.schedule)
-        lease = {"per_endpoint": self.config.per_endpoint, "lease": self.config.lease}
-        # An endpoint with every slot taken before this pass is not even read by the claim.
-        full = any(left <= 0 for left in room.values())
-        free = dict(room)
-        created, jobs = queue.fan_out(tx, now, slots=slots, room=free, **lease)
+        finished = queue.settle(tx, outcomes)
+        created, jobs = queue.apply_fan_out(tx, plan)
         behind = created > len(jobs)
         slots -= len(jobs)
         if slots > 0:
-            claimed = queue.claim(tx, now, slots=slots, room=free, **lease)
+            claimed = queue.claim(tx, now, slots=slots, room=free, **self._lease_terms)
             # Due deliveries were waiting: more may be, behind this claim's slots.
             behind = behind or bool(claimed)
             jobs += claimed
