@@ -2,6 +2,7 @@
 
     python -m loadtests.webhooks            # ~6 minutes on 2 cores
     python -m loadtests.webhooks --quick    # a few seconds per phase, for smoke tests
+    python -m loadtests.webhooks --pin      # the server alone on CPU 0, the rest on the others
 
 One ``sqlite-memory`` paycode process and the shop floor of ``loadtests.bench`` (K counters,
 2 devices per account, a sale = dynamic code + payment + the frame on all 4 devices), twice:
@@ -16,9 +17,12 @@ the shared machine touches both sides alike:
                      the time from each payment's commit to the receiver's answer
 
 The receiver is ``loadtests.webhook_sink`` in its own process; its CPU and the client's are
-reported with the server's. After each "on" phase the harness waits for every delivery owed
-to arrive and reports how long that drain took: a rate the worker could not keep up with
-would show there, not in payments/s.
+reported with the server's. On a machine of 2 cores they all compete with the server for CPU;
+``--pin`` gives the server a core of its own (as a deployment's receiver and sender would not
+share the server's cores) and puts the generator, the receiver and a separate sender on the
+others, so that the ratio measures what webhooks cost the server itself. After each "on"
+phase the harness waits for every delivery owed to arrive and reports how long that drain
+took: a rate the worker could not keep up with would show there, not in payments/s.
 """
 
 from __future__ import annotations
@@ -44,6 +48,14 @@ from loadtests.sales import Floor, offered, saturate
 from loadtests.stats import summarize
 
 EVERY_TYPE = ("payment.succeeded", "code.paid")
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus`` (Linux: an affinity is per thread, and a new
+    thread inherits its creator's)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def start_sink(logs: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -235,6 +247,8 @@ async def _run(
     os.environ["PAYCODE_WEBHOOK_ALLOW_PRIVATE"] = "1"
     os.environ["PAYCODE_WEBHOOK_WORKER"] = "off" if separate else "on"
     server = servers.start_paycode(database_url, broker_url, workers, logs)
+    if args.pin:
+        pin(server.proc.pid, {0})
     sender = start_sender(database_url, logs) if separate else None
     base = f"http://127.0.0.1:{server.port}"
     phases: list[dict[str, Any]] = []
@@ -337,6 +351,7 @@ async def run_all(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
         "counters": args.counters,
         "seconds": args.seconds,
         "endpoint_events": args.events or "all types",
+        "pinned": "the server on CPU 0, the rest on the others" if args.pin else None,
         "runs": runs,
     }
 
@@ -356,8 +371,19 @@ def main() -> None:
     parser.add_argument(
         "--events", nargs="+", default=None, help="the endpoints' event types (default: all)"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the server alone on CPU 0; this load generator, the receiver and a separate"
+        " sender on the other CPUs (one server process only)",
+    )
     parser.add_argument("--out", default="docs/bench/webhooks.json")
     args = parser.parse_args()
+    if args.pin:
+        if CONFIGS[args.config][2] != 1 or (os.cpu_count() or 1) < 2:
+            parser.error("--pin needs a one-process configuration and at least 2 CPUs")
+        # Inherited by every process started from here on; the server is moved to CPU 0.
+        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
     if args.quick:
         args.counters, args.seconds, args.warmup, args.rate_seconds, args.rounds = 8, 3, 1, 3, 1
     args.load_at_start = round(os.getloadavg()[0], 2)
