@@ -191,7 +191,7 @@ def begin_immediate(connection: sqlite3.Connection) -> None:
             if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
                 raise
         time.sleep(pause)
-        pause = min(pause * 2, 0.002)
+        pause = min(pause * 2, 0.0005)
 
 
 @contextmanager
