@@ -5,34 +5,25 @@ or for an endpoint switched off. Both databases, the real schema, no worker runn
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from starlette.testclient import TestClient
 
-from app.main import create_app
 from app.settings import Settings
 from models import webhook_queue as queue
 from models.clock import utcnow
 from models.db import Database
 from tests.api import Api, User
-from tests.conftest import ADMIN_TOKEN
 
 LEASE = {"per_endpoint": 64, "lease": timedelta(seconds=15)}
 
 
 @pytest.fixture
-def api(database_url: str) -> Iterator[Api]:
-    settings = Settings(
-        database_url=database_url,
-        admin_token=ADMIN_TOKEN,
-        public_url_setting="http://testserver",
-        webhook_allow_private=True,
-        webhook_worker=False,
-    )
-    with TestClient(create_app(settings, migrate_schema=False)) as client:
-        yield Api(client, ADMIN_TOKEN)
+def settings(settings: Settings) -> Settings:
+    """No worker: these tests take the queue's steps by hand."""
+    return dataclasses.replace(settings, webhook_worker=False, webhook_allow_private=True)
 
 
 @pytest.fixture
