@@ -10,8 +10,10 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-from sqlalchemy import DateTime, create_engine
+import pytest
+from sqlalchemy import DateTime, create_engine, text
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import OperationalError
 
 from models import codes, payments, sql
 from models.db import Database
@@ -119,5 +121,28 @@ def test_a_writer_takes_the_write_lock_as_soon_as_another_process_lets_it_go(
             tx.run("INSERT INTO t VALUES (1)")
         holder.join(5)
         assert let_go_at and 0 <= began - let_go_at[0] < 0.04
+    finally:
+        db.dispose()
+
+
+def test_a_write_lock_never_let_go_is_sqlalchemys_error_on_both_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the wait, the ORM session and the hand-written unit both raise SQLAlchemy's
+    OperationalError: the class the HTTP layer answers with 503, not a driver error (500)."""
+    path = tmp_path / "locked.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        with db.raw_write() as tx:
+            tx.run("CREATE TABLE t (x INTEGER)")
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        monkeypatch.setattr(sql, "WRITE_LOCK_TIMEOUT", 0.05)
+        with pytest.raises(OperationalError), db.write() as session:
+            session.exec(text("INSERT INTO t VALUES (1)"))  # type: ignore[call-overload]
+        with pytest.raises(OperationalError), db.raw_write() as tx:
+            tx.run("INSERT INTO t VALUES (1)")
+        other.execute("ROLLBACK")
+        other.close()
     finally:
         db.dispose()
