@@ -1,12 +1,13 @@
 """The delivery queue of spec §11: from the outbox to deliveries, leases, outcomes, retries.
 
-Each pass of a process's worker is a read, then one write transaction. The read builds every
-row the pass will write (new events fanned out to their endpoints' deliveries, the outcomes of
-ended attempts), so the write holds SQLite's one write lock, which payments wait for, for its
-statements only. The write keeps a fan-out only for endpoints whose cursor is still where the
-read found it, so two passes never fan out one event twice; with several processes on
-PostgreSQL the endpoints and deliveries a write works on are taken with ``FOR UPDATE SKIP
-LOCKED``, so two processes never fan out one endpoint or claim one delivery at once. An
+Each pass of a process's worker is one write transaction. On SQLite a read before it builds
+every row the pass will write (new events fanned out to their endpoints' deliveries, the
+outcomes of ended attempts), so the write holds the one write lock, which payments wait for,
+for its statements only; the write keeps a fan-out only for endpoints whose cursor is still
+where the read found it, so two passes never fan out one event twice. On PostgreSQL the rows
+are built inside the transaction, and with several processes the endpoints and deliveries a
+pass works on are taken with ``FOR UPDATE SKIP LOCKED``, so two processes never fan out one
+endpoint or claim one delivery at once. An
 attempt holds its delivery by a lease: the fan-out or the claim writes a ``lease_token`` and a
 ``lease_until`` past the attempt's timeout, only the holder of the token records the outcome,
 and a delivery whose holder died becomes due again when the lease runs out.
@@ -225,6 +226,8 @@ class FanOut:
     cursor read and the one to write)."""
 
     cursors: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Read in the write's own transaction with the endpoints locked: nothing to check again.
+    locked: bool = False
     pending: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     leased: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     jobs: dict[str, list[Job]] = field(default_factory=dict)
@@ -238,12 +241,15 @@ def plan_fan_out(
     room: dict[str, int],
     per_endpoint: int,
     lease: timedelta,
+    lock: bool = False,
 ) -> FanOut:
     """Read every endpoint's new events and build their deliveries, up to ``slots`` of them
     leased at once (at most ``room.get(id, per_endpoint)`` per endpoint, taken from ``room``)
-    so that a fresh delivery is sent without a claim of its own. A read: every row and body
-    is made here, so the write that follows holds the write lock for its statements only."""
-    plan = FanOut()
+    so that a fresh delivery is sent without a claim of its own. Every row and body is made
+    here, so on SQLite it runs as a read before the write, which then holds the write lock
+    for its statements only. ``lock`` (PostgreSQL, in the write's own transaction): the
+    endpoints read are locked, those another pass holds skipped."""
+    plan = FanOut(locked=lock and not tx.is_sqlite)
     moment = tx.moment(now)
     until_moment = tx.moment(now + lease)
     empty_log = tx.json([])
@@ -255,7 +261,10 @@ def plan_fan_out(
     wanted_by: dict[str, set[str]] = {}
     endpoint_secrets: dict[str, list[str]] = {}
     taken = 0
-    for row in tx.all(_NEW_EVENTS.format(limit=FAN_OUT_EVENTS)):
+    statement = _NEW_EVENTS.format(limit=FAN_OUT_EVENTS)
+    if plan.locked:
+        statement += " FOR UPDATE OF w SKIP LOCKED"
+    for row in tx.all(statement):
         webhook_id, account_id, events, url, secret, previous, previous_until, cursor = row[:8]
         seq, type_, data, created_at = row[8:]
         read_at, _ = plan.cursors.get(webhook_id, (cursor, cursor))
@@ -311,18 +320,21 @@ _STILL_AT = "SELECT id, cursor_seq FROM webhook_endpoint WHERE enabled AND id IN
 
 
 def apply_fan_out(tx: Tx, plan: FanOut) -> tuple[int, list[Job]]:
-    """Write a fan-out read before this transaction: how many deliveries it created, and the
-    attempts leased. An endpoint whose cursor moved since (another process fanned it out),
-    that was switched off or deleted, or (PostgreSQL) that another pass holds right now, is
-    left out: the next pass reads it again."""
+    """Write a fan-out: how many deliveries it created, and the attempts leased. Read before
+    this transaction, it is kept only for endpoints still enabled whose cursor has not moved
+    since (another pass fanned them out), and not held by another pass right now
+    (PostgreSQL); the others are read again by the next pass."""
     if not plan.cursors:
         return 0, []
     ids = sorted(plan.cursors)
-    statement = _STILL_AT.format(marks=_marks(ids))
-    if not tx.is_sqlite:
-        statement += " ORDER BY id FOR UPDATE SKIP LOCKED"
-    now_at = dict(tx.all(statement, ids))
-    kept = [i for i in ids if now_at.get(i) == plan.cursors[i][0]]
+    if plan.locked:
+        kept = ids
+    else:
+        statement = _STILL_AT.format(marks=_marks(ids))
+        if not tx.is_sqlite:
+            statement += " ORDER BY id FOR UPDATE SKIP LOCKED"
+        now_at = dict(tx.all(statement, ids))
+        kept = [i for i in ids if now_at.get(i) == plan.cursors[i][0]]
     pending = [row for i in kept for row in plan.pending.get(i, ())]
     leased = [row for i in kept for row in plan.leased.get(i, ())]
     tx.run_many(_INSERT_DELIVERY, pending)

@@ -1,13 +1,14 @@
 """The delivery worker of one process: turns outbox events into deliveries and sends them.
 
-Each pass is a read that prepares its rows, then one short write transaction: it records the
-outcomes of the attempts that ended, fans new outbox events out to the endpoints that want
-them (leasing the fresh deliveries at once), and leases due retries, up to the free slots: at
-most ``concurrency`` attempts in flight in this process and ``per_endpoint`` to any one
-endpoint, so a slow or dead endpoint holds only its own slots. On SQLite the write is a unit
-of the process's group commit (one more savepoint in a batch of payments, not a transaction
-of its own), except in ``paycode webhooks``, whose passes run on its event loop's thread; on
-PostgreSQL both run on the event loop over the loop's pool (``on_loop``), as the payments do.
+Each pass is one short write transaction: it records the outcomes of the attempts that
+ended, fans new outbox events out to the endpoints that want them (leasing the fresh
+deliveries at once), and leases due retries, up to the free slots: at most ``concurrency``
+attempts in flight in this process and ``per_endpoint`` to any one endpoint, so a slow or dead
+endpoint holds only its own slots. On SQLite a read before it makes the rows, so the write
+holds the one write lock for its statements only; the write is a unit of the process's group
+commit (one more savepoint in a batch of payments, not a transaction of its own), except in
+``paycode webhooks``, whose passes run on its event loop's thread. On PostgreSQL the pass runs
+on the event loop over the loop's pool (``on_loop``), as the payments do.
 
 A pass runs when this process commits events (``nudge``), when attempts end, and every
 ``interval`` for what other processes committed; passes are at least ``spacing`` apart, so
@@ -235,27 +236,31 @@ class WebhookWorker:
         *,
         look: bool,
     ) -> tuple[list[queue.Job], queue.Finished, bool]:
-        """Everything a pass writes, in one unit, prepared by a read before it: the rows and
-        bodies are made outside the write lock, which the payments wait for. With nothing
+        """Everything a pass writes, in one unit. On SQLite its rows and bodies are made by a
+        read before it, outside the write lock, which the payments wait for. With nothing
         to record and no commit of this process to fan out, a read decides first whether
         there is work at all, so an idle pass never takes SQLite's single write lock."""
         now = utcnow()
         if look and not done and not await self._any_work(now, slots, room):
             return [], queue.Finished([], []), False
-        free = dict(room)
-        prepare = partial(self._prepare, self._results(done), now, slots, free)
-        if not self.db.is_sqlite:
-            outcomes, plan = await on_loop(prepare, self.db.raw_read_on_loop)
-        elif self.config.passes_on_loop:
-            outcomes, plan = prepare(self.db.raw_read)
-        else:
-            outcomes, plan = await in_thread(prepare, self.db.raw_read)
+        results = self._results(done)
         # An endpoint with every slot taken before this pass is not even read by the claim.
         full = any(left <= 0 for left in room.values())
+        free = dict(room)
+        if not self.db.is_sqlite:
+            # No single write lock to keep short: one transaction, whose read locks the
+            # endpoints it fans out (SKIP LOCKED), so two processes never build the same
+            # deliveries only for one of them to throw its work away.
+            whole = partial(self._whole_pass, results, now, slots, free, full)
+            return await on_loop(self._unit, whole)
+        prepare = partial(self._prepare, results, now, slots, free)
+        if self.config.passes_on_loop:
+            outcomes, plan = prepare(self.db.raw_read)
+            return self._unit(partial(self._write, outcomes, plan, now, slots, free, full))
+        outcomes, plan = await in_thread(prepare, self.db.raw_read)
+        assert self.db.group is not None, "SQLite's writes go through the group commit"
         work = partial(self._write, outcomes, plan, now, slots, free, full)
-        if self.db.group is not None and not self.config.passes_on_loop:
-            return await in_writer(self.db.group, work)
-        return await on_loop(self._unit, work)
+        return await in_writer(self.db.group, work)
 
     def _unit(self, work: Callable[[Tx], T]) -> T:
         with self.db.raw_write() if self.db.is_sqlite else self.db.raw_write_on_loop() as tx:
@@ -273,6 +278,19 @@ class WebhookWorker:
             outcomes = queue.prepare_outcomes(tx, results, now, schedule=self.config.schedule)
             plan = queue.plan_fan_out(tx, now, slots=slots, room=free, **self._lease_terms)
         return outcomes, plan
+
+    def _whole_pass(
+        self,
+        results: list[tuple[queue.Job, queue.Result]],
+        now: datetime,
+        slots: int,
+        free: dict[str, int],
+        full: bool,
+        tx: Tx,
+    ) -> tuple[list[queue.Job], queue.Finished, bool]:
+        outcomes = queue.prepare_outcomes(tx, results, now, schedule=self.config.schedule)
+        plan = queue.plan_fan_out(tx, now, slots=slots, room=free, lock=True, **self._lease_terms)
+        return self._write(outcomes, plan, now, slots, free, full, tx)
 
     @property
     def _lease_terms(self) -> dict[str, Any]:

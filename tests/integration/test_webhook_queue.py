@@ -103,3 +103,22 @@ def test_deliveries_past_the_free_slots_are_written_pending_not_leased(
             (hook,),
         )
     assert row is not None and row[0] == created
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_on_postgresql_a_pass_keeps_the_endpoints_it_reads_from_another_process(
+    api: Api, db: Database
+) -> None:
+    """PostgreSQL's pass builds its fan-out inside its own write transaction, the endpoints
+    read locked: another process's pass meanwhile skips them, and the first writes each
+    delivery once."""
+    _payee, hook = paid_shop(api)
+    with db.raw_write() as first:
+        mine = queue.plan_fan_out(first, utcnow(), slots=100, room={}, lock=True, **LEASE)
+        assert mine.jobs[hook]
+        with db.raw_write() as second:
+            theirs = queue.plan_fan_out(second, utcnow(), slots=100, room={}, lock=True, **LEASE)
+            assert hook not in theirs.cursors
+        created, jobs = queue.apply_fan_out(first, mine)
+    assert created >= 1 and {job.webhook_id for job in jobs} == {hook}
+    assert delivery_count(db, hook) == created
