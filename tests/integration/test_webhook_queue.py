@@ -117,6 +117,8 @@ def test_on_postgresql_a_pass_keeps_the_endpoints_it_reads_from_another_process(
         mine = queue.plan_fan_out(first, utcnow(), slots=100, room={}, lock=True, **LEASE)
         assert mine.jobs[hook]
         with db.raw_write() as second:
+            # A read that waited for the first pass's locks would fail here, not hang.
+            second.run("SET LOCAL lock_timeout = '2s'")
             theirs = queue.plan_fan_out(second, utcnow(), slots=100, room={}, lock=True, **LEASE)
             assert hook not in theirs.cursors
         created, jobs = queue.apply_fan_out(first, mine)
