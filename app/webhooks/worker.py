@@ -275,9 +275,7 @@ class WebhookWorker:
         open_read: Callable[[], AbstractContextManager[Tx]],
     ) -> tuple[list[queue.Settlement], queue.FanOut]:
         with open_read() as tx:
-            outcomes = queue.prepare_outcomes(tx, results, now, schedule=self.config.schedule)
-            plan = queue.plan_fan_out(tx, now, slots=slots, room=free, **self._lease_terms)
-        return outcomes, plan
+            return self._rows(tx, results, now, slots, free, lock=False)
 
     def _whole_pass(
         self,
@@ -288,9 +286,23 @@ class WebhookWorker:
         full: bool,
         tx: Tx,
     ) -> tuple[list[queue.Job], queue.Finished, bool]:
-        outcomes = queue.prepare_outcomes(tx, results, now, schedule=self.config.schedule)
-        plan = queue.plan_fan_out(tx, now, slots=slots, room=free, lock=True, **self._lease_terms)
+        outcomes, plan = self._rows(tx, results, now, slots, free, lock=True)
         return self._write(outcomes, plan, now, slots, free, full, tx)
+
+    def _rows(
+        self,
+        tx: Tx,
+        results: list[tuple[queue.Job, queue.Result]],
+        now: datetime,
+        slots: int,
+        free: dict[str, int],
+        *,
+        lock: bool,
+    ) -> tuple[list[queue.Settlement], queue.FanOut]:
+        """What a pass writes: the ended attempts' outcomes and the new events' fan-out."""
+        outcomes = queue.prepare_outcomes(tx, results, now, schedule=self.config.schedule)
+        plan = queue.plan_fan_out(tx, now, slots=slots, room=free, lock=lock, **self._lease_terms)
+        return outcomes, plan
 
     @property
     def _lease_terms(self) -> dict[str, Any]:
