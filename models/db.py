@@ -12,7 +12,6 @@ serves the payment on the event loop itself (:meth:`Database.autocommit_on_loop`
 from __future__ import annotations
 
 import select
-import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from psycopg.pq import ConnStatus
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InvalidatePoolError
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
@@ -67,11 +66,7 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, pool_timeout: f
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         if immediate:
-            try:
-                sql.begin_immediate(connection.connection.driver_connection)
-            except sqlite3.Error as exc:
-                # As SQLAlchemy raises a driver's error: the handlers that answer 503 see it.
-                raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
+            sql.begin_immediate(connection.connection.driver_connection)
         else:
             connection.exec_driver_sql("BEGIN")
 

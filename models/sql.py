@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any
 
 from pydantic_core import to_json
@@ -180,16 +180,20 @@ def begin_immediate(connection: sqlite3.Connection) -> None:
     """Take the write lock, waiting for another process's transaction in steps of a fraction
     of a millisecond: SQLite's own busy handler sleeps 1, 2, 5, 10 ms… between tries, so a
     writer that meets a 1 ms transaction of another process (``paycode webhooks``, the CLI)
-    sat idle for several milliseconds with the lock free."""
+    sat idle for several milliseconds with the lock free. A failure is raised as SQLAlchemy
+    raises a driver's error, whichever path began: the handlers that answer 503 see it."""
     deadline = time.monotonic() + WRITE_LOCK_TIMEOUT
     pause = 0.0001
     while True:
         try:
             connection.execute("BEGIN IMMEDIATE")
             return
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                raise
+        except sqlite3.Error as exc:
+            busy = isinstance(exc, sqlite3.OperationalError) and (
+                exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            )
+            if not busy or time.monotonic() > deadline:
+                raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
         time.sleep(pause)
         pause = min(pause * 2, 0.0005)
 
@@ -210,7 +214,7 @@ def unit(engine: Engine, *, write: bool) -> Iterator[Tx]:
             tx = Tx(connection, is_sqlite=is_sqlite, dbapi_error=dbapi_error)
             try:
                 if is_sqlite and write:
-                    tx._fetch("BEGIN IMMEDIATE", partial(begin_immediate, connection))
+                    begin_immediate(connection)
                 yield tx
                 if write:
                     tx._fetch("COMMIT", connection.commit)
