@@ -50,6 +50,11 @@ T = TypeVar("T")
 log = logging.getLogger("paycode.webhooks")
 
 Publish = Callable[[list[Published]], Awaitable[None]]
+# A pass's rows given its transaction, and its write given those rows (see WebhookWorker._pass).
+Rows = Callable[..., tuple[list[queue.Settlement], queue.FanOut]]
+Write = Callable[
+    [list[queue.Settlement], queue.FanOut, Tx], tuple[list[queue.Job], queue.Finished, bool]
+]
 
 
 @dataclass(frozen=True)
@@ -243,59 +248,35 @@ class WebhookWorker:
         now = utcnow()
         if look and not done and not await self._any_work(now, slots, room):
             return [], queue.Finished([], []), False
-        results = self._results(done)
         # An endpoint with every slot taken before this pass is not even read by the claim.
         full = any(left <= 0 for left in room.values())
         free = dict(room)
+        rows = partial(self._rows, self._results(done), now, slots, free)
+        write = partial(self._write, now, slots, free, full)
         if not self.db.is_sqlite:
             # No single write lock to keep short: one transaction, whose read locks the
             # endpoints it fans out (SKIP LOCKED), so two processes never build the same
             # deliveries only for one of them to throw its work away.
-            whole = partial(self._whole_pass, results, now, slots, free, full)
-            return await on_loop(self._unit, whole)
-        prepare = partial(self._prepare, results, now, slots, free)
+            return await on_loop(self._unit, partial(_read_and_write, rows, write))
+        read = partial(_read_first, rows, self.db.raw_read)
+        outcomes, plan = read() if self.config.passes_on_loop else await in_thread(read)
+        work = partial(write, outcomes, plan)
         if self.config.passes_on_loop:
-            outcomes, plan = prepare(self.db.raw_read)
-            return self._unit(partial(self._write, outcomes, plan, now, slots, free, full))
-        outcomes, plan = await in_thread(prepare, self.db.raw_read)
+            return self._unit(work)
         assert self.db.group is not None, "SQLite's writes go through the group commit"
-        work = partial(self._write, outcomes, plan, now, slots, free, full)
         return await in_writer(self.db.group, work)
 
     def _unit(self, work: Callable[[Tx], T]) -> T:
         with self.db.raw_write() if self.db.is_sqlite else self.db.raw_write_on_loop() as tx:
             return work(tx)
 
-    def _prepare(
-        self,
-        results: list[tuple[queue.Job, queue.Result]],
-        now: datetime,
-        slots: int,
-        free: dict[str, int],
-        open_read: Callable[[], AbstractContextManager[Tx]],
-    ) -> tuple[list[queue.Settlement], queue.FanOut]:
-        with open_read() as tx:
-            return self._rows(tx, results, now, slots, free, lock=False)
-
-    def _whole_pass(
-        self,
-        results: list[tuple[queue.Job, queue.Result]],
-        now: datetime,
-        slots: int,
-        free: dict[str, int],
-        full: bool,
-        tx: Tx,
-    ) -> tuple[list[queue.Job], queue.Finished, bool]:
-        outcomes, plan = self._rows(tx, results, now, slots, free, lock=True)
-        return self._write(outcomes, plan, now, slots, free, full, tx)
-
     def _rows(
         self,
-        tx: Tx,
         results: list[tuple[queue.Job, queue.Result]],
         now: datetime,
         slots: int,
         free: dict[str, int],
+        tx: Tx,
         *,
         lock: bool,
     ) -> tuple[list[queue.Settlement], queue.FanOut]:
@@ -333,12 +314,12 @@ class WebhookWorker:
 
     def _write(
         self,
-        outcomes: list[queue.Settlement],
-        plan: queue.FanOut,
         now: datetime,
         slots: int,
         free: dict[str, int],
         full: bool,
+        outcomes: list[queue.Settlement],
+        plan: queue.FanOut,
         tx: Tx,
     ) -> tuple[list[queue.Job], queue.Finished, bool]:
         finished = queue.settle(tx, outcomes)
@@ -388,3 +369,19 @@ class WebhookWorker:
         observability.record_webhook_attempt(outcome.outcome, outcome.seconds)
         self._done.append((job, outcome))
         self._wake.set()
+
+
+def _read_first(
+    rows: Rows, open_read: Callable[[], AbstractContextManager[Tx]]
+) -> tuple[list[queue.Settlement], queue.FanOut]:
+    """SQLite: a pass's rows, made in a read before its write transaction."""
+    with open_read() as tx:
+        return rows(tx, lock=False)
+
+
+def _read_and_write(
+    rows: Rows, write: Write, tx: Tx
+) -> tuple[list[queue.Job], queue.Finished, bool]:
+    """PostgreSQL: a pass's rows made in its write transaction, the endpoints locked."""
+    outcomes, plan = rows(tx, lock=True)
+    return write(outcomes, plan, tx)
