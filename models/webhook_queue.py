@@ -84,10 +84,15 @@ _INSERT_DELIVERY = (
     "INSERT INTO webhook_delivery (id, webhook_id, account_id, type, seq, status, attempts,"
     " next_attempt_at, created_at, attempt_log) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
 )
-_INSERT_LEASED = (
+_INSERT_FLIGHT = (
+    "INSERT INTO webhook_flight (token, started_at, lease_until, deliveries) VALUES (?, ?, ?, ?)"
+)
+# A delivery's row written once, with its first attempt's outcome. DO NOTHING: a row already
+# there was inserted by a process that took over the flight after its lease ran out.
+_INSERT_OUTCOME = (
     "INSERT INTO webhook_delivery (id, webhook_id, account_id, type, seq, status, attempts,"
-    " next_attempt_at, created_at, attempt_log, lease_token, lease_until)"
-    " VALUES (?, ?, ?, ?, ?, 'pending', 1, ?, ?, ?, ?, ?)"
+    " last_status_code, last_error, next_attempt_at, created_at, delivered_at, attempt_log)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 _MOVE_CURSOR = "UPDATE webhook_endpoint SET cursor_seq = ? WHERE id = ?"
 
@@ -108,7 +113,9 @@ def any_behind(tx: Tx) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One claimed attempt: everything the sender needs, read in the claim's transaction."""
+    """One attempt: everything the sender needs, and what its delivery's row is made of. A
+    first attempt belongs to a ``flight`` (its row does not exist yet); a retry holds its
+    row's lease, ``lease_token``."""
 
     delivery_id: str
     webhook_id: str
@@ -117,8 +124,12 @@ class Job:
     started_at: datetime
     url: str
     secrets: list[str]
+    account_id: str
+    type: str
+    seq: int | None
     body: bytes = field(repr=False)
     log: list[dict[str, Any]] = field(repr=False)
+    flight: str | None = None
 
 
 _DUE = (
@@ -188,7 +199,7 @@ def claim(
     until = now + lease
     jobs: list[Job] = []
     leases: list[tuple[Any, ...]] = []
-    for delivery_id, webhook_id, _account, _type, _seq, attempts, log, _created in rows:
+    for delivery_id, webhook_id, account_id, type_, seq, attempts, log, _created in rows:
         endpoint = endpoints[webhook_id]
         entries = [dict(e) for e in tx.read_json(log)]
         for entry in entries:
@@ -211,6 +222,9 @@ def claim(
                 started_at=now,
                 url=endpoint[1],
                 secrets=_secrets(tx, endpoint, now),
+                account_id=account_id,
+                type=type_,
+                seq=seq,
                 body=bodies[delivery_id],
                 log=entries,
             )
@@ -223,13 +237,16 @@ def claim(
 class FanOut:
     """New outbox events turned into deliveries, read outside the write lock: written by
     ``apply_fan_out`` for each endpoint whose cursor has not moved since (``cursors``: the
-    cursor read and the one to write)."""
+    cursor read and the one to write). Those sent at once (``flying``) go into one flight."""
 
+    token: str
+    started_at: Any
+    lease_until: Any
     cursors: dict[str, tuple[int, int]] = field(default_factory=dict)
     # Read in the write's own transaction with the endpoints locked: nothing to check again.
     locked: bool = False
     pending: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
-    leased: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    flying: dict[str, list[list[Any]]] = field(default_factory=dict)
     jobs: dict[str, list[Job]] = field(default_factory=dict)
 
 
@@ -249,21 +266,20 @@ def plan_fan_out(
     here, so on SQLite it runs as a read before the write, which then holds the write lock
     for its statements only. ``lock`` (PostgreSQL, in the write's own transaction): the
     endpoints read are locked, those another pass holds skipped."""
-    plan = FanOut(locked=lock and not tx.is_sqlite)
     moment = tx.moment(now)
-    until_moment = tx.moment(now + lease)
-    empty_log = tx.json([])
-    # One lease token and one in-flight log entry for every delivery of the pass: a token
-    # only has to differ from the next claim's, and the log is copied before it changes.
+    # One flight, one token and one in-flight log entry for every delivery of the pass (the
+    # log is copied before it changes).
     token = secrets.token_hex(16)
+    plan = FanOut(token, moment, tx.moment(now + lease), locked=lock and not tx.is_sqlite)
+    empty_log = tx.json([])
     entries = [attempt_entry(1, IN_FLIGHT, now)]
-    entries_json = tx.json(entries)
     wanted_by: dict[str, set[str]] = {}
     endpoint_secrets: dict[str, list[str]] = {}
     taken = 0
     statement = _NEW_EVENTS.format(limit=FAN_OUT_EVENTS)
     if plan.locked:
-        statement += " FOR UPDATE OF w SKIP LOCKED"
+        # NO KEY: a delivery's insert checks its endpoint (FOR KEY SHARE) without waiting.
+        statement += " FOR NO KEY UPDATE OF w SKIP LOCKED"
     for row in tx.all(statement):
         webhook_id, account_id, events, url, secret, previous, previous_until, cursor = row[:8]
         seq, type_, data, created_at = row[8:]
@@ -278,19 +294,8 @@ def plan_fan_out(
         if taken < slots and room.setdefault(webhook_id, per_endpoint) > 0:
             room[webhook_id] -= 1
             taken += 1
-            plan.leased.setdefault(webhook_id, []).append(
-                (
-                    delivery_id,
-                    webhook_id,
-                    account_id,
-                    type_,
-                    seq,
-                    until_moment,
-                    moment,
-                    entries_json,
-                    token,
-                    until_moment,
-                )
+            plan.flying.setdefault(webhook_id, []).append(
+                [delivery_id, webhook_id, account_id, type_, seq]
             )
             signing = endpoint_secrets.get(webhook_id)
             if signing is None:
@@ -305,8 +310,12 @@ def plan_fan_out(
                     started_at=now,
                     url=url,
                     secrets=signing,
+                    account_id=account_id,
+                    type=type_,
+                    seq=seq,
                     body=body_bytes(type_, tx.read_moment(created_at), seq, data),
                     log=entries,
+                    flight=token,
                 )
             )
         else:
@@ -332,15 +341,16 @@ def apply_fan_out(tx: Tx, plan: FanOut) -> tuple[int, list[Job]]:
     else:
         statement = _STILL_AT.format(marks=_marks(ids))
         if not tx.is_sqlite:
-            statement += " ORDER BY id FOR UPDATE SKIP LOCKED"
+            statement += " ORDER BY id FOR NO KEY UPDATE SKIP LOCKED"
         now_at = dict(tx.all(statement, ids))
         kept = [i for i in ids if now_at.get(i) == plan.cursors[i][0]]
     pending = [row for i in kept for row in plan.pending.get(i, ())]
-    leased = [row for i in kept for row in plan.leased.get(i, ())]
+    flying = [entry for i in kept for entry in plan.flying.get(i, ())]
     tx.run_many(_INSERT_DELIVERY, pending)
-    tx.run_many(_INSERT_LEASED, leased)
+    if flying:
+        tx.run(_INSERT_FLIGHT, (plan.token, plan.started_at, plan.lease_until, tx.json(flying)))
     tx.run_many(_MOVE_CURSOR, [(plan.cursors[i][1], i) for i in kept])
-    return len(pending) + len(leased), [job for i in kept for job in plan.jobs.get(i, ())]
+    return len(pending) + len(flying), [job for i in kept for job in plan.jobs.get(i, ())]
 
 
 def _secrets(tx: Tx, endpoint: tuple[Any, ...], now: datetime) -> list[str]:
@@ -454,47 +464,122 @@ def prepare_outcomes(
             status = FAILED if delay is None else PENDING
             next_at = None if delay is None else tx.moment(now + timedelta(seconds=delay))
             delivered = None
-        row = (
-            status,
-            result.status_code,
-            result.error,
-            next_at,
-            delivered,
-            tx.json(log),
-            job.delivery_id,
-            job.lease_token,
-        )
+        if job.flight is None:
+            row: tuple[Any, ...] = (
+                status,
+                result.status_code,
+                result.error,
+                next_at,
+                delivered,
+                tx.json(log),
+                job.delivery_id,
+                job.lease_token,
+            )
+        else:
+            row = (
+                *_identity(job),
+                status,
+                job.number,
+                result.status_code,
+                result.error,
+                next_at,
+                tx.moment(job.started_at),
+                delivered,
+                tx.json(log),
+            )
         settlements.append(Settlement(job, status, row))
     return settlements
 
 
-def settle(tx: Tx, settlements: list[Settlement]) -> Finished:
-    """Record prepared outcomes, in two statements whatever their number: the leases still
-    held are read (locked on PostgreSQL, delivery rows first, in id order), and only their
-    holders' outcomes are written."""
-    if not settlements:
-        return Finished([], [])
-    ids = sorted(s.job.delivery_id for s in settlements)
-    statement = _HELD.format(marks=_marks(ids))
+def _pending_row(
+    tx: Tx,
+    identity: tuple[Any, ...],
+    attempts: int,
+    due: Any,
+    started_at: datetime,
+    log: list[dict[str, Any]],
+) -> tuple[Any, ...]:
+    """The row of a delivery whose first attempt was cut short: pending, due at ``due``."""
+    created_at = tx.moment(started_at)
+    return (*identity, PENDING, attempts, None, None, due, created_at, None, tx.json(log))
+
+
+def _identity(job: Job) -> tuple[Any, ...]:
+    return (job.delivery_id, job.webhook_id, job.account_id, job.type, job.seq)
+
+
+_FLIGHTS_HELD = "SELECT token FROM webhook_flight WHERE token IN ({marks})"
+_ENDPOINTS_LEFT = "SELECT id FROM webhook_endpoint WHERE id IN ({marks})"
+_LAND = "DELETE FROM webhook_flight WHERE token IN ({marks})"
+
+
+def _firsts_kept(tx: Tx, jobs: Sequence[Job]) -> set[str]:
+    """Of first attempts, those whose row may be written: their flight is still this
+    process's (no other process took it over after its lease ran out), and their endpoint is
+    still there (it may have been deleted meanwhile). On PostgreSQL the flights are locked,
+    then the endpoints, in that order, as a recovery does."""
+    if not jobs:
+        return set()
+    tokens = sorted({job.flight for job in jobs if job.flight is not None})
+    statement = _FLIGHTS_HELD.format(marks=_marks(tokens))
     if not tx.is_sqlite:
-        statement += " ORDER BY id FOR UPDATE"
-    held = dict(tx.all(statement, ids))
+        statement += " ORDER BY token FOR UPDATE"
+    held = {row[0] for row in tx.all(statement, tokens)}
+    hooks = _endpoints_left(tx, {job.webhook_id for job in jobs if job.flight in held})
+    return {job.delivery_id for job in jobs if job.flight in held and job.webhook_id in hooks}
+
+
+def _endpoints_left(tx: Tx, webhook_ids: set[str]) -> set[str]:
+    if not webhook_ids:
+        return set()
+    ids = sorted(webhook_ids)
+    statement = _ENDPOINTS_LEFT.format(marks=_marks(ids))
+    if not tx.is_sqlite:
+        # What the foreign key's own check takes: an endpoint cannot go before the insert.
+        statement += " ORDER BY id FOR KEY SHARE"
+    return {row[0] for row in tx.all(statement, ids)}
+
+
+def _land(tx: Tx, tokens: Sequence[str]) -> None:
+    if tokens:
+        tx.run(_LAND.format(marks=_marks(tokens)), list(tokens))
+
+
+def settle(tx: Tx, settlements: list[Settlement], landed: Sequence[str] = ()) -> Finished:
+    """Record prepared outcomes in a few statements whatever their number: a retry's outcome
+    updates its row if its lease is still held (the rows read and locked on PostgreSQL, in id
+    order), a first attempt's inserts its delivery's row if its flight is still held; then the
+    flights every attempt of which has landed (``landed``) are deleted."""
+    retries = sorted(s.job.delivery_id for s in settlements if s.job.flight is None)
+    held: dict[str, str] = {}
+    if retries:
+        statement = _HELD.format(marks=_marks(retries))
+        if not tx.is_sqlite:
+            statement += " ORDER BY id FOR UPDATE"
+        held = dict(tx.all(statement, retries))
+    firsts = _firsts_kept(tx, [s.job for s in settlements if s.job.flight is not None])
     statuses: list[str | None] = []
     recovered: set[str] = set()
     failing: list[str] = []
-    rows: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    inserts: list[tuple[Any, ...]] = []
     for settlement in settlements:
         job = settlement.job
-        if held.get(job.delivery_id) != job.lease_token:
+        if job.flight is None and held.get(job.delivery_id) == job.lease_token:
+            updates.append(settlement.row)
+        elif job.flight is not None and job.delivery_id in firsts:
+            inserts.append(settlement.row)
+        else:
             statuses.append(None)
             continue
         if settlement.status == SUCCEEDED:
             recovered.add(job.webhook_id)
         else:
             failing.append(job.webhook_id)
-        rows.append(settlement.row)
         statuses.append(settlement.status)
-    tx.run_many(_SETTLE, rows)
+    tx.run_many(_SETTLE, updates)
+    tx.run_many(_INSERT_OUTCOME, inserts)
+    _land(tx, landed)
     if recovered:
         ids = sorted(recovered)
         tx.run(_RECOVERED.format(marks=_marks(ids)), ids)
@@ -510,6 +595,43 @@ def finish(
 ) -> Finished:
     """``prepare_outcomes`` and ``settle`` in one transaction."""
     return settle(tx, prepare_outcomes(tx, done, now, schedule=schedule))
+
+
+_STRANDED = "SELECT token, started_at, deliveries FROM webhook_flight WHERE lease_until <= ?"
+
+
+def any_stranded(tx: Tx, now: datetime) -> bool:
+    """Whether a flight's lease ran out: its process stopped before its attempts landed."""
+    return tx.one(_STRANDED + " LIMIT 1", (tx.moment(now),)) is not None
+
+
+def recover(tx: Tx, now: datetime) -> int:
+    """Flights whose lease ran out become pending deliveries, due now, each with its first
+    attempt logged as interrupted and with the id that attempt was sent with; the attempts
+    that had landed already have their rows. How many deliveries were recovered."""
+    statement = _STRANDED
+    if not tx.is_sqlite:
+        statement += " ORDER BY token FOR UPDATE SKIP LOCKED"
+    flights = tx.all(statement, (tx.moment(now),))
+    if not flights:
+        return 0
+    entries = [(started, list(e)) for _t, started, d in flights for e in tx.read_json(d)]
+    hooks = _endpoints_left(tx, {entry[1] for _started, entry in entries})
+    due = tx.moment(now)
+    rows = []
+    for started, (delivery_id, webhook_id, account_id, type_, seq) in entries:
+        if webhook_id not in hooks:
+            continue
+        started_at = tx.read_moment(started)
+        assert started_at is not None
+        log = attempt_entry(
+            1, INTERRUPTED, started_at, error="the sending process stopped before an answer"
+        )
+        identity = (delivery_id, webhook_id, account_id, type_, seq)
+        rows.append(_pending_row(tx, identity, 1, due, started_at, [log]))
+    tx.run_many(_INSERT_OUTCOME, rows)
+    _land(tx, [row[0] for row in flights])
+    return len(rows)
 
 
 def note_failures(
@@ -557,18 +679,27 @@ _RELEASE = (
 )
 
 
-def release(tx: Tx, jobs: list[Job], now: datetime) -> None:
-    """Give back the leases of attempts this process abandons (it is stopping), so another
-    process takes them at once instead of after the lease."""
-    rows = []
+def release(tx: Tx, jobs: list[Job], now: datetime, flights: Sequence[str] = ()) -> None:
+    """Give back the attempts this process abandons (it is stopping), so another process
+    takes them at once instead of after their lease: a retry's lease is released, a first
+    attempt's delivery written pending; then this process's ``flights`` are deleted."""
+    kept = _firsts_kept(tx, [job for job in jobs if job.flight is not None])
+    releases = []
+    inserts = []
+    due = tx.moment(now)
     for job in jobs:
         log = [dict(e) for e in job.log]
         if log and log[-1]["outcome"] == IN_FLIGHT:
             log[-1]["outcome"] = INTERRUPTED
             log[-1]["error"] = "the sending process stopped"
             log[-1]["finished_at"] = rfc3339(now)
-        rows.append((tx.moment(now), tx.json(log), job.delivery_id, job.lease_token))
-    tx.run_many(_RELEASE, rows)
+        if job.flight is None:
+            releases.append((due, tx.json(log), job.delivery_id, job.lease_token))
+        elif job.delivery_id in kept:
+            inserts.append(_pending_row(tx, _identity(job), job.number, due, job.started_at, log))
+    tx.run_many(_RELEASE, releases)
+    tx.run_many(_INSERT_OUTCOME, inserts)
+    _land(tx, sorted(flights))
 
 
 _OLDEST = (
@@ -576,9 +707,12 @@ _OLDEST = (
     " JOIN webhook_endpoint w ON w.id = d.webhook_id"
     " WHERE d.status = 'pending' AND w.enabled"
 )
+_OLDEST_FLIGHT = "SELECT MIN(started_at) FROM webhook_flight"
 
 
 def oldest_pending(tx: Tx) -> datetime | None:
-    """When the oldest delivery still owed to an enabled endpoint was created."""
-    row = tx.one(_OLDEST)
-    return tx.read_moment(row[0]) if row is not None and row[0] is not None else None
+    """When the oldest delivery still owed to an enabled endpoint was created, a first
+    attempt still in flight included."""
+    found = [tx.one(statement) for statement in (_OLDEST, _OLDEST_FLIGHT)]
+    moments = [tx.read_moment(row[0]) for row in found if row is not None and row[0] is not None]
+    return min((m for m in moments if m is not None), default=None)

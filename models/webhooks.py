@@ -8,6 +8,14 @@ event committed is a delivery owed, whatever happens to the process afterwards.
 Attempts are claimed with a lease (``lease_token``, ``lease_until``) so that, with any number
 of processes on one database, one attempt of a delivery is in flight at a time: a process that
 dies mid-attempt leaves a lease that runs out, and another process takes the delivery.
+
+A delivery's first attempt is made before its row exists: the fan-out writes one
+``webhook_flight`` per pass, which holds the ids of the deliveries it sends under one lease,
+and each delivery's row is inserted once, with the first attempt's outcome. Almost every
+delivery succeeds at once, so almost every delivery costs one insert, instead of an insert of a
+leased row and then an update of it; on SQLite both went through the one write lock that the
+payments wait for. A flight whose process died runs out like a lease, and another process
+inserts the deliveries it held as pending, each with its interrupted attempt.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, String, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, String, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from models.clock import rfc3339
@@ -46,6 +54,8 @@ EVENT_TYPES = (
     DEPOSIT_SUCCEEDED,
     WEBHOOK_DISABLED,
 )
+
+DUE_CONDITION = "status = 'pending'"
 
 MAX_ENDPOINTS = 10
 MAX_URL = 2048
@@ -97,7 +107,13 @@ class WebhookDelivery(SQLModel, table=True):
     __table_args__ = (
         # One delivery per outbox event and endpoint (test events have no seq).
         UniqueConstraint("webhook_id", "seq", name="uq_webhook_delivery_event"),
-        Index("ix_webhook_delivery_due", "status", "next_attempt_at"),
+        # Only what may still be attempted: a delivery that ended never enters it.
+        Index(
+            "ix_webhook_delivery_due",
+            "next_attempt_at",
+            sqlite_where=text(DUE_CONDITION),
+            postgresql_where=text(DUE_CONDITION),
+        ),
         Index("ix_webhook_delivery_status_created", "status", "created_at"),
         Index("ix_webhook_delivery_webhook", "webhook_id", "id"),
     )
@@ -121,6 +137,18 @@ class WebhookDelivery(SQLModel, table=True):
     attempt_log: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )
+
+
+class WebhookFlight(SQLModel, table=True):
+    """First attempts of one pass in flight: the deliveries they are for, not yet rows."""
+
+    __tablename__ = "webhook_flight"
+
+    token: str = Field(primary_key=True, max_length=40)
+    started_at: datetime
+    lease_until: datetime
+    # [[delivery id (the webhook-id sent), webhook id, account id, type, seq], ...]
+    deliveries: list[list[Any]] = Field(sa_column=Column(JSON, nullable=False))
 
 
 def aware(moment: datetime) -> datetime:

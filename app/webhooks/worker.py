@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -51,9 +52,10 @@ log = logging.getLogger("paycode.webhooks")
 
 Publish = Callable[[list[Published]], Awaitable[None]]
 # A pass's rows given its transaction, and its write given those rows (see WebhookWorker._pass).
-Rows = Callable[..., tuple[list[queue.Settlement], queue.FanOut]]
+Rows = Callable[..., tuple[list[queue.Settlement], queue.FanOut, bool]]
 Write = Callable[
-    [list[queue.Settlement], queue.FanOut, Tx], tuple[list[queue.Job], queue.Finished, bool]
+    [list[queue.Settlement], queue.FanOut, bool, Tx],
+    tuple[list[queue.Job], queue.Finished, bool],
 ]
 
 
@@ -129,6 +131,8 @@ class WebhookWorker:
         self._stopping = False
         # Attempts that ended, waiting for the next pass to record them.
         self._done: list[tuple[queue.Job, Outcome]] = []
+        # This process's flights (first attempts, rows not yet written): attempts not recorded.
+        self._flights: dict[str, int] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="paycode-webhooks")
@@ -166,7 +170,8 @@ class WebhookWorker:
         now = utcnow()
         with self.db.raw_write() as tx:
             queue.finish(tx, self._results(done), now, schedule=self.config.schedule)
-            queue.release(tx, abandoned, now)
+            queue.release(tx, abandoned, now, flights=list(self._flights))
+        self._flights.clear()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -205,9 +210,11 @@ class WebhookWorker:
             webhook_id: self.config.per_endpoint - count
             for webhook_id, count in self._per_endpoint.items()
         }
+        recorded = Counter(job.flight for job, _outcome in done if job.flight is not None)
+        landed = [token for token, n in recorded.items() if self._flights.get(token) == n]
         try:
             jobs, finished, self._behind = await self._pass(
-                done, max(0, free), room, look=not nudged
+                done, max(0, free), room, landed, look=not nudged
             )
         except BaseException:
             # Recorded at the next pass; a lease that runs out meanwhile makes it a retry.
@@ -215,7 +222,13 @@ class WebhookWorker:
             if nudged:
                 self._nudged = True
             raise
+        for token, n in recorded.items():
+            left = self._flights.pop(token, 0) - n
+            if left > 0:
+                self._flights[token] = left
         for job in jobs:
+            if job.flight is not None:
+                self._flights[job.flight] = self._flights.get(job.flight, 0) + 1
             self._launch(job)
         for status in finished.statuses:
             if status in (SUCCEEDED, FAILED):
@@ -238,6 +251,7 @@ class WebhookWorker:
         done: list[tuple[queue.Job, Outcome]],
         slots: int,
         room: dict[str, int],
+        landed: list[str],
         *,
         look: bool,
     ) -> tuple[list[queue.Job], queue.Finished, bool]:
@@ -252,15 +266,15 @@ class WebhookWorker:
         full = any(left <= 0 for left in room.values())
         free = dict(room)
         rows = partial(self._rows, self._results(done), now, slots, free)
-        write = partial(self._write, now, slots, free, full)
+        write = partial(self._write, now, slots, free, full, landed)
         if not self.db.is_sqlite:
             # No single write lock to keep short: one transaction, whose read locks the
             # endpoints it fans out (SKIP LOCKED), so two processes never build the same
             # deliveries only for one of them to throw its work away.
             return await on_loop(self._unit, partial(_read_and_write, rows, write))
         read = partial(_read_first, rows, self.db.raw_read)
-        outcomes, plan = read() if self.config.passes_on_loop else await in_thread(read)
-        work = partial(write, outcomes, plan)
+        outcomes, plan, stranded = read() if self.config.passes_on_loop else await in_thread(read)
+        work = partial(write, outcomes, plan, stranded)
         if self.config.passes_on_loop:
             return self._unit(work)
         assert self.db.group is not None, "SQLite's writes go through the group commit"
@@ -279,11 +293,12 @@ class WebhookWorker:
         tx: Tx,
         *,
         lock: bool,
-    ) -> tuple[list[queue.Settlement], queue.FanOut]:
-        """What a pass writes: the ended attempts' outcomes and the new events' fan-out."""
+    ) -> tuple[list[queue.Settlement], queue.FanOut, bool]:
+        """What a pass writes: the ended attempts' outcomes, the new events' fan-out, and
+        whether a flight of a stopped process waits to be recovered."""
         outcomes = queue.prepare_outcomes(tx, results, now, schedule=self.config.schedule)
         plan = queue.plan_fan_out(tx, now, slots=slots, room=free, lock=lock, **self._lease_terms)
-        return outcomes, plan
+        return outcomes, plan, queue.any_stranded(tx, now)
 
     @property
     def _lease_terms(self) -> dict[str, Any]:
@@ -310,7 +325,8 @@ class WebhookWorker:
         with open_read() as tx:
             if not queue.any_enabled(tx):
                 return False, False
-            return True, queue.any_behind(tx) or (slots > 0 and queue.any_due(tx, now, full))
+            due = slots > 0 and queue.any_due(tx, now, full)
+            return True, due or queue.any_behind(tx) or queue.any_stranded(tx, now)
 
     def _write(
         self,
@@ -318,11 +334,15 @@ class WebhookWorker:
         slots: int,
         free: dict[str, int],
         full: bool,
+        landed: list[str],
         outcomes: list[queue.Settlement],
         plan: queue.FanOut,
+        stranded: bool,
         tx: Tx,
     ) -> tuple[list[queue.Job], queue.Finished, bool]:
-        finished = queue.settle(tx, outcomes)
+        finished = queue.settle(tx, outcomes, landed)
+        if stranded:
+            queue.recover(tx, now)
         created, jobs = queue.apply_fan_out(tx, plan)
         behind = created > len(jobs)
         slots -= len(jobs)
@@ -373,7 +393,7 @@ class WebhookWorker:
 
 def _read_first(
     rows: Rows, open_read: Callable[[], AbstractContextManager[Tx]]
-) -> tuple[list[queue.Settlement], queue.FanOut]:
+) -> tuple[list[queue.Settlement], queue.FanOut, bool]:
     """SQLite: a pass's rows, made in a read before its write transaction."""
     with open_read() as tx:
         return rows(tx, lock=False)
@@ -383,5 +403,4 @@ def _read_and_write(
     rows: Rows, write: Write, tx: Tx
 ) -> tuple[list[queue.Job], queue.Finished, bool]:
     """PostgreSQL: a pass's rows made in its write transaction, the endpoints locked."""
-    outcomes, plan = rows(tx, lock=True)
-    return write(outcomes, plan, tx)
+    return write(*rows(tx, lock=True), tx)

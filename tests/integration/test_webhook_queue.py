@@ -1,13 +1,16 @@
 """The queue's fan-out is read outside the write lock and written after it
 (``models.webhook_queue.plan_fan_out`` / ``apply_fan_out``): two passes that read the same
 new events, or a pass whose endpoint changed in between, must never create a delivery twice
-or for an endpoint switched off. Both databases, the real schema, no worker running."""
+or for an endpoint switched off. A first attempt's delivery is written once, with its outcome,
+from its flight; a flight whose process stopped becomes pending deliveries with the ids already
+sent. Both databases, the real schema, no worker running."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -62,6 +65,42 @@ def delivery_count(db: Database, webhook_id: str) -> int:
     return int(row[0])
 
 
+def flying(db: Database, webhook_id: str) -> list[str]:
+    """The ids of the deliveries of ``webhook_id`` in flights: first attempts without rows."""
+    with db.raw_read() as tx:
+        return [
+            entry[0]
+            for (deliveries,) in tx.all("SELECT deliveries FROM webhook_flight")
+            for entry in tx.read_json(deliveries)
+            if entry[1] == webhook_id
+        ]
+
+
+def owed(db: Database, webhook_id: str) -> int:
+    return delivery_count(db, webhook_id) + len(flying(db, webhook_id))
+
+
+def delivery(db: Database, delivery_id: str) -> tuple[str, int, list[dict[str, Any]]] | None:
+    with db.raw_read() as tx:
+        row = tx.one(
+            "SELECT status, attempts, attempt_log FROM webhook_delivery WHERE id = ?",
+            (delivery_id,),
+        )
+        return None if row is None else (row[0], row[1], list(tx.read_json(row[2])))
+
+
+def record(
+    db: Database, jobs: list[queue.Job], result: queue.Result, landed: list[str]
+) -> queue.Finished:
+    now = utcnow()
+    with db.raw_write() as tx:
+        outcomes = queue.prepare_outcomes(tx, [(job, result) for job in jobs], now)
+        return queue.settle(tx, outcomes, landed)
+
+
+OK = queue.Result(True, "succeeded", 204, None)
+
+
 def test_two_passes_that_read_the_same_events_create_their_deliveries_once(
     api: Api, db: Database
 ) -> None:
@@ -71,7 +110,7 @@ def test_two_passes_that_read_the_same_events_create_their_deliveries_once(
     created, jobs = apply(db, first)
     assert created >= 1 and {job.webhook_id for job in jobs} == {hook}
     assert apply(db, second) == (0, [])
-    assert delivery_count(db, hook) == created
+    assert owed(db, hook) == created
     # Past the cursor written by the first: nothing new to read.
     assert hook not in plan(db).cursors
 
@@ -85,7 +124,7 @@ def test_an_endpoint_switched_off_between_the_read_and_the_write_gets_nothing(
     switched = api.request("PATCH", f"/webhooks/{hook}", payee, json={"enabled": False})
     assert switched.status_code == 200, switched.text
     assert apply(db, fan_out) == (0, [])
-    assert delivery_count(db, hook) == 0
+    assert owed(db, hook) == 0
 
 
 def test_deliveries_past_the_free_slots_are_written_pending_not_leased(
@@ -123,4 +162,65 @@ def test_on_postgresql_a_pass_keeps_the_endpoints_it_reads_from_another_process(
             assert hook not in theirs.cursors
         created, jobs = queue.apply_fan_out(first, mine)
     assert created >= 1 and {job.webhook_id for job in jobs} == {hook}
-    assert delivery_count(db, hook) == created
+    assert owed(db, hook) == created
+
+
+def test_a_first_attempt_writes_its_delivery_once_with_its_outcome(api: Api, db: Database) -> None:
+    _payee, hook = paid_shop(api)
+    created, jobs = apply(db, plan(db))
+    assert created == len(jobs) >= 1 and {job.flight for job in jobs} != {None}
+    # In flight: no row yet, the flight holds the ids sent.
+    assert delivery_count(db, hook) == 0
+    assert sorted(flying(db, hook)) == sorted(job.delivery_id for job in jobs)
+    *first, last = jobs
+    if first:
+        record(db, first, OK, [])
+        assert flying(db, hook), "the flight stays while one of its attempts is out"
+    finished = record(db, [last], OK, [last.flight or ""])
+    assert finished.statuses == ["succeeded"]
+    assert flying(db, hook) == []
+    for job in jobs:
+        found = delivery(db, job.delivery_id)
+        assert found is not None
+        status, attempts, log = found
+        assert (status, attempts) == ("succeeded", 1)
+        assert [entry["outcome"] for entry in log] == ["succeeded"]
+
+
+def test_a_flight_whose_lease_ran_out_becomes_pending_deliveries_with_the_ids_sent(
+    api: Api, db: Database
+) -> None:
+    _payee, hook = paid_shop(api)
+    with db.raw_read() as tx:
+        stale = queue.plan_fan_out(
+            tx, utcnow(), slots=100, room={}, per_endpoint=64, lease=timedelta(seconds=-1)
+        )
+    _created, jobs = apply(db, stale)
+    with db.raw_read() as tx:
+        assert queue.any_stranded(tx, utcnow())
+    with db.raw_write() as tx:
+        assert queue.recover(tx, utcnow()) == len(jobs)
+    assert flying(db, hook) == []
+    recovered = {job.delivery_id: delivery(db, job.delivery_id) for job in jobs}
+    for found in recovered.values():
+        assert found is not None
+        status, attempts, log = found
+        assert (status, attempts) == ("pending", 1)
+        assert [entry["outcome"] for entry in log] == ["interrupted"]
+    # The stopped process's answer, had it come after all, is not written over the retry.
+    assert record(db, jobs, OK, [jobs[0].flight or ""]).statuses == [None] * len(jobs)
+    assert {job.delivery_id: delivery(db, job.delivery_id) for job in jobs} == recovered
+    with db.raw_read() as tx:
+        assert not queue.any_stranded(tx, utcnow())
+
+
+def test_an_endpoint_deleted_while_its_first_attempt_flies_gets_no_row(
+    api: Api, db: Database
+) -> None:
+    payee, hook = paid_shop(api)
+    _created, jobs = apply(db, plan(db))
+    assert jobs
+    assert api.request("DELETE", f"/webhooks/{hook}", payee).status_code == 204
+    finished = record(db, jobs, OK, [jobs[0].flight or ""])
+    assert finished.statuses == [None] * len(jobs)
+    assert delivery_count(db, hook) == 0 and flying(db, hook) == []
