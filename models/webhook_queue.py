@@ -7,10 +7,12 @@ for its statements only; the write keeps a fan-out only for endpoints whose curs
 where the read found it, so two passes never fan out one event twice. On PostgreSQL the rows
 are built inside the transaction, and with several processes the endpoints and deliveries a
 pass works on are taken with ``FOR UPDATE SKIP LOCKED``, so two processes never fan out one
-endpoint or claim one delivery at once. An
-attempt holds its delivery by a lease: the fan-out or the claim writes a ``lease_token`` and a
-``lease_until`` past the attempt's timeout, only the holder of the token records the outcome,
-and a delivery whose holder died becomes due again when the lease runs out.
+endpoint or claim one delivery at once. A first attempt is held by its pass's flight, whose
+lease runs past the attempt's timeout; its outcome inserts the delivery's row, and a flight
+whose holder died becomes pending deliveries when the lease runs out (``recover``). A retry
+holds its row by a lease: the claim writes a ``lease_token`` and a ``lease_until``, only the
+holder of the token records the outcome, and a retry whose holder died is due again when the
+lease runs out.
 
 Every delivery of every payment passes through here several times, so the statements are
 hand-written SQL on the session's connection (models/sql.py), batched per pass; only the rare
@@ -261,8 +263,8 @@ def plan_fan_out(
     lock: bool = False,
 ) -> FanOut:
     """Read every endpoint's new events and build their deliveries, up to ``slots`` of them
-    leased at once (at most ``room.get(id, per_endpoint)`` per endpoint, taken from ``room``)
-    so that a fresh delivery is sent without a claim of its own. Every row and body is made
+    sent at once in one flight (at most ``room.get(id, per_endpoint)`` per endpoint, taken
+    from ``room``), the rest written pending for a claim. Every row and body is made
     here, so on SQLite it runs as a read before the write, which then holds the write lock
     for its statements only. ``lock`` (PostgreSQL, in the write's own transaction): the
     endpoints read are locked, those another pass holds skipped."""
@@ -329,7 +331,7 @@ _STILL_AT = "SELECT id, cursor_seq FROM webhook_endpoint WHERE enabled AND id IN
 
 
 def apply_fan_out(tx: Tx, plan: FanOut) -> tuple[int, list[Job]]:
-    """Write a fan-out: how many deliveries it created, and the attempts leased. Read before
+    """Write a fan-out: how many deliveries it created, and the attempts of its flight. Read before
     this transaction, it is kept only for endpoints still enabled whose cursor has not moved
     since (another pass fanned them out), and not held by another pass right now
     (PostgreSQL); the others are read again by the next pass."""

@@ -1,14 +1,14 @@
 """The delivery worker of one process: turns outbox events into deliveries and sends them.
 
-Each pass is one short write transaction: it records the outcomes of the attempts that
-ended, fans new outbox events out to the endpoints that want them (leasing the fresh
-deliveries at once), and leases due retries, up to the free slots: at most ``concurrency``
+Each pass is one short write transaction: it records the outcomes of the attempts that ended,
+fans new outbox events out to the endpoints that want them (sending at once, as one flight,
+those it has slots for), and leases due retries, up to the free slots: at most ``concurrency``
 attempts in flight in this process and ``per_endpoint`` to any one endpoint, so a slow or dead
-endpoint holds only its own slots. On SQLite a read before it makes the rows, so the write
-holds the one write lock for its statements only; the write is a unit of the process's group
-commit (one more savepoint in a batch of payments, not a transaction of its own), except in
-``paycode webhooks``, whose passes run on its event loop's thread. On PostgreSQL the pass runs
-on the event loop over the loop's pool (``on_loop``), as the payments do.
+endpoint holds only its own slots. On SQLite a read before it makes the rows, so the write holds
+the one write lock for its statements only; the write is a unit of the process's group commit
+(one more savepoint in a batch of payments, not a transaction of its own), except in ``paycode
+webhooks``, whose passes run on its event loop's thread. On PostgreSQL the pass runs on the
+event loop over the loop's pool (``on_loop``), as the payments do.
 
 A pass runs when this process commits events (``nudge``), when attempts end, and every
 ``interval`` for what other processes committed; passes are at least ``spacing`` apart, so
@@ -65,12 +65,15 @@ class WorkerConfig:
     interval: float = 0.25
     spacing: float = 0.05
     busy_spacing: float = 0.005
-    # One busy shop's endpoint gets two events per sale of every counter: at 16 slots its
-    # deliveries queued behind the passes (drain 4 s, p99 185 ms to the receiver at 200
-    # sales/s); at 64 they keep pace (0.1 s, 62 ms). The total keeps room for 16 endpoints
+    # One busy shop's endpoint gets two events per sale of every counter, all of a pass's at
+    # once: at 16 slots its deliveries queued behind the passes (drain 4 s, p99 185 ms to the
+    # receiver at 200 sales/s); at 64 they kept pace, but at 850 sales/s a pass 50 ms apart
+    # carries ~90 for it, and those past its slots were written pending, then leased, then
+    # updated, three writes instead of one (a third of a separate sender's time in SQLite's
+    # write lock, passes every 5 ms instead of 50). The total keeps room for 16 endpoints
     # that hold every slot of theirs for the whole 10 s timeout before another one waits.
-    concurrency: int = 1024
-    per_endpoint: int = 64
+    concurrency: int = 2048
+    per_endpoint: int = 128
     timeout: float = ATTEMPT_TIMEOUT
     schedule: Sequence[float] = queue.RETRY_SCHEDULE
     disable_after: timedelta = queue.DISABLE_AFTER
