@@ -4,6 +4,7 @@ ping/pong, error frames, and revocation."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,12 +31,22 @@ def rt_client(database_url: str) -> Iterator[TestClient]:
         extra={"ws_hello_timeout": 0.3},
     )
     with TestClient(create_app(settings, migrate_schema=False)) as client:
-        yield client
+        try:
+            yield client
+        finally:
+            # A test that failed with a socket open would otherwise leave its session running,
+            # and the client's exit would wait for it for ever instead of reporting the failure.
+            for socket in list(OPEN):
+                with contextlib.suppress(Exception):
+                    socket.close()
 
 
 @pytest.fixture
 def rt_api(rt_client: TestClient) -> Api:
     return Api(rt_client, ADMIN_TOKEN)
+
+
+OPEN: list[Socket] = []
 
 
 class Socket:
@@ -45,6 +56,7 @@ class Socket:
         self.fmt = fmt
         self.cm = client.websocket_connect("/api/v1/ws", subprotocols=[fmt] if fmt else [])
         self.ws = self.cm.__enter__()
+        OPEN.append(self)
 
     def send(self, frame: dict[str, Any]) -> None:
         if self.fmt == MSGPACK:
@@ -72,7 +84,9 @@ class Socket:
         return frames
 
     def close(self) -> None:
-        self.cm.__exit__(None, None, None)
+        if self in OPEN:
+            OPEN.remove(self)
+            self.cm.__exit__(None, None, None)
 
 
 def close_code(socket: Socket) -> int:
