@@ -107,9 +107,11 @@ class WebhookDelivery(SQLModel, table=True):
     __table_args__ = (
         # One delivery per outbox event and endpoint (test events have no seq).
         UniqueConstraint("webhook_id", "seq", name="uq_webhook_delivery_event"),
-        # Only what may still be attempted: a delivery that ended never enters it.
+        # Only what may still be attempted: a delivery that ended never enters it. The status
+        # leads, as in the claim's WHERE, so that SQLite's planner prefers it to the one below.
         Index(
             "ix_webhook_delivery_due",
+            "status",
             "next_attempt_at",
             sqlite_where=text(DUE_CONDITION),
             postgresql_where=text(DUE_CONDITION),

@@ -165,6 +165,16 @@ def test_on_postgresql_a_pass_keeps_the_endpoints_it_reads_from_another_process(
     assert owed(db, hook) == created
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_claim_reads_due_deliveries_in_order_from_the_partial_index(db: Database) -> None:
+    """Succeeded deliveries stay out of the due index; the claim must still find the due ones
+    in order from it, not sort every pending delivery of every endpoint at each pass."""
+    statement = queue._DUE.format(busy="", limit=queue.CLAIM_CANDIDATES)
+    with db.raw_read() as tx:
+        plan = " ".join(str(row) for row in tx.all("EXPLAIN QUERY PLAN " + statement, ("", "")))
+    assert "ix_webhook_delivery_due" in plan and "TEMP B-TREE" not in plan, plan
+
+
 def test_a_first_attempt_writes_its_delivery_once_with_its_outcome(api: Api, db: Database) -> None:
     _payee, hook = paid_shop(api)
     created, jobs = apply(db, plan(db))

@@ -32,7 +32,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_webhook_delivery_due",
         "webhook_delivery",
-        ["next_attempt_at"],
+        ["status", "next_attempt_at"],
         unique=False,
         sqlite_where=DUE,
         postgresql_where=DUE,
