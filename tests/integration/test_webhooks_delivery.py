@@ -5,6 +5,7 @@ compressed through ``Settings.extra``; everything else runs as in production."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import time
@@ -19,6 +20,7 @@ from starlette.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from app.webhooks.worker import WebhookWorker, WorkerConfig
+from models.db import Database
 from tests.api import Api, User
 from tests.conftest import ADMIN_TOKEN
 from tests.server import ROOT
@@ -349,3 +351,42 @@ def test_the_node_example_of_the_docs_verifies_a_real_delivery(
         timeout=30,
     )
     assert forged.returncode != 0
+
+
+def test_a_flight_is_deleted_once_the_last_of_its_attempts_is_recorded(
+    api: Api, receiver: Receiver, database_url: str
+) -> None:
+    """Payments committed together go out as one flight; its attempts are answered at
+    different times (some after several passes), and the flight goes only when every one of
+    them has its delivery row: none is left behind, none deleted early."""
+    payee, _agent, payer, code = shop(api)
+
+    async def staggered(_call: Any, index: int) -> int:
+        await asyncio.sleep(0.05 * (index % 5))
+        return 200
+
+    receiver.behaviours["staggered"] = staggered
+    hook = endpoint(api, payee, receiver.url("staggered"), events=["payment.succeeded"])
+    for amount in range(100, 112):
+        pay(api, payer, code, amount)
+    database = Database(database_url)
+    try:
+
+        def flights() -> int:
+            with database.raw_read() as tx:
+                row = tx.one("SELECT COUNT(*) FROM webhook_flight")
+            assert row is not None
+            return int(row[0])
+
+        until(lambda: len(receiver.of("staggered")) == 12, 10, "every delivery arrived")
+        until(
+            lambda: (
+                all(d["status"] == "succeeded" for d in deliveries(api, payee, hook["id"]))
+                and len(deliveries(api, payee, hook["id"])) == 12
+            ),
+            10,
+            "every delivery recorded",
+        )
+        until(lambda: flights() == 0, 5, "every flight deleted")
+    finally:
+        database.dispose()
