@@ -55,6 +55,7 @@ JITTER = 0.2
 DISABLE_AFTER = timedelta(days=3)
 FAN_OUT_EVENTS = 2000
 CLAIM_CANDIDATES = 200
+STOPPED_BEFORE_ANSWER = "the sending process stopped before an answer"
 
 
 def retry_delay(attempts: int, schedule: Sequence[float] = RETRY_SCHEDULE) -> float | None:
@@ -208,7 +209,7 @@ def claim(
             if entry["outcome"] == IN_FLIGHT:
                 # Its process stopped before an answer; the lease ran out.
                 entry["outcome"] = INTERRUPTED
-                entry["error"] = "the sending process stopped before an answer"
+                entry["error"] = STOPPED_BEFORE_ANSWER
         number = attempts + 1
         entries.append(attempt_entry(number, IN_FLIGHT, now))
         token = secrets.token_hex(16)
@@ -239,7 +240,7 @@ def claim(
 class FanOut:
     """New outbox events turned into deliveries, read outside the write lock: written by
     ``apply_fan_out`` for each endpoint whose cursor has not moved since (``cursors``: the
-    cursor read and the one to write). Those sent at once (``flying``) go into one flight."""
+    cursor read and the one to write). Those sent at once (``jobs``) go into one flight."""
 
     token: str
     started_at: Any
@@ -248,7 +249,6 @@ class FanOut:
     # Read in the write's own transaction with the endpoints locked: nothing to check again.
     locked: bool = False
     pending: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
-    flying: dict[str, list[list[Any]]] = field(default_factory=dict)
     jobs: dict[str, list[Job]] = field(default_factory=dict)
 
 
@@ -296,9 +296,6 @@ def plan_fan_out(
         if taken < slots and room.setdefault(webhook_id, per_endpoint) > 0:
             room[webhook_id] -= 1
             taken += 1
-            plan.flying.setdefault(webhook_id, []).append(
-                [delivery_id, webhook_id, account_id, type_, seq]
-            )
             signing = endpoint_secrets.get(webhook_id)
             if signing is None:
                 endpoint = (webhook_id, url, secret, previous, previous_until)
@@ -347,12 +344,13 @@ def apply_fan_out(tx: Tx, plan: FanOut) -> tuple[int, list[Job]]:
         now_at = dict(tx.all(statement, ids))
         kept = [i for i in ids if now_at.get(i) == plan.cursors[i][0]]
     pending = [row for i in kept for row in plan.pending.get(i, ())]
-    flying = [entry for i in kept for entry in plan.flying.get(i, ())]
+    jobs = [job for i in kept for job in plan.jobs.get(i, ())]
     tx.run_many(_INSERT_DELIVERY, pending)
-    if flying:
-        tx.run(_INSERT_FLIGHT, (plan.token, plan.started_at, plan.lease_until, tx.json(flying)))
+    if jobs:
+        flying = tx.json([_identity(job) for job in jobs])
+        tx.run(_INSERT_FLIGHT, (plan.token, plan.started_at, plan.lease_until, flying))
     tx.run_many(_MOVE_CURSOR, [(plan.cursors[i][1], i) for i in kept])
-    return len(pending) + len(flying), [job for i in kept for job in plan.jobs.get(i, ())]
+    return len(pending) + len(jobs), jobs
 
 
 def _secrets(tx: Tx, endpoint: tuple[Any, ...], now: datetime) -> list[str]:
@@ -478,32 +476,47 @@ def prepare_outcomes(
                 job.lease_token,
             )
         else:
-            row = (
-                *_identity(job),
+            row = _outcome_row(
+                tx,
+                _identity(job),
                 status,
                 job.number,
                 result.status_code,
                 result.error,
                 next_at,
-                tx.moment(job.started_at),
+                job.started_at,
+                log,
                 delivered,
-                tx.json(log),
             )
         settlements.append(Settlement(job, status, row))
     return settlements
 
 
-def _pending_row(
+def _outcome_row(
     tx: Tx,
     identity: tuple[Any, ...],
+    status: str,
     attempts: int,
-    due: Any,
+    status_code: int | None,
+    error: str | None,
+    next_at: Any,
     started_at: datetime,
     log: list[dict[str, Any]],
+    delivered: Any = None,
 ) -> tuple[Any, ...]:
-    """The row of a delivery whose first attempt was cut short: pending, due at ``due``."""
-    created_at = tx.moment(started_at)
-    return (*identity, PENDING, attempts, None, None, due, created_at, None, tx.json(log))
+    """A delivery's row as ``_INSERT_OUTCOME`` writes it, after its first attempt: landed,
+    or cut short (pending, its first attempt interrupted). Created when that attempt began."""
+    return (
+        *identity,
+        status,
+        attempts,
+        status_code,
+        error,
+        next_at,
+        tx.moment(started_at),
+        delivered,
+        tx.json(log),
+    )
 
 
 def _identity(job: Job) -> tuple[Any, ...]:
@@ -617,20 +630,18 @@ def recover(tx: Tx, now: datetime) -> int:
     flights = tx.all(statement, (tx.moment(now),))
     if not flights:
         return 0
-    entries = [(started, list(e)) for _t, started, d in flights for e in tx.read_json(d)]
-    hooks = _endpoints_left(tx, {entry[1] for _started, entry in entries})
+    # Each entry is a first attempt's _identity: (delivery id, webhook id, account, type, seq).
+    entries = [(started, tuple(e)) for _t, started, d in flights for e in tx.read_json(d)]
+    hooks = _endpoints_left(tx, {identity[1] for _started, identity in entries})
     due = tx.moment(now)
     rows = []
-    for started, (delivery_id, webhook_id, account_id, type_, seq) in entries:
-        if webhook_id not in hooks:
+    for started, identity in entries:
+        if identity[1] not in hooks:
             continue
         started_at = tx.read_moment(started)
         assert started_at is not None
-        log = attempt_entry(
-            1, INTERRUPTED, started_at, error="the sending process stopped before an answer"
-        )
-        identity = (delivery_id, webhook_id, account_id, type_, seq)
-        rows.append(_pending_row(tx, identity, 1, due, started_at, [log]))
+        log = attempt_entry(1, INTERRUPTED, started_at, error=STOPPED_BEFORE_ANSWER)
+        rows.append(_outcome_row(tx, identity, PENDING, 1, None, None, due, started_at, [log]))
     tx.run_many(_INSERT_OUTCOME, rows)
     _land(tx, [row[0] for row in flights])
     return len(rows)
@@ -698,7 +709,11 @@ def release(tx: Tx, jobs: list[Job], now: datetime, flights: Sequence[str] = ())
         if job.flight is None:
             releases.append((due, tx.json(log), job.delivery_id, job.lease_token))
         elif job.delivery_id in kept:
-            inserts.append(_pending_row(tx, _identity(job), job.number, due, job.started_at, log))
+            inserts.append(
+                _outcome_row(
+                    tx, _identity(job), PENDING, job.number, None, None, due, job.started_at, log
+                )
+            )
     tx.run_many(_RELEASE, releases)
     tx.run_many(_INSERT_OUTCOME, inserts)
     _land(tx, sorted(flights))

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -134,8 +133,6 @@ class WebhookWorker:
         self._stopping = False
         # Attempts that ended, waiting for the next pass to record them.
         self._done: list[tuple[queue.Job, Outcome]] = []
-        # This process's flights (first attempts, rows not yet written): attempts not recorded.
-        self._flights: dict[str, int] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="paycode-webhooks")
@@ -171,10 +168,11 @@ class WebhookWorker:
         """At shutdown: record the attempts that ended, and hand back the leases of those cut
         short so another process takes them at once."""
         now = utcnow()
+        # A flight of this process not yet deleted still has an attempt among these two.
+        flights = {job.flight for job in [*abandoned, *(job for job, _ in done)] if job.flight}
         with self.db.raw_write() as tx:
             queue.finish(tx, self._results(done), now, schedule=self.config.schedule)
-            queue.release(tx, abandoned, now, flights=list(self._flights))
-        self._flights.clear()
+            queue.release(tx, abandoned, now, flights=list(flights))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -213,8 +211,9 @@ class WebhookWorker:
             webhook_id: self.config.per_endpoint - count
             for webhook_id, count in self._per_endpoint.items()
         }
-        recorded = Counter(job.flight for job, _outcome in done if job.flight is not None)
-        landed = [token for token, n in recorded.items() if self._flights.get(token) == n]
+        # A flight has landed once none of its attempts runs: this pass records the last ones.
+        flying = {job.flight for job in self._running.values()}
+        landed = sorted({job.flight for job, _ in done if job.flight and job.flight not in flying})
         try:
             jobs, finished, self._behind = await self._pass(
                 done, max(0, free), room, landed, look=not nudged
@@ -225,13 +224,7 @@ class WebhookWorker:
             if nudged:
                 self._nudged = True
             raise
-        for token, n in recorded.items():
-            left = self._flights.pop(token, 0) - n
-            if left > 0:
-                self._flights[token] = left
         for job in jobs:
-            if job.flight is not None:
-                self._flights[job.flight] = self._flights.get(job.flight, 0) + 1
             self._launch(job)
         for status in finished.statuses:
             if status in (SUCCEEDED, FAILED):
