@@ -2,9 +2,10 @@
 
 An instance subscribes to an account's channel while it holds a socket of that account, so
 Redis sends each instance only what it will deliver. One pub/sub connection carries every
-subscription; a listener task reads it and, when Redis drops, reconnects with capped,
-jittered exponential backoff, re-subscribes everything and tells the sink to resync, because
-messages published while it was away are gone (the outbox still has them).
+subscription and a second one the publishes (realtime/brokers/resp.py); a listener task
+watches the first and, when Redis drops, reconnects with capped, jittered exponential
+backoff, re-subscribes everything and tells the sink to resync, because messages published
+while it was away are gone (the outbox still has them).
 """
 
 from __future__ import annotations
@@ -17,18 +18,15 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from realtime.brokers.base import Broker, BrokerSink
+from realtime.brokers.resp import Command, RedisRefused, RespConnection
 
 log = logging.getLogger("paycode.broker")
 
 CHANNEL_PREFIX = "paycode:acct:"
 CONTROL_CHANNEL = "paycode:control"
+CHANNEL_PREFIX_BYTES = CHANNEL_PREFIX.encode()
+CONTROL_CHANNEL_BYTES = CONTROL_CHANNEL.encode()
 
 
 class BrokerUnavailable(ConnectionError):
@@ -54,17 +52,23 @@ class RedisBroker(Broker):
         backoff_base: float = 0.05,
         backoff_cap: float = 2.0,
         confirm_timeout: float = 2.0,
+        command_timeout: float = 5.0,
+        health_interval: float = 10.0,
     ) -> None:
         super().__init__(url, sink)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.confirm_timeout = confirm_timeout
-        self._client: aioredis.Redis | None = None
-        self._pubsub: Any = None
+        self.command_timeout = command_timeout
+        self.health_interval = health_interval
+        self._subscriber: RespConnection | None = None
+        self._commands: RespConnection | None = None
+        self._opening_commands = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
         self._connected = False
         self._confirms: dict[str, deque[asyncio.Future[None]]] = {}
         self._awaiting_resync: set[str] = set()
+        self._refusal: RedisRefused | None = None
         self.reconnects = 0
 
     @property
@@ -72,16 +76,6 @@ class RedisBroker(Broker):
         return self._connected
 
     async def connect(self) -> None:
-        # Pooled connections die with a Redis restart; retry once on a fresh one. A retried
-        # publish may arrive twice, which sockets drop by seq.
-        self._client = aioredis.from_url(
-            self.url,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=10,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
         self._listener = asyncio.create_task(self._listen(), name="paycode-redis-listener")
 
     async def disconnect(self) -> None:
@@ -90,106 +84,154 @@ class RedisBroker(Broker):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
-        await self._drop_pubsub()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        self._connected = False
+        for connection in (self._subscriber, self._commands):
+            if connection is not None:
+                connection.close()
+        self._subscriber = self._commands = None
         self.subscriptions.clear()
 
     async def subscribe(self, account_id: str) -> None:
         self.subscriptions.add(account_id)
-        pubsub = self._pubsub
-        if not self._connected or pubsub is None:
+        subscriber = self._subscriber
+        if subscriber is None or subscriber.closed:
             return  # the listener subscribes everything when it (re)connects
         channel = channel_of(account_id)
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._confirms.setdefault(channel, deque()).append(confirmed)
         try:
-            await pubsub.subscribe(channel)
+            subscriber.write([("SUBSCRIBE", channel)])
             await asyncio.wait_for(asyncio.shield(confirmed), self.confirm_timeout)
-        except (aioredis.RedisError, OSError, TimeoutError) as exc:
+        except (ConnectionError, TimeoutError) as exc:
             # The listener will notice, reconnect, re-subscribe and resync every socket.
             log.warning("subscribe %s not confirmed: %s", channel, exc.__class__.__name__)
 
     async def unsubscribe(self, account_id: str) -> None:
         self.subscriptions.discard(account_id)
-        pubsub = self._pubsub
-        if self._connected and pubsub is not None:
-            with contextlib.suppress(aioredis.RedisError, OSError):
-                await pubsub.unsubscribe(channel_of(account_id))
+        subscriber = self._subscriber
+        if subscriber is not None and not subscriber.closed:
+            subscriber.write([("UNSUBSCRIBE", channel_of(account_id))])
 
     async def publish(self, messages: Iterable[tuple[str, bytes]]) -> None:
-        client = self._client
-        if client is None or not self._connected:
-            raise BrokerUnavailable("redis is not connected")
-        async with client.pipeline(transaction=False) as pipe:
-            for account_id, payload in messages:
-                pipe.publish(channel_of(account_id), payload)
-            await pipe.execute()
+        await self._command([("PUBLISH", channel_of(a), payload) for a, payload in messages])
 
     async def publish_control(self, payload: bytes) -> None:
-        client = self._client
-        if client is None or not self._connected:
+        await self._command([("PUBLISH", CONTROL_CHANNEL, payload)])
+
+    async def _command(self, commands: list[Command]) -> None:
+        if not commands:
+            return
+        if not self._connected:
             raise BrokerUnavailable("redis is not connected")
-        await client.publish(CONTROL_CHANNEL, payload)
+        # A connection dies with a Redis restart; the batch goes again on a fresh one, so a
+        # publish may arrive twice, which sockets drop by seq.
+        for attempt in range(3):
+            try:
+                connection = await self._command_connection()
+                await connection.call(commands, self.command_timeout)
+                return
+            except (OSError, TimeoutError) as exc:
+                # ConnectionError (and RedisRefused) are OSErrors.
+                if attempt == 2:
+                    raise BrokerUnavailable(f"redis: {exc.__class__.__name__}") from exc
+                await asyncio.sleep(backoff_delay(attempt, self.backoff_base, 0.5))
+
+    async def _command_connection(self) -> RespConnection:
+        connection = self._commands
+        if connection is not None and not connection.closed:
+            return connection
+        async with self._opening_commands:
+            connection = self._commands
+            if connection is None or connection.closed:
+                connection = await RespConnection.open(self.url, seconds=self.confirm_timeout)
+                self._commands = connection
+            return connection
 
     async def _listen(self) -> None:
         attempt = 0
         while True:
             try:
-                await self._open_pubsub()
-                attempt = 0
-                while True:
-                    message = await self._pubsub.get_message(
-                        ignore_subscribe_messages=False, timeout=1.0
-                    )
-                    if message is not None:
-                        self._handle(message)
+                subscriber = await self._open_subscriber()
+                await self._watch(subscriber)
+                if self._connected:
+                    attempt = 0
+                raise self._refusal or ConnectionError("the subscription connection closed")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 was_connected = self._connected
                 self._connected = False
                 self._fail_confirms()
-                await self._drop_pubsub()
+                if self._subscriber is not None:
+                    self._subscriber.close()
+                    self._subscriber = None
                 delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
                 attempt += 1
                 log_at = logging.WARNING if was_connected or attempt == 1 else logging.DEBUG
                 log.log(log_at, "redis listener lost (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _open_pubsub(self) -> None:
-        assert self._client is not None
-        pubsub = self._client.pubsub()
+    async def _open_subscriber(self) -> RespConnection:
+        subscriber = await RespConnection.open(
+            self.url, seconds=self.confirm_timeout, on_push=self._handle
+        )
+        self._subscriber = subscriber
+        self._refusal = None
         channels = [CONTROL_CHANNEL, *(channel_of(a) for a in self.subscriptions)]
         self._awaiting_resync = set(channels)
-        self._pubsub = pubsub
-        await pubsub.subscribe(*channels)
-        self._connected = True
+        # Connected once Redis confirms every channel (``_resubscribed``), not when asked.
+        subscriber.write([("SUBSCRIBE", *channels)])
+        return subscriber
 
-    def _handle(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        channel = _text(message.get("channel"))
-        if kind == "message":
-            if channel == CONTROL_CHANNEL:
-                self.sink.control(message["data"])
-            elif channel.startswith(CHANNEL_PREFIX):
-                self.sink.deliver(channel[len(CHANNEL_PREFIX) :], message["data"])
-        elif kind == "subscribe":
-            waiting = self._confirms.get(channel)
+    async def _watch(self, subscriber: RespConnection) -> None:
+        """Until the connection is lost: a subscriber only reads, so a dead peer would go
+        unnoticed; a connection silent for a health interval is PINGed and must answer."""
+        while True:
+            seen = subscriber.received
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(subscriber.lost), self.health_interval)
+                return
+            if subscriber.received != seen:
+                continue
+            subscriber.write([("PING",)])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(subscriber.lost), self.command_timeout)
+                return
+            if subscriber.received == seen:
+                raise TimeoutError(f"no answer to PING within {self.command_timeout:g} s")
+
+    def _handle(self, message: Any) -> None:
+        if isinstance(message, Exception):
+            # Redis refused a subscription (NOAUTH, a disabled user): start again later.
+            self._refusal = RedisRefused(str(message))
+            if self._subscriber is not None:
+                self._subscriber.close()
+            return
+        if not isinstance(message, list) or len(message) < 3:
+            return  # PING's answer ([pong, ""]) and anything else without a channel
+        kind, channel, data = message[0], message[1], message[2]
+        if kind == b"message":
+            if channel == CONTROL_CHANNEL_BYTES:
+                self.sink.control(data)
+            elif channel.startswith(CHANNEL_PREFIX_BYTES):
+                self.sink.deliver(_text(channel[len(CHANNEL_PREFIX_BYTES) :]), data)
+        elif kind == b"subscribe":
+            name = _text(channel)
+            waiting = self._confirms.get(name)
             if waiting:
                 future = waiting.popleft()
                 if not waiting:
-                    del self._confirms[channel]
+                    del self._confirms[name]
                 if not future.done():
                     future.set_result(None)
             if self._awaiting_resync:
-                self._awaiting_resync.discard(channel)
+                self._awaiting_resync.discard(name)
                 if not self._awaiting_resync:
                     self._resubscribed()
 
     def _resubscribed(self) -> None:
         # Also on the first connection: sockets may have attached while Redis was down.
+        self._connected = True
         self.reconnects += 1
         if self.reconnects > 1:
             log.info("redis listener back; every socket re-reads the outbox")
@@ -202,12 +244,6 @@ class RedisBroker(Broker):
                 if not future.done():
                     future.set_result(None)
         self._confirms.clear()
-
-    async def _drop_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
 
 
 def _text(value: Any) -> str:

@@ -4,12 +4,21 @@ subscribed while a local socket needs it, and a listener that survives Redis goi
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from typing import Any
 
+import pytest
 import redis
 
-from realtime.brokers.redis import CHANNEL_PREFIX, CONTROL_CHANNEL, RedisBroker, backoff_delay
+from realtime.brokers.redis import (
+    CHANNEL_PREFIX,
+    CONTROL_CHANNEL,
+    BrokerUnavailable,
+    RedisBroker,
+    backoff_delay,
+)
 from tests.cluster import RedisServer
 from tests.services import unavailable
 
@@ -85,3 +94,85 @@ def test_backoff_is_capped_and_jittered() -> None:
     delays = [backoff_delay(attempt, 0.05, 2.0) for attempt in range(40)]
     assert all(0 <= d <= 2.0 for d in delays)
     assert len({round(d, 6) for d in delays[10:]}) > 5
+
+
+def test_a_password_in_the_url_authenticates_both_connections() -> None:
+    """The URL's password (alone, or with an ACL user) is sent before anything else on the
+    subscriber's and the publisher's connections; a wrong one never counts as connected."""
+    if not RedisServer.available():
+        unavailable("redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    admin = redis.Redis(port=server.port)
+    admin.execute_command("ACL", "SETUSER", "till", "on", ">t!ll pw", "~*", "&*", "+@all")
+    admin.config_set("requirepass", "p@ss word")
+    base = f"127.0.0.1:{server.port}/0"
+
+    async def delivers(url: str) -> None:
+        sink = Sink()
+        broker = RedisBroker(url, sink, backoff_cap=0.2)
+        await broker.connect()
+        await until(lambda: broker.connected and sink.resyncs == 1)
+        await broker.subscribe("acct-1")
+        await broker.publish([("acct-1", b"paid")])
+        await until(lambda: sink.delivered == [("acct-1", b"paid")])
+        await broker.disconnect()
+
+    async def refused(url: str) -> None:
+        sink = Sink()
+        broker = RedisBroker(url, sink, backoff_cap=0.1)
+        await broker.connect()
+        await asyncio.sleep(0.5)
+        assert not broker.connected and sink.resyncs == 0
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish([("acct-1", b"paid")])
+        await broker.disconnect()
+
+    try:
+        asyncio.run(delivers(f"redis://:p%40ss%20word@{base}"))
+        asyncio.run(delivers(f"redis://till:t%21ll%20pw@{base}"))
+        asyncio.run(refused(f"redis://:wrong@{base}"))
+        asyncio.run(refused(f"redis://{base}"))
+    finally:
+        server.stop()
+
+
+def test_a_redis_that_stops_answering_is_left_and_joined_again() -> None:
+    """A subscriber only reads, so a Redis that hangs with its socket open would leave it
+    waiting for ever: a silent connection is PINGed, and one that does not answer is dropped
+    and made again. A publish meanwhile fails within its bounded retries."""
+    if not RedisServer.available():
+        unavailable("redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    assert server.process is not None
+    pid = server.process.pid
+
+    async def main() -> None:
+        sink = Sink()
+        broker = RedisBroker(
+            server.url, sink, backoff_cap=0.2, health_interval=0.3, command_timeout=0.3
+        )
+        await broker.connect()
+        await until(lambda: broker.connected and sink.resyncs == 1)
+        await broker.subscribe("acct-1")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await until(lambda: not broker.connected, within=5)
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailable):
+                await broker.publish([("acct-1", b"lost")])
+            assert time.monotonic() - started < 2
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await until(lambda: broker.connected and sink.resyncs == 2)
+        await broker.publish([("acct-1", b"after")])
+        await until(lambda: ("acct-1", b"after") in sink.delivered)
+        assert ("acct-1", b"lost") not in sink.delivered
+        await broker.disconnect()
+
+    try:
+        asyncio.run(main())
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        server.stop()
