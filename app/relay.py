@@ -16,13 +16,10 @@ from __future__ import annotations
 import logging
 import time
 
-from sqlmodel import select
-
 from app.auth import Principal
 from app.http import in_thread
 from app.periodic import Periodic
 from app.tokens import TokenCache
-from models.accounts import Account, Device
 from models.db import Database
 from realtime.hub import Hub
 
@@ -31,28 +28,29 @@ log = logging.getLogger("paycode.relay")
 CHUNK = 500
 
 
+_LAST_SEQS = "SELECT id, last_seq FROM account WHERE id IN ({marks})"
+_LIVE_DEVICES = "SELECT id FROM device WHERE revoked_at IS NULL AND id IN ({marks})"
+
+
 def read_marks(
     db: Database, account_ids: list[str], device_ids: list[str]
 ) -> tuple[dict[str, int], set[str]]:
-    """`last_seq` of each account, and which of the devices are revoked or gone."""
+    """`last_seq` of each account, and which of the devices are revoked or gone.
+
+    Hand-written like the payment's statements: built through the ORM, the two reads of a
+    process holding 900 sockets took tens of milliseconds of the GIL every tick, a stall of
+    every socket's frames (docs/BENCHMARKS.md, "Redis without its client's wrapping")."""
     last_seqs: dict[str, int] = {}
     alive: set[str] = set()
-    with db.read() as session:
-        for i in range(0, len(account_ids), CHUNK):
-            chunk = account_ids[i : i + CHUNK]
-            rows = session.exec(
-                select(Account.id, Account.last_seq).where(Account.id.in_(chunk))  # type: ignore[attr-defined]
-            ).all()
-            last_seqs.update({account_id: seq for account_id, seq in rows})
-        for i in range(0, len(device_ids), CHUNK):
-            chunk = device_ids[i : i + CHUNK]
-            rows = session.exec(
-                select(Device.id).where(
-                    Device.id.in_(chunk),  # type: ignore[attr-defined]
-                    Device.revoked_at.is_(None),  # type: ignore[union-attr]
-                )
-            ).all()
-            alive.update(rows)
+    with db.raw_read() as tx:
+        for at in range(0, len(account_ids), CHUNK):
+            chunk = account_ids[at : at + CHUNK]
+            statement = _LAST_SEQS.format(marks=", ".join("?" for _ in chunk))
+            last_seqs.update({account_id: seq for account_id, seq in tx.all(statement, chunk)})
+        for at in range(0, len(device_ids), CHUNK):
+            chunk = device_ids[at : at + CHUNK]
+            statement = _LIVE_DEVICES.format(marks=", ".join("?" for _ in chunk))
+            alive.update(device_id for (device_id,) in tx.all(statement, chunk))
     return last_seqs, set(device_ids) - alive
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from starlette.testclient import TestClient
 
 from app.main import create_app
-from app.relay import sweep_tokens
+from app.relay import CHUNK, read_marks, sweep_tokens
 from app.settings import Settings
 from app.state import AppState
 from models import accounts
@@ -60,3 +60,35 @@ def test_a_device_revoked_through_this_process_is_refused_at_once(database_url: 
         assert api.get("/me", phone).status_code == 200
         assert api.delete("/sessions/current", phone).status_code == 204
         assert api.get("/me", phone).status_code == 401
+
+
+def test_the_relay_reads_each_accounts_last_seq_and_finds_revoked_or_unknown_devices(
+    database_url: str,
+) -> None:
+    """The relay's tick: the outbox position of every account it is asked about, across
+    more ids than one statement takes, and which devices are revoked or do not exist."""
+    with _app(database_url) as client:
+        api = Api(client, ADMIN_TOKEN)
+        state: AppState = client.app.state.paycode  # type: ignore[attr-defined]
+        payer = api.user(funds=5_000)
+        payee = api.user()
+        tablet = api.log_in(payee.handle, "tablet")
+        paid = api.post("/payments", payer, json={"payee": payee.handle, "amount": 1_250})
+        assert paid.status_code == 201, paid.text
+        assert api.delete(f"/devices/{tablet.device_id}", payee).status_code == 204
+        unknown = [f"nobody-{i}" for i in range(CHUNK + 5)]
+        last_seqs, gone = read_marks(
+            state.db,
+            [payer.account_id, payee.account_id, *unknown],
+            [payer.device_id, payee.device_id, tablet.device_id, *unknown],
+        )
+        with state.db.raw_read() as tx:
+            expected = dict(
+                tx.all(
+                    "SELECT id, last_seq FROM account WHERE id IN (?, ?)",
+                    (payer.account_id, payee.account_id),
+                )
+            )
+        assert expected[payer.account_id] >= 1 and expected[payee.account_id] >= 1
+        assert last_seqs == expected
+        assert gone == {tablet.device_id, *unknown}
