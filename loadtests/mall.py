@@ -24,6 +24,8 @@ from loadtests.wire import Connection, WireError, bearer
 
 CONFIRM_TIMEOUT = 10.0
 AMOUNT = 1250
+# A payer's pause after an answer that was neither a payment nor a 503 with Retry-After.
+AFTER_ERROR = 0.01
 
 
 @dataclass
@@ -128,7 +130,9 @@ class MallFloor:
             "reconnects": sum(max(0, d.welcomes - 1) for d in self.devices),
         }
 
-    async def payment(self, tape: MallTape) -> bool:
+    async def payment(self, tape: MallTape) -> float:
+        """One payment to its confirmation on every device; how long this payer waits before
+        the next: 0 once confirmed, a 503's ``Retry-After``, or a short pause after an error."""
         counter = random.choice(self.mall.counters)
         payer = random.choice(self.mall.payers)
         conn = await self.free.get()
@@ -141,7 +145,7 @@ class MallFloor:
                 )
             except (WireError, OSError, TimeoutError) as exc:
                 tape.errors[type(exc).__name__] += 1
-                return False
+                return AFTER_ERROR
             answered = time.time()
         finally:
             self.free.put_nowait(conn)
@@ -150,10 +154,11 @@ class MallFloor:
             tape.refused_http.append(answered - sent)
             if not reply.retry_after:
                 tape.refused_without_retry_after += 1
-            return False
+                return AFTER_ERROR
+            return float(reply.retry_after)
         if reply.status != 201:
             tape.errors[f"payment {reply.status}"] += 1
-            return False
+            return AFTER_ERROR
         tape.pay_http.append(answered - sent)
         payment_id = reply.json()["id"]
         waiting = self.arrivals.expect(payment_id, self.per_payment)
@@ -162,16 +167,16 @@ class MallFloor:
         except TimeoutError:
             self.arrivals.forget(payment_id)
             tape.missing += 1
-            return False
+            return AFTER_ERROR
         tape.confirm_all.append(max(times) - sent)
-        return True
+        return 0.0
 
 
 async def offered(floor: MallFloor, rate: float, seconds: float) -> dict[str, Any]:
     """Payments start as a Poisson process of ``rate``/s; one that finds no free connection
     waits for one and counts as a late start."""
     tape = MallTape()
-    running: set[asyncio.Task[bool]] = set()
+    running: set[asyncio.Task[float]] = set()
     began = time.perf_counter()
     next_at = began
     while next_at < began + seconds:
@@ -192,14 +197,17 @@ async def offered(floor: MallFloor, rate: float, seconds: float) -> dict[str, An
 
 
 async def saturate(floor: MallFloor, seconds: float, workers: int = 64) -> dict[str, Any]:
-    """``workers`` payers paying back to back: the most payments/s the server completes."""
+    """``workers`` payers paying back to back: the most payments/s the server completes. A
+    refused payer waits the ``Retry-After`` it was told, as a conforming client does: payers
+    that retried at once would measure what refusing costs, not what paying does."""
     tape = MallTape()
     deadline = time.perf_counter() + seconds
 
     async def loop() -> None:
         while time.perf_counter() < deadline:
-            if not await floor.payment(tape):
-                await asyncio.sleep(0.01)
+            pause = await floor.payment(tape)
+            if pause:
+                await asyncio.sleep(min(pause, max(0.0, deadline - time.perf_counter())))
 
     began = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(workers)))
