@@ -209,8 +209,8 @@ def record_webhook_attempt(outcome: str, seconds: float) -> None:
     WEBHOOK_ATTEMPT_SECONDS.observe(max(0.0, seconds))
 
 
-def record_webhook_delivery(outcome: str) -> None:
-    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
+def record_webhook_delivery(outcome: str, count: int = 1) -> None:
+    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc(count)
 
 
 def set_webhook_oldest_pending(seconds: float) -> None:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -226,9 +227,9 @@ class WebhookWorker:
             raise
         for job in jobs:
             self._launch(job)
-        for status in finished.statuses:
-            if status in (SUCCEEDED, FAILED):
-                observability.record_webhook_delivery(status)
+        settled = Counter(s for s in finished.statuses if s in (SUCCEEDED, FAILED))
+        for status, count in settled.items():
+            observability.record_webhook_delivery(status, count)
         if finished.failing:
             published = await in_thread(self._note_failures, finished.failing)
             if published:
