@@ -50,8 +50,12 @@ deps:
 		fi; \
 	fi
 
+# Two test processes (pytest-xdist), one per core: most tests wait on servers, sockets and
+# databases, and the suite took 12 minutes in one process on a slow day. TEST_WORKERS=0 runs
+# it in one process.
+TEST_WORKERS ?= 2
 test: deps lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Faults under load on the cluster (SIGKILL, Redis down, PostgreSQL restart); figures in
 # build/chaos/ and docs/RELIABILITY.md. The tests marked chaos are left out of `make test`.
