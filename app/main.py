@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
             settings.database_url,
             pool_size=int(settings.extra.get("pool_size", 8)),
             pool_timeout=settings.extra.get("pool_timeout"),
+            own_checkpoints=True,
         )
         hub = Hub(
             settings.broker_url,

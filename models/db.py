@@ -25,6 +25,7 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
 from models import sql
+from models.checkpoint import Checkpointer
 from models.group import GroupWriter
 
 GROUP_SLOTS = 16
@@ -38,7 +39,9 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, pool_timeout: float) -> Engine:
+def _sqlite_engine(
+    url: str, *, immediate: bool, pool_size: int, pool_timeout: float, autocheckpoint: bool
+) -> Engine:
     memory = make_url(url).database in (None, "", ":memory:")
     engine = create_engine(
         url,
@@ -59,6 +62,9 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, pool_timeout: f
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if not autocheckpoint:
+            # models/checkpoint.py's thread checkpoints instead of the committing writer.
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         # The writer waits for the write lock in sql.begin_immediate, not in SQLite's handler.
         cursor.execute("PRAGMA busy_timeout=0" if immediate else "PRAGMA busy_timeout=30000")
         cursor.close()
@@ -95,21 +101,47 @@ def _alive_on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None
 class Database:
     """Owns the engines of one database and hands out transactions."""
 
-    def __init__(self, url: str, *, pool_size: int = 8, pool_timeout: float | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 8,
+        pool_timeout: float | None = None,
+        own_checkpoints: bool = False,
+    ):
+        """``own_checkpoints``: a long-running process (a server, a webhook sender) checkpoints
+        SQLite's WAL on a thread of its own (models/checkpoint.py) rather than in the
+        connection whose COMMIT fills it; short commands keep SQLite's automatic checkpoint."""
         self.url = normalize_url(url)
         self.dialect = make_url(self.url).get_backend_name()
         self.pool_size = pool_size
         # The group commit of the hot path's writes (SQLite only: there is one writer anyway).
         self.group: GroupWriter | None = None
         self.loop_engine: AsyncEngine | None = None
+        self.checkpointer: Checkpointer | None = None
         if self.dialect == "sqlite":
+            path = make_url(self.url).database
+            own_checkpoints = own_checkpoints and path not in (None, "", ":memory:")
+            timeout = pool_timeout or 60
             self.writer = _sqlite_engine(
-                self.url, immediate=True, pool_size=1, pool_timeout=pool_timeout or 60
+                self.url,
+                immediate=True,
+                pool_size=1,
+                pool_timeout=timeout,
+                autocheckpoint=not own_checkpoints,
             )
             self.reader = _sqlite_engine(
-                self.url, immediate=False, pool_size=pool_size, pool_timeout=pool_timeout or 60
+                self.url,
+                immediate=False,
+                pool_size=pool_size,
+                pool_timeout=timeout,
+                autocheckpoint=not own_checkpoints,
             )
             self.group = GroupWriter(self.writer)
+            if own_checkpoints:
+                assert path is not None
+                self.checkpointer = Checkpointer(path)
+                self.checkpointer.start()
         elif self.dialect == "postgresql":
             pool: dict[str, Any] = {
                 "pool_size": pool_size,
@@ -189,6 +221,8 @@ class Database:
     def dispose(self) -> None:
         if self.group is not None:
             self.group.close()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.writer.dispose()
         if self.reader is not self.writer:
             self.reader.dispose()

@@ -25,7 +25,7 @@ PROCESS_INTERVAL = 0.05
 
 
 async def _serve(settings: Settings) -> None:
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, own_checkpoints=True)
     config = dataclasses.replace(WorkerConfig.from_settings(settings), passes_on_loop=True)
     if "webhook_interval" not in settings.extra:
         # No commit of its own wakes this process: it looks for new events often instead (an

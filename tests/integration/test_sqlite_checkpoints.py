@@ -1,0 +1,66 @@
+"""A long-running process checkpoints SQLite's write-ahead log on a thread of its own: its
+connections never checkpoint after a COMMIT, and the log is still copied back, so it does
+not grow without bound under a steady stream of commits. A short command keeps SQLite's
+automatic checkpoint."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from sqlalchemy import make_url
+
+from models.checkpoint import RESTART_FRAMES
+from models.db import Database
+from tests.services import SqliteFactory
+
+ROWS = 20_000
+
+
+def _wal_pages(path: str) -> int:
+    wal = Path(path + "-wal")
+    return wal.stat().st_size // 4096 if wal.exists() else 0
+
+
+def test_the_process_thread_checkpoints_and_its_connections_never_do(
+    sqlite_factory: SqliteFactory,
+) -> None:
+    url = sqlite_factory.create()
+    path = make_url(url).database
+    assert path is not None
+    db = Database(url, own_checkpoints=True)
+    try:
+        assert db.checkpointer is not None
+        with db.raw_read() as tx:
+            assert tx.one("PRAGMA wal_autocheckpoint") == (0,)
+        # Far more than the 1,000 pages at which a connection would have checkpointed after
+        # a COMMIT, written over a few of the thread's intervals.
+        for start in range(0, ROWS, 100):
+            with db.raw_write() as tx:
+                tx.run_many(
+                    "INSERT INTO login_failure (id, handle, client, created_at)"
+                    " VALUES (?, ?, ?, CURRENT_TIMESTAMP)",
+                    [(f"lf_{i:08d}", "h" * 99, "c" * 99) for i in range(start, start + 100)],
+                )
+            time.sleep(0.01)
+        # The log was copied back and started afresh as it went, though commits never paused
+        # for a passive checkpoint to finish: it never held much more than SQLite's own
+        # threshold (the file keeps its largest size), while the database outgrew it.
+        assert db.checkpointer.restarts >= 1
+        assert _wal_pages(path) < 2 * RESTART_FRAMES < Path(path).stat().st_size // 4096
+        with sqlite3.connect(path) as probe:
+            assert probe.execute("SELECT count(*) FROM login_failure").fetchone() == (ROWS,)
+    finally:
+        db.dispose()
+    assert not db.checkpointer._thread.is_alive()
+
+
+def test_a_short_command_keeps_sqlites_own_checkpoint(sqlite_factory: SqliteFactory) -> None:
+    db = Database(sqlite_factory.create(), pool_size=1)
+    try:
+        assert db.checkpointer is None
+        with db.raw_read() as tx:
+            assert tx.one("PRAGMA wal_autocheckpoint") == (1000,)
+    finally:
+        db.dispose()
