@@ -152,7 +152,8 @@ class MallFloor:
         if reply.status == 503:
             tape.refused += 1
             tape.refused_http.append(answered - sent)
-            if not reply.retry_after:
+            if not reply.retry_after or not reply.retry_after.isdigit():
+                # Missing, or an HTTP date: paycode sends seconds, so either is a fault.
                 tape.refused_without_retry_after += 1
                 return AFTER_ERROR
             return float(reply.retry_after)
