@@ -25,9 +25,6 @@ from realtime.hub import Hub
 
 log = logging.getLogger("paycode.relay")
 
-CHUNK = 500
-
-
 _LAST_SEQS = "SELECT id, last_seq FROM account WHERE id IN ({marks})"
 _LIVE_DEVICES = "SELECT id FROM device WHERE revoked_at IS NULL AND id IN ({marks})"
 
@@ -40,17 +37,9 @@ def read_marks(
     Hand-written like the payment's statements: built through the ORM, the two reads of a
     process holding 900 sockets took tens of milliseconds of the GIL every tick, a stall of
     every socket's frames (docs/BENCHMARKS.md, "Redis without its client's wrapping")."""
-    last_seqs: dict[str, int] = {}
-    alive: set[str] = set()
     with db.raw_read() as tx:
-        for at in range(0, len(account_ids), CHUNK):
-            chunk = account_ids[at : at + CHUNK]
-            statement = _LAST_SEQS.format(marks=", ".join("?" for _ in chunk))
-            last_seqs.update({account_id: seq for account_id, seq in tx.all(statement, chunk)})
-        for at in range(0, len(device_ids), CHUNK):
-            chunk = device_ids[at : at + CHUNK]
-            statement = _LIVE_DEVICES.format(marks=", ".join("?" for _ in chunk))
-            alive.update(device_id for (device_id,) in tx.all(statement, chunk))
+        last_seqs: dict[str, int] = dict(tx.all_in(_LAST_SEQS, account_ids))
+        alive = {device_id for (device_id,) in tx.all_in(_LIVE_DEVICES, device_ids)}
     return last_seqs, set(device_ids) - alive
 
 

@@ -28,7 +28,6 @@ MAX_ENTRIES = 50_000
 # A revoked device is remembered this long, so a lookup that read the database just before
 # the revocation committed cannot put it back.
 REVOKED_MEMORY = 10.0
-CHUNK = 500
 
 _ALIVE = (
     "SELECT device.id, account.id, account.handle, account.display_name"
@@ -94,12 +93,7 @@ class TokenCache:
         handle, display_name, device_id)`` makes a principal. Returns how many were dropped."""
         started = time.monotonic()
         devices = list(self._by_device)
-        alive: dict[str, tuple[Any, ...]] = {}
-        for at in range(0, len(devices), CHUNK):
-            chunk = devices[at : at + CHUNK]
-            statement = _ALIVE.format(marks=", ".join("?" for _ in chunk))
-            for row in tx.all(statement, chunk):
-                alive[row[0]] = row
+        alive = {row[0]: row for row in tx.all_in(_ALIVE, devices)}
         dropped = 0
         with self._lock:
             for device_id in devices:

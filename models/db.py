@@ -39,10 +39,14 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def _in_memory(url: str) -> bool:
+    return make_url(url).database in (None, "", ":memory:")
+
+
 def _sqlite_engine(
     url: str, *, immediate: bool, pool_size: int, pool_timeout: float, autocheckpoint: bool
 ) -> Engine:
-    memory = make_url(url).database in (None, "", ":memory:")
+    memory = _in_memory(url)
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30},
@@ -120,8 +124,7 @@ class Database:
         self.loop_engine: AsyncEngine | None = None
         self.checkpointer: Checkpointer | None = None
         if self.dialect == "sqlite":
-            path = make_url(self.url).database
-            own_checkpoints = own_checkpoints and path not in (None, "", ":memory:")
+            own_checkpoints = own_checkpoints and not _in_memory(self.url)
             timeout = pool_timeout or 60
             self.writer = _sqlite_engine(
                 self.url,
@@ -139,6 +142,7 @@ class Database:
             )
             self.group = GroupWriter(self.writer)
             if own_checkpoints:
+                path = make_url(self.url).database
                 assert path is not None
                 self.checkpointer = Checkpointer(path)
                 self.checkpointer.start()

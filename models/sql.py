@@ -39,6 +39,10 @@ WRITE_LOCK_TIMEOUT = 30.0
 Params = Sequence[Any]
 
 
+# Values bound in one statement by ``Tx.all_in``.
+IN_CHUNK = 500
+
+
 @lru_cache(maxsize=256)
 def _pyformat(statement: str) -> str:
     # A plain replace is enough because these statements hold no literal "?" or "%".
@@ -96,6 +100,16 @@ class Tx:
     def all(self, statement: str, params: Params = ()) -> list[tuple[Any, ...]]:
         self._run(statement, params)
         return self._fetch(statement, self._cursor.fetchall)  # type: ignore[no-any-return]
+
+    def all_in(self, statement: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Every row of ``statement`` whose ``{marks}`` is filled with one placeholder per
+        value, run over the values ``IN_CHUNK`` at a time: SQLite bounds a statement's
+        variables, and a few hundred per statement keep each one cheap to prepare."""
+        rows: list[tuple[Any, ...]] = []
+        for at in range(0, len(values), IN_CHUNK):
+            chunk = values[at : at + IN_CHUNK]
+            rows += self.all(statement.format(marks=", ".join("?" for _ in chunk)), chunk)
+        return rows
 
     def both(
         self, first: str, first_params: Params, second: str, second_params: Params

@@ -7,10 +7,11 @@ from __future__ import annotations
 from starlette.testclient import TestClient
 
 from app.main import create_app
-from app.relay import CHUNK, read_marks, sweep_tokens
+from app.relay import read_marks, sweep_tokens
 from app.settings import Settings
 from app.state import AppState
 from models import accounts
+from models.sql import IN_CHUNK
 from tests.api import Api
 from tests.conftest import ADMIN_TOKEN
 
@@ -76,7 +77,7 @@ def test_the_relay_reads_each_accounts_last_seq_and_finds_revoked_or_unknown_dev
         paid = api.post("/payments", payer, json={"payee": payee.handle, "amount": 1_250})
         assert paid.status_code == 201, paid.text
         assert api.delete(f"/devices/{tablet.device_id}", payee).status_code == 204
-        unknown = [f"nobody-{i}" for i in range(CHUNK + 5)]
+        unknown = [f"nobody-{i}" for i in range(IN_CHUNK + 5)]
         last_seqs, gone = read_marks(
             state.db,
             [payer.account_id, payee.account_id, *unknown],
