@@ -17,7 +17,7 @@ def test_concurrent_first_deposits_share_one_funding_account(database_url: str) 
         with db.write() as session:
             for handle in ("first", "second"):
                 accounts.sign_up(session, handle, handle, "long enough")
-        start = threading.Barrier(2)
+        start = threading.Barrier(2, timeout=60)
         failures: list[BaseException] = []
 
         def deposit(handle: str) -> None:
@@ -32,7 +32,8 @@ def test_concurrent_first_deposits_share_one_funding_account(database_url: str) 
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join()
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads), "a deposit never finished"
         assert failures == []
         with db.read() as session:
             funding = accounts.funding_account(session)

@@ -5,6 +5,7 @@ and a payment refused inside a batch leaves the other payments of the batch paid
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -59,7 +60,9 @@ def test_one_failing_unit_rolls_back_alone_and_the_batch_commits(
         first = group.submit(hold)
         assert holding.wait(10)
         others = [group.submit(_insert(n)) for n in ("ok1", "bad", "ok2")]
+        deadline = time.monotonic() + 10
         while group._queue.qsize() < 3:
+            assert time.monotonic() < deadline, "the units never queued behind the holder"
             release.wait(0.01)
         release.set()
         assert first.result(10) == "held"

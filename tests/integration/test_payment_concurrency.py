@@ -33,7 +33,9 @@ def live(database_url: str) -> Iterator[tuple[Api, str]]:
 
 def fire(base_url: str, calls: list[Callable[[httpx.Client], httpx.Response]]) -> list[Any]:
     """Run the calls at once, one thread and one connection each, released together."""
-    barrier = threading.Barrier(len(calls))
+    # Bounded: a thread that fails before the barrier breaks it for the others, which then
+    # raise instead of waiting for it forever.
+    barrier = threading.Barrier(len(calls), timeout=60)
 
     def one(call: Callable[[httpx.Client], httpx.Response]) -> tuple[int, Any]:
         with httpx.Client(base_url=base_url, timeout=60) as client:
