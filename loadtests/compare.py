@@ -33,6 +33,7 @@ def _summary(phase: dict[str, Any]) -> dict[str, Any]:
         "p99_ms": confirmed["p99_ms"],
         "max_ms": confirmed["max_ms"],
         "refused": phase["refused"],
+        "generator_lag_p99_ms": (phase.get("generator_lag") or {}).get("p99_ms"),
     }
 
 

@@ -94,6 +94,33 @@ class MallTape:
         }
 
 
+class LoopLag:
+    """How late this generator's own event loop runs a timer while a phase runs. Every
+    latency here is read on this loop, so its lag is in every figure: a phase whose generator
+    is late by 50 ms cannot show a confirmation faster than that, whatever the server does."""
+
+    PERIOD = 0.01
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self.PERIOD)
+            self.samples.append(max(0.0, loop.time() - start - self.PERIOD))
+
+
 class MallFloor:
     def __init__(self, host: str, port: int, mall: Mall, connections: int = 64) -> None:
         self.mall = mall
@@ -180,20 +207,23 @@ async def offered(floor: MallFloor, rate: float, seconds: float) -> dict[str, An
     running: set[asyncio.Task[float]] = set()
     began = time.perf_counter()
     next_at = began
-    while next_at < began + seconds:
-        next_at += random.expovariate(rate)
-        delay = next_at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if floor.free.empty():
-            tape.late_starts += 1
-        task = asyncio.create_task(floor.payment(tape))
-        running.add(task)
-        task.add_done_callback(running.discard)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*running), CONFIRM_TIMEOUT + 5)
-    result = tape.report(time.perf_counter() - began)
+    with LoopLag() as lag:
+        while next_at < began + seconds:
+            next_at += random.expovariate(rate)
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if floor.free.empty():
+                tape.late_starts += 1
+            task = asyncio.create_task(floor.payment(tape))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*running), CONFIRM_TIMEOUT + 5)
+    elapsed = time.perf_counter() - began
+    result = tape.report(elapsed)
     result["offered_rate"] = round(rate, 1)
+    result["generator_lag"] = summarize(lag.samples, elapsed)
     return result
 
 
@@ -211,5 +241,9 @@ async def saturate(floor: MallFloor, seconds: float, workers: int = 64) -> dict[
                 await asyncio.sleep(min(pause, max(0.0, deadline - time.perf_counter())))
 
     began = time.perf_counter()
-    await asyncio.gather(*(loop() for _ in range(workers)))
-    return tape.report(time.perf_counter() - began)
+    with LoopLag() as lag:
+        await asyncio.gather(*(loop() for _ in range(workers)))
+    elapsed = time.perf_counter() - began
+    result = tape.report(elapsed)
+    result["generator_lag"] = summarize(lag.samples, elapsed)
+    return result

@@ -362,13 +362,15 @@ def _mall_lines(results: dict[str, Any]) -> list[str]:
                     "503 (slowest answer ms)",
                     "missing",
                     "server CPU ms/payment",
+                    "generator's loop late p99 ms",
                     "load avg",
                 ]
             ),
-            _row(["---"] * 8),
+            _row(["---"] * 9),
         ]
         for r in [*mall["rates"], {**sat, "offered_rate": "saturation"}]:
             conf = r["confirmation_every_device"]
+            generator_lag = r.get("generator_lag") or {}
             lines.append(
                 _row(
                     [
@@ -379,6 +381,7 @@ def _mall_lines(results: dict[str, Any]) -> list[str]:
                         f"{r['refused']} ({r['refused_http']['max_ms']})",
                         r["missing_confirmations"],
                         r.get("server_cpu_ms_per_payment"),
+                        generator_lag.get("p99_ms"),
                         r.get("load_average"),
                     ]
                 )
