@@ -4,13 +4,17 @@ instead of letting it queue for seconds behind the database's writers.
 
 A fixed number of slots is held for the whole unit of work (token lookup, the write, its
 commit). A request that finds no free slot waits in line on the event loop, where the wait is
-known and bounded, not in the driver's pool or the worker threads. It is refused at once when
-the line ahead of it would take longer than the budget to clear (Little's law: the line's
-length over the slots, times the recent time a slot is held), and refused when its own wait
-runs out the budget. When the event loop itself runs later than the budget (every request
-waits in it before reaching the gate), new ones are refused at once until it catches up.
-Either way nothing was started, so a retry with the same ``Idempotency-Key`` is safe and runs
-exactly once.
+known and bounded, not in the driver's pool or the worker threads.
+
+The budget bounds what a request waits in this process besides its own work: the event
+loop's lag, which it waited before reaching the gate and its frames will wait again to be
+sent, and the line ahead of it (its length over the slots, times the recent time a slot is
+held: Little's law). A request whose wait would not fit is refused at once, and one whose wait
+in line runs out what the budget leaves is refused then. Counting the line alone let the loop
+run a whole budget late before anyone was refused, and an admitted payment then paid that lag
+twice on top of its wait (docs/BENCHMARKS.md, "Overload"). The unit's own time is not counted:
+a slow machine that is not overloaded refuses nobody. Either way nothing was started, so a
+retry with the same ``Idempotency-Key`` is safe and runs exactly once.
 """
 
 from __future__ import annotations
@@ -57,9 +61,9 @@ class Admission:
         return (len(self._line) + 1) / self.slots * self._held
 
     async def watch_loop(self, period: float = LAG_PERIOD) -> None:
-        """Measure, for as long as the process serves, how late the event loop runs a timer.
-        When it is later than the budget, every request already waits that long in the loop
-        before any slot is free or not: the loop itself is the line, and ``slot`` refuses."""
+        """Measure, for as long as the process serves, how late the event loop runs a timer:
+        every request waits that long in the loop before it reaches a slot, and its frames
+        as long again after. The loop itself is a line, and ``slot`` counts it."""
         loop = asyncio.get_running_loop()
         previous = 0.0
         while True:
@@ -71,11 +75,27 @@ class Admission:
             self.lag = min(late, previous)
             previous = late
 
+    def allowed_wait(self) -> float:
+        """What the budget leaves for waiting in line once the loop's lag, paid on the way in
+        and again by the frames on the way out, is counted."""
+        return self.budget - 2 * self.lag
+
+    def refuses_now(self) -> bool:
+        """Whether ``slot`` would refuse a request arriving now without letting it wait. The
+        guard asks before routing (app.guard), so that under overload a refusal
+        costs the HTTP exchange and little else: at three times saturation most requests
+        are refused, and what each costs is taken from the payments admitted."""
+        if self._free == self.slots:
+            # A lone request on a stalled machine (no unit running) is let in.
+            return False
+        allowed = self.allowed_wait()
+        if allowed < 0:
+            return True
+        return not (self._free and not self._line) and self.expected_wait() > allowed
+
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        if self.lag > self.budget and self._free < self.slots:
-            # Refusing costs a fraction of a sale: the loop catches up instead of falling
-            # further behind. A lone request on a stalled machine (no unit running) is let in.
+        if self.refuses_now():
             raise _refusal()
         if self._free and not self._line:
             self._free -= 1
@@ -89,12 +109,10 @@ class Admission:
             self._release()
 
     async def _wait(self) -> None:
-        if self.expected_wait() > self.budget:
-            raise _refusal()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._line.append(waiter)
-        timer = loop.call_later(self.budget, _expire, waiter)
+        timer = loop.call_later(self.allowed_wait(), _expire, waiter)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -120,10 +138,11 @@ class Admission:
             self._line.popleft()
 
 
+BUSY_MESSAGE = "the server is busy; retry with the same Idempotency-Key"
+
+
 def _refusal() -> Unavailable:
-    return Unavailable(
-        "the server is busy; retry with the same Idempotency-Key", retry_after=RETRY_AFTER
-    )
+    return Unavailable(BUSY_MESSAGE, retry_after=RETRY_AFTER)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

@@ -445,10 +445,13 @@ class ObservabilityMiddleware:
                 message["headers"] = _response_headers(message.get("headers", ()), id_header, extra)
             await send(message)
 
+        refused_route = None
         try:
             part = guard.undecodable_part(scope) if self.guard else None
             if part is not None:
                 await guard.refuse_undecodable(part, scope, receive, send_with_headers)
+            elif self.guard and (refused_route := guard.refused_by_the_gate(scope)):
+                await guard.answer_busy(send_with_headers)
             elif self.guard:
                 try:
                     await self.app(scope, receive, send_with_headers)
@@ -466,7 +469,7 @@ class ObservabilityMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             method = str(scope.get("method", ""))
-            route = route_template(scope)
+            route = refused_route or route_template(scope)
             count, latency = _request_metrics(method, route, status)
             count.inc()
             latency.observe(elapsed)

@@ -34,8 +34,8 @@ class Settings:
     purge_interval: float = 60.0
     # Fault injection for the test suite: die by SIGKILL between commit and publish.
     fault_kill_after_commit: bool = False
-    # How long a code issue or a payment may wait for its turn before it is refused with 503.
-    admission_budget_ms: int = 100
+    # What a code issue or a payment may wait in one process besides its own work (503 past it).
+    admission_budget_ms: int = 50
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -92,7 +92,7 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
         webhook_worker=(env.get("PAYCODE_WEBHOOK_WORKER") or "on").lower() != "off",
         purge_interval=_seconds(env, "PAYCODE_PURGE_INTERVAL", 60.0),
         fault_kill_after_commit=env.get("PAYCODE_FAULT_KILL_AFTER_COMMIT") == "1",
-        admission_budget_ms=_milliseconds(env, "PAYCODE_ADMISSION_BUDGET_MS", 100),
+        admission_budget_ms=_milliseconds(env, "PAYCODE_ADMISSION_BUDGET_MS", 50),
     )
 
 

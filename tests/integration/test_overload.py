@@ -139,3 +139,51 @@ def test_payments_past_the_budget_are_refused_at_once_and_retried_exactly_once(
         assert sorted(p["id"] for p in listed) == sorted(final.values())
     result = run_cli("verify", "--database-url", database_url)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def refusals_counted(client: TestClient) -> float:
+    """The payments answered 503 so far, by /metrics (the registry outlives one app)."""
+    name = 'paycode_http_requests_total{method="POST",route="/api/v1/payments",status="503"}'
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_refusal_before_routing_answers_as_the_gate_does_in_the_route(
+    sqlite_factory: SqliteFactory,
+) -> None:
+    """Under overload the guard refuses a gated request before routing; it must be the same
+    answer as the gate's own refusal in the route (a wait in line that ran out): status,
+    body, Retry-After and the headers every response carries, counted under the route."""
+    app = create_app(
+        Settings(database_url=sqlite_factory.create(), admin_token=ADMIN_TOKEN),
+        migrate_schema=False,
+    )
+    with TestClient(app) as client:
+        api = Api(client, ADMIN_TOKEN)
+        payer, payee = api.user(funds=AMOUNT), api.user()
+        gate = app.state.paycode.admission
+        slots = gate._free
+        counted_before = refusals_counted(client)
+        # Every slot taken by units that finish fast: a newcomer may wait, and its wait in
+        # line runs out because none of them ever gives its slot back.
+        gate._free, gate._held, gate.budget = 0, 0.001, 0.05
+        try:
+            assert not gate.refuses_now()
+            in_the_route = pay(client, payer, payee, "gate-1")
+            gate.lag = 1.0
+            assert gate.refuses_now()
+            before_routing = pay(client, payer, payee, "gate-2")
+        finally:
+            gate._free, gate.lag = slots, 0.0
+        for response in (in_the_route, before_routing):
+            assert refused_at_once(response), response.text
+        assert before_routing.content == in_the_route.content
+        ignored = {"x-request-id", "date", "server"}
+        assert {k: v for k, v in before_routing.headers.items() if k not in ignored} == {
+            k: v for k, v in in_the_route.headers.items() if k not in ignored
+        }
+        assert before_routing.headers["x-request-id"]
+        assert refusals_counted(client) == counted_before + 2
+        assert pay(client, payer, payee, "gate-2").status_code == 201

@@ -105,7 +105,7 @@ def test_a_loop_running_later_than_the_budget_refuses_at_once() -> None:
             async with gate.slot():
                 raise AssertionError("admitted while the loop was behind")
         for _ in range(200):
-            if gate.lag <= gate.budget:
+            if gate.allowed_wait() >= 0:
                 break
             await asyncio.sleep(0.01)
         async with gate.slot():
@@ -113,5 +113,33 @@ def test_a_loop_running_later_than_the_budget_refuses_at_once() -> None:
         release.set()
         await busy
         watch.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_loops_lag_counts_twice_against_the_budget() -> None:
+    """A request waits the loop's lag before it reaches the gate and its frames wait it again:
+    a loop late by less than the budget still refuses when twice its lag does not fit, before
+    routing as well as at the slot, and admits again when it does."""
+
+    async def scenario() -> None:
+        gate = Admission(slots=4, budget=0.1)
+        release = asyncio.Event()
+        busy = asyncio.create_task(_hold(gate, [], 0, release))
+        await asyncio.sleep(0)
+        gate.lag = 0.06  # 2 x 60 ms: past the 100 ms budget
+        assert gate.refuses_now()
+        with pytest.raises(Unavailable):
+            async with gate.slot():
+                raise AssertionError("admitted past the budget")
+        gate.lag = 0.04  # 80 ms
+        assert not gate.refuses_now()
+        async with gate.slot():
+            pass
+        release.set()
+        await busy
+        # Idle (no unit running), even a late loop lets a request in.
+        gate.lag = 1.0
+        assert not gate.refuses_now()
 
     asyncio.run(scenario())
