@@ -89,14 +89,12 @@ class Admission:
             # A lone request on a stalled machine (no unit running) is let in.
             return False
         allowed = self.allowed_wait()
-        if allowed < 0:
-            return True
-        return not (self._free and not self._line) and self.expected_wait() > allowed
+        return allowed < 0 or self.expected_wait() > allowed
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self.refuses_now():
-            raise _refusal()
+            raise refusal()
         if self._free and not self._line:
             self._free -= 1
         else:
@@ -138,13 +136,12 @@ class Admission:
             self._line.popleft()
 
 
-BUSY_MESSAGE = "the server is busy; retry with the same Idempotency-Key"
-
-
-def _refusal() -> Unavailable:
-    return Unavailable(BUSY_MESSAGE, retry_after=RETRY_AFTER)
+def refusal() -> Unavailable:
+    return Unavailable(
+        "the server is busy; retry with the same Idempotency-Key", retry_after=RETRY_AFTER
+    )
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
-        waiter.set_exception(_refusal())
+        waiter.set_exception(refusal())

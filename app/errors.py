@@ -54,12 +54,16 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return JsonResponse(error_body(code, message, field), status)
 
 
-async def domain_error_handler(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, errors.DomainError)
+def domain_error_response(exc: errors.DomainError) -> Response:
     response = error_response(status_of(exc), exc.code, exc.message, exc.field)
     if isinstance(exc, (errors.RateLimited, errors.Unavailable)):
         response.headers["Retry-After"] = str(exc.retry_after)
     return response
+
+
+async def domain_error_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.DomainError)
+    return domain_error_response(exc)
 
 
 async def http_error_handler(_request: Request, exc: Exception) -> Response:

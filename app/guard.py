@@ -24,12 +24,11 @@ import logging
 from collections.abc import Iterable
 from urllib.parse import unquote_to_bytes
 
-from pydantic_core import to_json
 from starlette.routing import Mount
 from starlette.types import Receive, Scope, Send
 
-from app.admission import BUSY_MESSAGE, RETRY_AFTER
-from app.errors import error_body, error_response
+from app.admission import refusal
+from app.errors import domain_error_response, error_response
 
 log = logging.getLogger("paycode.errors")
 
@@ -113,12 +112,8 @@ async def answer_unhandled(scope: Scope, receive: Receive, send: Send) -> None:
 
 # The routes whose writes pass the admission gate (app.admission), as the guard sees them.
 GATED_PATHS = frozenset(("/api/v1/payments", "/api/v1/codes"))
-_BUSY_BODY = to_json(error_body("unavailable", BUSY_MESSAGE))
-_BUSY_HEADERS = (
-    (b"content-length", b"%d" % len(_BUSY_BODY)),
-    (b"content-type", b"application/json"),
-    (b"retry-after", b"%d" % RETRY_AFTER),
-)
+# Built once by the same handler that answers the gate's refusal in the route.
+_BUSY = domain_error_response(refusal())
 
 
 def refused_by_the_gate(scope: Scope) -> str | None:
@@ -138,5 +133,11 @@ def refused_by_the_gate(scope: Scope) -> str | None:
 
 async def answer_busy(send: Send) -> None:
     """503 unavailable with Retry-After, the body and headers of the gate's own refusal."""
-    await send({"type": "http.response.start", "status": 503, "headers": list(_BUSY_HEADERS)})
-    await send({"type": "http.response.body", "body": _BUSY_BODY})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": _BUSY.status_code,
+            "headers": list(_BUSY.raw_headers),
+        }
+    )
+    await send({"type": "http.response.body", "body": _BUSY.body})
