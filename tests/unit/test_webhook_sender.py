@@ -246,6 +246,49 @@ def test_no_answer_is_a_timeout_within_the_attempts_time(
     run(main())
 
 
+def test_each_attempt_times_out_at_its_own_deadline(
+    run: Callable[[Awaitable[None]], None],
+) -> None:
+    """Attempts started at different moments, the first and the last never answered: each
+    silent one ends at its own start plus the timeout, and the one answered in between
+    succeeds, though the attempts share one timer."""
+
+    async def only_fast(reader: asyncio.StreamReader, w: asyncio.StreamWriter, p: Peer) -> None:
+        while True:
+            request = await read_request(reader, p)
+            if request.endswith(b"fast"):
+                w.write(OK_ANSWER)
+                await w.drain()
+
+    async def main() -> None:
+        peer = Peer(only_fast)
+        server = await peer.serve()
+        http = sender(timeout=0.6)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+
+        async def attempt(after: float, body: bytes) -> tuple[str, float]:
+            await asyncio.sleep(after)
+            started = loop.time()
+            got = await http.post(peer.url, {}, body)
+            return got.outcome, loop.time() - started
+
+        try:
+            first, fast, last = await asyncio.gather(
+                attempt(0.0, b"slow"), attempt(0.2, b"fast"), attempt(0.3, b"slow")
+            )
+            finished = loop.time() - began
+        finally:
+            await http.close()
+            server.close()
+        assert first[0] == TIMEOUT and 0.55 <= first[1] < 0.85
+        assert fast[0] == OK and fast[1] < 0.3
+        assert last[0] == TIMEOUT and 0.55 <= last[1] < 0.85
+        assert 0.85 <= finished < 1.3
+
+    run(main())
+
+
 def test_a_refused_connection_is_a_connection_error(
     run: Callable[[Awaitable[None]], None],
 ) -> None:
