@@ -137,6 +137,26 @@ def test_with_no_endpoint_enabled_a_payment_costs_the_worker_no_database_unit(
         assert receiver.of("payee")[0].verify(hook["secret"])["data"]["id"] == paid["id"]
 
 
+def test_outcomes_landing_close_together_are_written_together(
+    database_url: str, receiver: Receiver
+) -> None:
+    """An attempt's outcome waits, up to the record spacing, for those landing after it: the
+    rows of three deliveries 0.1 s apart appear together, none before the spacing ran out."""
+    with make_client(database_url, webhook_record_spacing=1.0) as client:
+        api = Api(client, ADMIN_TOKEN)
+        payee, _agent, payer, code = shop(api)
+        hook = endpoint(api, payee, receiver.url("payee"), events=["payment.succeeded"])
+        for _ in range(3):
+            pay(api, payer, code)
+            time.sleep(0.1)
+        until(lambda: len(receiver.of("payee")) == 3, 10)
+        assert deliveries(api, payee, hook["id"]) == []
+        until(lambda: bool(deliveries(api, payee, hook["id"])), 5)
+        written = deliveries(api, payee, hook["id"])
+        assert len(written) == 3
+        assert {d["status"] for d in written} == {"succeeded"}
+
+
 def test_two_failures_then_success_are_three_attempts_under_one_webhook_id(
     api: Api, receiver: Receiver
 ) -> None:
