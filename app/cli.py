@@ -7,8 +7,12 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from app.settings import Settings, SettingsError, from_env
+
+if TYPE_CHECKING:
+    from app.webhooks.supervisor import SenderProcess
 
 SETTING_FLAGS = {
     "database_url": "PAYCODE_DATABASE_URL",
@@ -55,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Workers are spawned afresh and read this directory from the environment at import.
     metrics_dir = observability.prepare_multiprocess_dir(settings.workers)
+    sender = _start_sender() if settings.webhook_sender_process else None
     log_level = os.environ.get("PAYCODE_LOG_LEVEL", "info").lower()
     try:
         uvicorn.run(
@@ -76,9 +81,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
             access_log=False,
         )
     finally:
+        if sender is not None:
+            sender.stop()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _start_sender() -> SenderProcess:
+    """The webhook sender beside the workers (app/webhooks/supervisor.py); the workers, which
+    read their settings from the environment, then send none themselves."""
+    from app import observability
+    from app.webhooks.supervisor import SENDER_METRICS_ENV, SenderProcess, free_loopback_port
+
+    # Several workers share a metrics directory, which the sender writes into too.
+    port = None if observability.multiprocess_dir() else free_loopback_port()
+    sender = SenderProcess(dict(os.environ), port)
+    sender.start()
+    os.environ["PAYCODE_WEBHOOK_WORKER"] = "off"
+    if port is not None:
+        os.environ[SENDER_METRICS_ENV] = str(port)
+    return sender
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -175,7 +198,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_webhooks(args: argparse.Namespace) -> int:
     from app.webhooks.process import run
 
-    return run(settings_from(args), metrics_port=args.metrics_port)
+    return run(settings_from(args), metrics_port=args.metrics_port, parent_pid=args.parent_pid)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         "webhooks", help="send webhooks in a process of their own (see PAYCODE_WEBHOOK_WORKER)"
     )
     hooks.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    hooks.add_argument(
+        "--parent-pid", type=int, default=None, help="exit when this process is gone"
+    )
     _add_setting_flags(hooks)
     hooks.set_defaults(handler=cmd_webhooks)
     return parser

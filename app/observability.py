@@ -36,6 +36,7 @@ from prometheus_client import (
 
 from app import guard
 from app.guard import route_template
+from app.webhooks import supervisor
 from realtime.protocol import commit_time
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -289,10 +290,14 @@ def _alive(pid: int) -> bool:
 
 
 def metrics_text() -> tuple[bytes, str]:
-    """The Prometheus exposition of this process, or of all workers in multiprocess mode."""
+    """The Prometheus exposition of this process, or of all workers in multiprocess mode;
+    blocking (it may ask the webhook sender process for its part)."""
     directory = multiprocess_dir()
     if directory is None:
-        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        own = generate_latest(REGISTRY)
+        if os.environ.get(supervisor.SENDER_METRICS_ENV):
+            own = supervisor.with_sender_families(own, supervisor.sender_metrics())
+        return own, CONTENT_TYPE_LATEST
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()

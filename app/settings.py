@@ -27,8 +27,11 @@ class Settings:
     receipt_key: str | None = None
     # Spec §11: lets webhooks use http:// and private or loopback addresses (development, tests).
     webhook_allow_private: bool = False
-    # Off when webhooks are sent by a separate `paycode webhooks` process (docs/WEBHOOKS.md).
+    # Whether this app sends webhooks on its own event loop; off when a `paycode webhooks`
+    # process sends them (docs/WEBHOOKS.md).
     webhook_worker: bool = True
+    # `paycode serve` starts that process itself, and turns its workers' sending off.
+    webhook_sender_process: bool = False
     # Seconds between two purge passes of a serving process; 0 turns them off (a deployment
     # that runs `paycode purge` from cron instead).
     purge_interval: float = 60.0
@@ -89,11 +92,22 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
         admin_token=env.get("PAYCODE_ADMIN_TOKEN") or None,
         receipt_key=env.get("PAYCODE_RECEIPT_KEY") or None,
         webhook_allow_private=env.get("PAYCODE_WEBHOOK_ALLOW_PRIVATE") == "1",
-        webhook_worker=(env.get("PAYCODE_WEBHOOK_WORKER") or "on").lower() != "off",
+        webhook_worker=_webhook_worker(env) != "off",
+        webhook_sender_process=_webhook_worker(env) == "process",
         purge_interval=_seconds(env, "PAYCODE_PURGE_INTERVAL", 60.0),
         fault_kill_after_commit=env.get("PAYCODE_FAULT_KILL_AFTER_COMMIT") == "1",
         admission_budget_ms=_milliseconds(env, "PAYCODE_ADMISSION_BUDGET_MS", 50),
     )
+
+
+WEBHOOK_WORKER_MODES = ("process", "on", "off")
+
+
+def _webhook_worker(env: Any) -> str:
+    mode = (env.get("PAYCODE_WEBHOOK_WORKER") or "process").lower()
+    if mode not in WEBHOOK_WORKER_MODES:
+        raise SettingsError("PAYCODE_WEBHOOK_WORKER must be process, on or off")
+    return mode
 
 
 def _seconds(env: Any, name: str, default: float) -> float:

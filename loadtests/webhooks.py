@@ -5,9 +5,11 @@
     python -m loadtests.webhooks --pin      # the server alone on CPU 0, the rest on the others
 
 One ``sqlite-memory`` paycode process and the shop floor of ``loadtests.bench`` (K counters,
-2 devices per account, a sale = dynamic code + payment + the frame on all 4 devices), twice:
-webhooks sent by the server's own event loop, then by a separate ``paycode webhooks`` process
-(``PAYCODE_WEBHOOK_WORKER=off`` on the server). Phases of each, interleaved so that a drift of
+2 devices per account, a sale = dynamic code + payment + the frame on all 4 devices), once per
+way of sending (``--modes``): by the sender process ``paycode serve`` starts beside itself
+(``process``, the default deployment), by the server's own event loop (``server``,
+``PAYCODE_WEBHOOK_WORKER=on``), by a ``paycode webhooks`` started on its own (``separate``,
+``PAYCODE_WEBHOOK_WORKER=off`` on the server). Phases of each, interleaved so that a drift of
 the shared machine touches both sides alike:
 
   off, on, on, off   saturation (sales back to back, after a warm-up) without and with one
@@ -19,7 +21,7 @@ the shared machine touches both sides alike:
 The receiver is ``loadtests.webhook_sink`` in its own process; its CPU and the client's are
 reported with the server's. On a machine of 2 cores they all compete with the server for CPU;
 ``--pin`` gives the server a core of its own (as a deployment's receiver and sender would not
-share the server's cores) and puts the generator, the receiver and a separate sender on the
+share the server's cores) and puts the generator, the receiver and a sender process on the
 others, so that the ratio measures what webhooks cost the server itself. After each "on"
 phase the harness waits for every delivery owed to arrive and reports how long that drain
 took: a rate the worker could not keep up with would show there, not in payments/s.
@@ -137,7 +139,7 @@ async def drain(sink: int, limit: float = 120) -> float | None:
 
 
 class Watch(CpuWatch):
-    """CpuWatch plus the CPU of the sink and of a separate ``paycode webhooks`` process."""
+    """CpuWatch plus the CPU of the sink and of a ``paycode webhooks`` process."""
 
     def __init__(
         self, server: servers.Server, sink: subprocess.Popen[bytes], sender: int | None
@@ -166,7 +168,7 @@ class Watch(CpuWatch):
         self.shares["sink_cpu_share"] = (self._cpu(self.sink) - self.sink_cpu) / wall / cores
         sender_used = self._cpu(self.sender) - self.sender_cpu
         self.shares["webhooks_process_cpu_share"] = sender_used / wall / cores
-        # The separate sender is part of the server side: its CPU counts per payment too.
+        # A sender process is part of the server side: its CPU counts per payment too.
         self.server_used += sender_used
 
 
@@ -199,7 +201,7 @@ async def fixed_rate(
     floor: Floor,
     server: servers.Server,
     sink_proc: subprocess.Popen[bytes],
-    sender: subprocess.Popen[bytes] | None,
+    sender: int | None,
     base: str,
     hooks: dict[str, str],
     sink: int,
@@ -214,7 +216,7 @@ async def fixed_rate(
     await switch(base, the_shop, hooks, on)
     sink_reset(sink)
     rate = 0.4 * sum(without) / len(without)
-    with Watch(server, sink_proc, sender.pid if sender else None) as cpu:
+    with Watch(server, sink_proc, sender) as cpu:
         result = await offered(floor, rate, args.rate_seconds)
         # The off side waits the same last second the drain waits for its count to settle.
         drained = await drain(sink) if on else await asyncio.sleep(1.0)
@@ -227,11 +229,29 @@ async def fixed_rate(
     return result
 
 
-async def run(args: argparse.Namespace, logs: Path, *, separate: bool) -> dict[str, Any]:
-    """One server; webhooks sent by its own event loop, or by a separate process."""
+MODES = {
+    "process": "the sender process paycode serve starts (the default)",
+    "server": "the server's own event loop",
+    "separate": "a separate paycode webhooks process",
+}
+
+
+def sender_child(server: servers.Server) -> int:
+    """The pid of the ``paycode webhooks`` a server started beside itself."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for child in psutil.Process(server.proc.pid).children():
+            if "webhooks" in child.cmdline():
+                return int(child.pid)
+        time.sleep(0.1)
+    raise RuntimeError("the server started no webhook sender")
+
+
+async def run(args: argparse.Namespace, logs: Path, *, mode: str) -> dict[str, Any]:
+    """One server; webhooks sent the way ``mode`` says (``MODES``)."""
     database, broker, workers = CONFIGS[args.config]
     with backing(database, broker, logs) as (database_url, broker_url):
-        return await _run(args, logs, database_url, broker_url, workers, separate=separate)
+        return await _run(args, logs, database_url, broker_url, workers, mode=mode)
 
 
 async def _run(
@@ -241,15 +261,17 @@ async def _run(
     broker_url: str,
     workers: int,
     *,
-    separate: bool,
+    mode: str,
 ) -> dict[str, Any]:
     sink_proc, sink = start_sink(logs)
     os.environ["PAYCODE_WEBHOOK_ALLOW_PRIVATE"] = "1"
-    os.environ["PAYCODE_WEBHOOK_WORKER"] = "off" if separate else "on"
+    os.environ["PAYCODE_WEBHOOK_WORKER"] = {"process": "process", "server": "on"}.get(mode, "off")
     server = servers.start_paycode(database_url, broker_url, workers, logs)
     if args.pin:
         pin(server.proc.pid, {0})
-    sender = start_sender(database_url, logs) if separate else None
+    sender = start_sender(database_url, logs) if mode == "separate" else None
+    # Started by the server before it was moved to CPU 0, the child stays on the others.
+    sender_pid = sender_child(server) if mode == "process" else sender.pid if sender else None
     base = f"http://127.0.0.1:{server.port}"
     phases: list[dict[str, Any]] = []
     profile = None
@@ -264,14 +286,12 @@ async def _run(
                 for on in (False, True) if round_ % 2 == 0 else (True, False):
                     await switch(base, the_shop, hooks, on)
                     sink_reset(sink)
-                    result = await saturation(
-                        floor, server, sink_proc, sender.pid if sender else None, args
-                    )
+                    result = await saturation(floor, server, sink_proc, sender_pid, args)
                     if on:
                         result["drain_seconds"] = await drain(sink)
                     result["deliveries_received"] = len(sink_stats(sink))
                     phases.append({"round": round_, "webhooks": on, **result})
-            if args.profile and not separate:
+            if args.profile and mode == "server":
                 await switch(base, the_shop, hooks, True)
                 out = logs / "profile-webhooks.txt"
                 spy = profiling.start(server.proc.pid, args.seconds, out)
@@ -285,7 +305,7 @@ async def _run(
             for on in (False, True, False, True):
                 steady.append(
                     await fixed_rate(
-                        floor, server, sink_proc, sender, base, hooks, sink, on, without, args
+                        floor, server, sink_proc, sender_pid, base, hooks, sink, on, without, args
                     )
                 )
             with_hooks = [p["payments_per_s"] for p in phases if p["webhooks"]]
@@ -319,7 +339,7 @@ async def _run(
     steady_off = [p for p in steady if not p["webhooks"]]
     steady_on = [p for p in steady if p["webhooks"]]
     return {
-        "webhooks_sent_by": "a separate paycode webhooks process" if separate else "the server",
+        "webhooks_sent_by": MODES[mode],
         "phases": phases,
         "fixed_rate": steady,
         "fixed_rate_cpu_ms_per_payment_off_on": [
@@ -338,11 +358,7 @@ async def _run(
 
 
 async def run_all(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
-    runs = []
-    if not args.separate_only:
-        runs.append(await run(args, logs, separate=False))
-    if not args.in_process_only:
-        runs.append(await run(args, logs, separate=True))
+    runs = [await run(args, logs, mode=mode) for mode in args.modes]
     return {
         "machine": machine(),
         "load_average_at_start": args.load_at_start,
@@ -365,8 +381,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", action="store_true", help="a py-spy run with webhooks on")
-    parser.add_argument("--in-process-only", action="store_true")
-    parser.add_argument("--separate-only", action="store_true")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--in-process-only", action="store_true", help="--modes server")
+    parser.add_argument("--separate-only", action="store_true", help="--modes separate")
     parser.add_argument("--config", choices=sorted(CONFIGS), default="sqlite-memory")
     parser.add_argument(
         "--events", nargs="+", default=None, help="the endpoints' event types (default: all)"
@@ -384,6 +401,8 @@ def main() -> None:
             parser.error("--pin needs a one-process configuration and at least 2 CPUs")
         # Inherited by every process started from here on; the server is moved to CPU 0.
         os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
+    if args.in_process_only or args.separate_only:
+        args.modes = ["server"] if args.in_process_only else ["separate"]
     if args.quick:
         args.counters, args.seconds, args.warmup, args.rate_seconds, args.rounds = 8, 3, 1, 3, 1
     args.load_at_start = round(os.getloadavg()[0], 2)

@@ -77,7 +77,7 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(_request: Request) -> Response:
-    payload, content_type = observability.metrics_text()
+    payload, content_type = await in_thread(observability.metrics_text)
     return Response(payload, media_type=content_type)
 
 

@@ -1,10 +1,10 @@
 """``paycode webhooks``: the delivery worker in a process of its own.
 
-A ``paycode serve`` process sends webhooks on its own event loop, beside the API. Under heavy
-payment traffic that loop is the bottleneck, so a deployment can set
-``PAYCODE_WEBHOOK_WORKER=off`` on its servers and run this instead (one or several: leases
-make any number safe together). It needs the database only; the ``webhook.disabled`` event it
-may write reaches WebSockets through each server's outbox relay.
+``paycode serve`` starts one beside its workers by default (app/webhooks/supervisor.py, with
+``--parent-pid``: it exits when that server is gone). A deployment may instead set
+``PAYCODE_WEBHOOK_WORKER=off`` on its servers and run any number of these itself: leases make
+them safe together. It needs the database only; the ``webhook.disabled`` event it may write
+reaches WebSockets through each server's outbox relay.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import logging.config
+import os
 import signal
 
+from app import observability
 from app.settings import Settings
 from app.webhooks.worker import WebhookWorker, WorkerConfig
 from models import migrate
@@ -22,9 +25,20 @@ from models.db import Database
 
 log = logging.getLogger("paycode.webhooks")
 PROCESS_INTERVAL = 0.05
+PARENT_POLL = 1.0
 
 
-async def _serve(settings: Settings) -> None:
+async def _orphaned(parent_pid: int) -> None:
+    """Returns once ``parent_pid`` is no longer this process's parent: it died, even by
+    SIGKILL, which leaves it no chance to stop us."""
+    # Polled: no event tells a process that its parent died.
+    while True:
+        if os.getppid() != parent_pid:
+            return
+        await asyncio.sleep(PARENT_POLL)
+
+
+async def _serve(settings: Settings, parent_pid: int | None) -> None:
     db = Database(settings.database_url, own_checkpoints=True)
     config = dataclasses.replace(WorkerConfig.from_settings(settings), passes_on_loop=True)
     if "webhook_interval" not in settings.extra:
@@ -37,20 +51,30 @@ async def _serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     worker.start()
+    waits = [asyncio.create_task(stop.wait())]
+    if parent_pid is not None:
+        waits.append(asyncio.create_task(_orphaned(parent_pid)))
     try:
-        await stop.wait()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for waiting in waits:
+            waiting.cancel()
         await worker.stop()
         db.dispose()
 
 
-def run(settings: Settings, *, metrics_port: int | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+def run(
+    settings: Settings, *, metrics_port: int | None = None, parent_pid: int | None = None
+) -> int:
+    # The server's JSON lines, so that a server and the sender it starts log alike.
+    logging.config.dictConfig(
+        observability.log_config(os.environ.get("PAYCODE_LOG_LEVEL", "info").lower())
+    )
     migrate.upgrade(settings.database_url)
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr="127.0.0.1")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, parent_pid))
     return 0

@@ -78,7 +78,7 @@ def healthz_count(url: str) -> float:
 
 def test_workers_share_redis_and_one_metrics_view(served: AppProcess, tmp_path: Path) -> None:
     """Two uvicorn workers serve one port on Redis; /metrics, whichever worker answers it, sums
-    both workers' counters (prometheus-client multiprocess mode); the logs of the whole flow are
+    both workers' counters and the webhook sender's (prometheus-client multiprocess mode); the logs of the whole flow are
     JSON lines with no password or token; SIGTERM stops the tree and removes its metrics dir."""
     assert served.pid is not None
     workers = children(served.pid)
@@ -91,7 +91,10 @@ def test_workers_share_redis_and_one_metrics_view(served: AppProcess, tmp_path: 
         assert httpx.get(f"{served.url}/healthz", timeout=5).status_code == 200
     counts = {healthz_count(served.url) for _ in range(6)}
     assert counts == {30.0}, counts
-    assert len({p.name.rsplit("_", 1)[-1] for p in metrics_dirs[0].glob("counter_*.db")}) == 2
+    # The two workers' files, and the webhook sender's, which writes beside them.
+    writers = {p.name.rsplit("_", 1)[-1] for p in metrics_dirs[0].glob("counter_*.db")}
+    assert len(writers) == 3
+    assert writers <= {f"{pid}.db" for pid in children(served.pid)}
 
     with httpx.Client(base_url=served.url, timeout=10) as http:
         api = Api(http, ADMIN_TOKEN)

@@ -26,7 +26,8 @@ from tests.webhook_receiver import Call, Receiver, until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
-ENV = {"PAYCODE_WEBHOOK_ALLOW_PRIVATE": "1"}
+# Each server sends on its own event loop: the process a test kills is the one that sends.
+ENV = {"PAYCODE_WEBHOOK_ALLOW_PRIVATE": "1", "PAYCODE_WEBHOOK_WORKER": "on"}
 
 
 @pytest.fixture

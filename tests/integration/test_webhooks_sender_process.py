@@ -1,0 +1,195 @@
+"""``paycode serve``'s own webhook sender (PAYCODE_WEBHOOK_WORKER=process, the default): a
+``paycode webhooks`` child that delivers while the server's workers send nothing, shows its
+metrics through the server's ``/metrics``, is started again when it dies, even mid-attempt,
+and never outlives its server. Real processes on a SQLite file, a real receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api import Api, User
+from tests.conftest import ADMIN_TOKEN
+from tests.realtime_server import ServeProcess
+from tests.services import SqliteFactory
+from tests.webhook_receiver import Call, Receiver, until
+
+pytestmark = pytest.mark.slow
+
+ENV = {"PAYCODE_WEBHOOK_ALLOW_PRIVATE": "1"}
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(sqlite_factory: SqliteFactory) -> Iterator[ServeProcess]:
+    serving = ServeProcess(sqlite_factory.create(), "memory://", ADMIN_TOKEN, ENV).start()
+    yield serving
+    serving.stop()
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (from /proc, as ``ps`` reads it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after it.
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def sender_of(server: ServeProcess) -> int:
+    assert server.process is not None
+    until(lambda: len(children(server.process.pid)) == 1, 15, "one sender process")  # type: ignore[union-attr]
+    [pid] = children(server.process.pid)
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"webhooks" in command
+    return pid
+
+
+def gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def shop(api: Api, receiver: Receiver, name: str) -> tuple[User, User, str, dict[str, Any]]:
+    payee, agent, payer = api.user(), api.user(), api.user(funds=1_000_000)
+    agency = api.agency(payee, agent)
+    code = api.code(agent, agency["id"], kind="static")["token"]
+    body = {"url": receiver.url(name), "events": ["payment.succeeded"]}
+    hook = api.post("/webhooks", payee, json=body)
+    assert hook.status_code == 201, hook.text
+    return payee, payer, code, dict(hook.json())
+
+
+def test_serve_sends_webhooks_from_a_process_of_its_own(
+    server: ServeProcess, receiver: Receiver
+) -> None:
+    """One child process, and it is the one that delivers: the server's /metrics counts the
+    attempt, which only the child made."""
+    sender_of(server)
+    with server.client() as http:
+        api = Api(http, ADMIN_TOKEN)
+        _payee, payer, code, hook = shop(api, receiver, "shop")
+        paid = api.post("/payments", payer, json={"code": code, "amount": 900})
+        assert paid.status_code == 201, paid.text
+        until(lambda: len(receiver.of("shop")) == 1, 10, "the delivery")
+        [call] = receiver.of("shop")
+        assert call.verify(hook["secret"])["data"]["id"] == paid.json()["id"]
+
+        def attempts() -> float:
+            metrics = http.get("/metrics").text
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith('paycode_webhook_attempts_total{outcome="succeeded"}')
+            )
+
+        until(lambda: attempts() == 1.0, 5, "the sender's attempt in the server's /metrics")
+        metrics = http.get("/metrics").text
+        # The server's own idle webhook families give way to the sender's: each appears once.
+        assert metrics.count("# TYPE paycode_webhook_attempts_total counter") == 1
+
+
+def test_a_sender_killed_mid_attempt_is_started_again_and_delivers(
+    server: ServeProcess, receiver: Receiver
+) -> None:
+    """The receiver holds the first attempt; the sender is killed with SIGKILL. The server
+    starts another, which delivers the event with the same webhook-id once the dead one's
+    lease has run out; the delivery's history shows the attempt cut short."""
+
+    async def hold_first(_call: Call, index: int) -> int:
+        if index == 0:
+            await asyncio.sleep(60)
+        return 200
+
+    receiver.behaviours["held"] = hold_first
+    first = sender_of(server)
+    with server.client() as http:
+        api = Api(http, ADMIN_TOKEN)
+        payee, payer, code, hook = shop(api, receiver, "held")
+        assert api.post("/payments", payer, json={"code": code, "amount": 700}).status_code == 201
+        until(lambda: len(receiver.of("held")) == 1, 10, "the first attempt")
+        os.kill(first, signal.SIGKILL)
+        killed_at = time.monotonic()
+        until(lambda: gone(first), 5, "the killed sender reaped")
+        second = sender_of(server)
+        assert second != first
+        until(lambda: len(receiver.of("held")) == 2, 40, "the delivery made again")
+        assert time.monotonic() - killed_at > 5, "not before the dead sender's lease ran out"
+        held, delivered = receiver.of("held")
+        assert held.webhook_id == delivered.webhook_id
+        assert delivered.verifies(hook["secret"])
+
+        def history() -> list[str]:
+            found = api.get(f"/webhooks/{hook['id']}/deliveries", payee).json()["data"]
+            return [entry["outcome"] for entry in found[0]["attempt_log"]] if found else []
+
+        until(lambda: history() == ["interrupted", "succeeded"], 10, "the delivery's history")
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_sender_does_not_outlive_its_server(
+    sqlite_factory: SqliteFactory, how: signal.Signals
+) -> None:
+    """Stopped in order (SIGTERM) the server stops its sender; killed (SIGKILL), it leaves
+    a sender that notices its parent is gone and exits by itself."""
+    server = ServeProcess(sqlite_factory.create(), "memory://", ADMIN_TOKEN, ENV).start()
+    assert server.process is not None
+    try:
+        sender = sender_of(server)
+        server.process.send_signal(how)
+        server.process.wait(timeout=20)
+        until(lambda: gone(sender), 10, "the sender gone with its server")
+    finally:
+        server.stop()
+
+
+def test_the_server_sends_itself_when_told_to(sqlite_factory: SqliteFactory) -> None:
+    """PAYCODE_WEBHOOK_WORKER=on and off start no sender process."""
+    for mode in ("on", "off"):
+        env = {**ENV, "PAYCODE_WEBHOOK_WORKER": mode}
+        server = ServeProcess(sqlite_factory.create(), "memory://", ADMIN_TOKEN, env).start()
+        assert server.process is not None
+        try:
+            time.sleep(0.5)
+            assert children(server.process.pid) == []
+        finally:
+            server.stop()
+
+
+def test_no_sender_metrics_is_no_webhook_families(server: ServeProcess) -> None:
+    """While the sender cannot answer (it is being started again), the server's /metrics
+    shows no webhook family rather than its own idle zeros."""
+    sender = sender_of(server)
+    os.kill(sender, signal.SIGSTOP)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            metrics = http.get("/metrics").text
+        assert "paycode_webhook_" not in metrics
+        assert "# TYPE paycode_http_requests_total counter" in metrics
+    finally:
+        os.kill(sender, signal.SIGCONT)
