@@ -92,15 +92,12 @@ def _start_sender() -> SenderProcess:
     """The webhook sender beside the workers (app/webhooks/supervisor.py); the workers, which
     read their settings from the environment, then send none themselves."""
     from app import observability
-    from app.webhooks.supervisor import SENDER_METRICS_ENV, SenderProcess, free_loopback_port
+    from app.webhooks.supervisor import SenderProcess
 
     # Several workers share a metrics directory, which the sender writes into too.
-    port = None if observability.multiprocess_dir() else free_loopback_port()
-    sender = SenderProcess(dict(os.environ), port)
+    sender = SenderProcess(dict(os.environ), own_metrics=observability.multiprocess_dir() is None)
     sender.start()
     os.environ["PAYCODE_WEBHOOK_WORKER"] = "off"
-    if port is not None:
-        os.environ[SENDER_METRICS_ENV] = str(port)
     return sender
 
 

@@ -147,6 +147,9 @@ class Watch(CpuWatch):
         super().__init__(server)
         self.sink = psutil.Process(sink.pid)
         self.sender = psutil.Process(sender) if sender is not None else None
+        # The server's own sender process is in the server's tree, already counted with it.
+        tree = psutil.Process(server.proc.pid).children(recursive=True)
+        self.sender_in_tree = sender is not None and sender in {child.pid for child in tree}
 
     @staticmethod
     def _cpu(process: psutil.Process | None) -> float:
@@ -168,8 +171,12 @@ class Watch(CpuWatch):
         self.shares["sink_cpu_share"] = (self._cpu(self.sink) - self.sink_cpu) / wall / cores
         sender_used = self._cpu(self.sender) - self.sender_cpu
         self.shares["webhooks_process_cpu_share"] = sender_used / wall / cores
-        # A sender process is part of the server side: its CPU counts per payment too.
-        self.server_used += sender_used
+        if self.sender_in_tree:
+            # The server's share is the server's alone; its tree's CPU per payment keeps it.
+            self.shares["server_cpu_share"] -= sender_used / wall / cores
+        else:
+            # A sender process is part of the server side: its CPU counts per payment too.
+            self.server_used += sender_used
 
 
 async def saturation(

@@ -44,11 +44,15 @@ def free_loopback_port() -> int:
 
 class SenderProcess:
     """One supervised ``paycode webhooks``: started, restarted when it exits on its own,
-    stopped with SIGTERM (its attempts' leases released, docs/WEBHOOKS.md)."""
+    stopped with SIGTERM (its attempts' leases released, docs/WEBHOOKS.md). With
+    ``own_metrics`` it serves its metrics on a loopback port of its own, drawn afresh at each
+    start (a port taken meanwhile would fail every restart) and published in this process's
+    environment, where the one worker's ``/metrics`` reads it."""
 
-    def __init__(self, env: dict[str, str], metrics_port: int | None) -> None:
+    def __init__(self, env: dict[str, str], *, own_metrics: bool) -> None:
         self.env = env
-        self.metrics_port = metrics_port
+        self.own_metrics = own_metrics
+        self.metrics_port: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._stopping = threading.Event()
@@ -73,6 +77,9 @@ class SenderProcess:
             if self._stopping.is_set():
                 return
             # Its output goes where the server's goes.
+            if self.own_metrics:
+                self.metrics_port = free_loopback_port()
+                os.environ[SENDER_METRICS_ENV] = str(self.metrics_port)
             # Its own session: a terminal's Ctrl-C reaches the server, which stops it in
             # order, and not the sender too, which would look like a death to restart from.
             self.process = subprocess.Popen(

@@ -78,8 +78,9 @@ def healthz_count(url: str) -> float:
 
 def test_workers_share_redis_and_one_metrics_view(served: AppProcess, tmp_path: Path) -> None:
     """Two uvicorn workers serve one port on Redis; /metrics, whichever worker answers it, sums
-    both workers' counters and the webhook sender's (prometheus-client multiprocess mode); the logs of the whole flow are
-    JSON lines with no password or token; SIGTERM stops the tree and removes its metrics dir."""
+    both workers' counters and the webhook sender's (prometheus-client multiprocess mode); the
+    logs of the whole flow are JSON lines with no password or token; SIGTERM stops the tree and
+    removes its metrics dir."""
     assert served.pid is not None
     workers = children(served.pid)
     assert len(workers) >= 2, workers

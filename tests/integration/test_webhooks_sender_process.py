@@ -75,6 +75,11 @@ def gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def webhook_lines(http: httpx.Client) -> str:
+    metrics = http.get("/metrics").text
+    return "\n".join(line for line in metrics.splitlines() if "paycode_webhook_" in line)
+
+
 def shop(api: Api, receiver: Receiver, name: str) -> tuple[User, User, str, dict[str, Any]]:
     payee, agent, payer = api.user(), api.user(), api.user(funds=1_000_000)
     agency = api.agency(payee, agent)
@@ -149,6 +154,8 @@ def test_a_sender_killed_mid_attempt_is_started_again_and_delivers(
             return [entry["outcome"] for entry in found[0]["attempt_log"]] if found else []
 
         until(lambda: history() == ["interrupted", "succeeded"], 10, "the delivery's history")
+        # The new sender's metrics, on the port it was started with, reach the server's.
+        until(lambda: 'outcome="succeeded"' in webhook_lines(http), 10, "the new sender's metrics")
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
