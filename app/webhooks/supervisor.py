@@ -2,7 +2,7 @@
 
 Python runs one process on one core at a time. A sale's four deliveries sent on the server's
 own event loop took a quarter of its saturated payments/s; the same deliveries sent by a
-process of their own, on another core, a tenth or less (docs/BENCHMARKS.md). So by default
+process of their own, on another core, about half that (docs/BENCHMARKS.md). So by default
 ``paycode serve`` starts that process itself (``PAYCODE_WEBHOOK_WORKER=process``), tells its
 workers not to send, starts the sender again if it dies, and stops it when the server stops.
 A sender whose server died without a word (SIGKILL) sees its parent gone and exits.
@@ -54,7 +54,6 @@ class SenderProcess:
         self.own_metrics = own_metrics
         self.metrics_port: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
@@ -96,8 +95,11 @@ class SenderProcess:
             forget_process(process.pid)
             log.warning("the webhook sender exited with %s; starting it again", code)
             self._stopping.wait(RESTART_PAUSE)
-            self.restarts += 1
-            self._spawn()
+            try:
+                self._spawn()
+            except OSError as exc:
+                # Out of processes or descriptors for now: the next round tries again.
+                log.warning("the webhook sender could not be started: %s", exc)
 
     def stop(self) -> None:
         with self._lock:
