@@ -92,12 +92,14 @@ def _start_sender() -> SenderProcess:
     """The webhook sender beside the workers (app/webhooks/supervisor.py); the workers, which
     read their settings from the environment, then send none themselves."""
     from app import observability
+    from app.webhooks.nudge import NUDGE_ENV
     from app.webhooks.supervisor import SenderProcess
 
     # Several workers share a metrics directory, which the sender writes into too.
     sender = SenderProcess(dict(os.environ), own_metrics=observability.multiprocess_dir() is None)
     sender.start()
     os.environ["PAYCODE_WEBHOOK_WORKER"] = "off"
+    os.environ[NUDGE_ENV] = sender.nudge_path
     return sender
 
 
@@ -195,7 +197,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_webhooks(args: argparse.Namespace) -> int:
     from app.webhooks.process import run
 
-    return run(settings_from(args), metrics_port=args.metrics_port, parent_pid=args.parent_pid)
+    return run(
+        settings_from(args),
+        metrics_port=args.metrics_port,
+        parent_pid=args.parent_pid,
+        nudge_socket=args.nudge_socket,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
     hooks.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this process is gone"
+    )
+    hooks.add_argument(
+        "--nudge-socket", default=None, help="a Unix datagram socket to bind for servers' commits"
     )
     _add_setting_flags(hooks)
     hooks.set_defaults(handler=cmd_webhooks)

@@ -38,6 +38,7 @@ from app.services import payments as payments_service
 from app.settings import Settings, from_env
 from app.state import AppState
 from app.tokens import TokenCache
+from app.webhooks.nudge import Nudger
 from app.webhooks.worker import WebhookWorker, WorkerConfig
 from models import errors as domain_errors
 from models import migrate
@@ -116,14 +117,20 @@ def create_app(settings: Settings | None = None, *, migrate_schema: bool = True)
         webhooks = WebhookWorker(
             db, WorkerConfig.from_settings(settings), app.state.paycode.publish
         )
+        nudger = None
         if settings.webhook_worker:
             webhooks.start()
             app.state.paycode.on_publish.append(webhooks.nudge)
             app.state.webhooks = webhooks
+        elif settings.webhook_sender_nudge is not None:
+            nudger = Nudger(settings.webhook_sender_nudge)
+            app.state.paycode.on_publish.append(nudger)
         try:
             yield
         finally:
             await webhooks.stop()
+            if nudger is not None:
+                nudger.close()
             # uvicorn has already closed this process's WebSockets with 1012 by now.
             lag_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from app.webhooks.nudge import NUDGE_ENV
+
 DEFAULT_DATABASE_URL = "sqlite:///./paycode.db"
 
 
@@ -32,6 +34,8 @@ class Settings:
     webhook_worker: bool = True
     # `paycode serve` starts that process itself, and turns its workers' sending off.
     webhook_sender_process: bool = False
+    # Where this server's workers tell that process of their commits (app/webhooks/nudge.py).
+    webhook_sender_nudge: str | None = None
     # Seconds between two purge passes of a serving process; 0 turns them off (a deployment
     # that runs `paycode purge` from cron instead).
     purge_interval: float = 60.0
@@ -94,6 +98,7 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
         webhook_allow_private=env.get("PAYCODE_WEBHOOK_ALLOW_PRIVATE") == "1",
         webhook_worker=_webhook_worker(env) != "off",
         webhook_sender_process=_webhook_worker(env) == "process",
+        webhook_sender_nudge=env.get(NUDGE_ENV) or None,
         purge_interval=_seconds(env, "PAYCODE_PURGE_INTERVAL", 60.0),
         fault_kill_after_commit=env.get("PAYCODE_FAULT_KILL_AFTER_COMMIT") == "1",
         admission_budget_ms=_milliseconds(env, "PAYCODE_ADMISSION_BUDGET_MS", 50),

@@ -5,7 +5,9 @@ own event loop took a quarter of its saturated payments/s; the same deliveries s
 process of their own, on another core, about half that (docs/BENCHMARKS.md). So by default
 ``paycode serve`` starts that process itself (``PAYCODE_WEBHOOK_WORKER=process``), tells its
 workers not to send, starts the sender again if it dies, and stops it when the server stops.
-A sender whose server died without a word (SIGKILL) sees its parent gone and exits.
+A sender whose server died without a word (SIGKILL) sees its parent gone and exits. The
+server's workers tell it of their commits (app/webhooks/nudge.py), so that deliveries leave
+as soon as from the server's own loop.
 
 With one worker the server has no metrics directory to share; the sender serves its metrics on
 a loopback port the server knows (``SENDER_METRICS_ENV``), and the server's ``/metrics``
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -53,6 +57,9 @@ class SenderProcess:
         self.env = env
         self.own_metrics = own_metrics
         self.metrics_port: int | None = None
+        # The socket the sender listens on for the workers' commits; its directory is ours.
+        self._nudge_dir = tempfile.mkdtemp(prefix="paycode-sender-")
+        self.nudge_path = os.path.join(self._nudge_dir, "nudge")
         self.process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -60,6 +67,7 @@ class SenderProcess:
 
     def command(self) -> list[str]:
         command = [sys.executable, "-m", "app.cli", "webhooks", "--parent-pid", str(os.getpid())]
+        command += ["--nudge-socket", self.nudge_path]
         if self.metrics_port is not None:
             command += ["--metrics-port", str(self.metrics_port)]
         return command
@@ -106,6 +114,7 @@ class SenderProcess:
             self._stopping.set()
             process = self.process
         if process is None:
+            shutil.rmtree(self._nudge_dir, ignore_errors=True)
             return
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -117,6 +126,7 @@ class SenderProcess:
         forget_process(process.pid)
         if self._watcher is not None:
             self._watcher.join(timeout=5)
+        shutil.rmtree(self._nudge_dir, ignore_errors=True)
 
 
 def forget_process(pid: int) -> None:
