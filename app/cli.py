@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -61,6 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     metrics_dir = observability.prepare_multiprocess_dir(settings.workers)
     sender = _start_sender() if settings.webhook_sender_process else None
     log_level = os.environ.get("PAYCODE_LOG_LEVEL", "info").lower()
+    # One process: once shut down, uvicorn raises again the SIGTERM that stopped it, and
+    # SIGTERM's default action would end the process before the cleanup below.
+    signal.signal(signal.SIGTERM, _terminated)
+    stopped_by: int | None = None
     try:
         uvicorn.run(
             "app.main:app_from_env",
@@ -80,12 +85,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_config=observability.log_config(log_level),
             access_log=False,
         )
+    except _Terminated as stop:
+        stopped_by = stop.signum
     finally:
         if sender is not None:
             sender.stop()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+    if stopped_by is not None:
+        # Ended by the signal, as uvicorn means it to, now that nothing is left behind.
+        signal.signal(stopped_by, signal.SIG_DFL)
+        signal.raise_signal(stopped_by)
     return 0
+
+
+class _Terminated(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminated(signum: int, _frame: object) -> None:
+    raise _Terminated(signum)
 
 
 def _start_sender() -> SenderProcess:

@@ -182,14 +182,21 @@ def test_a_sender_killed_mid_attempt_is_started_again_and_delivers(
 def test_the_sender_does_not_outlive_its_server(
     sqlite_factory: SqliteFactory, how: signal.Signals
 ) -> None:
-    """Stopped in order (SIGTERM) the server stops its sender; killed (SIGKILL), it leaves
-    a sender that notices its parent is gone and exits by itself."""
+    """Stopped in order (SIGTERM) the server stops its sender before it exits, and removes
+    the sender's socket directory; killed (SIGKILL), it leaves a sender that notices its
+    parent is gone and exits by itself."""
     server = ServeProcess(sqlite_factory.create(), "memory://", ADMIN_TOKEN, ENV).start()
     assert server.process is not None
     try:
         sender = sender_of(server)
+        command = Path(f"/proc/{sender}/cmdline").read_bytes().decode().split("\0")
+        nudge_dir = Path(command[command.index("--nudge-socket") + 1]).parent
+        assert nudge_dir.is_dir()
         server.process.send_signal(how)
-        server.process.wait(timeout=20)
+        assert server.process.wait(timeout=20) == -how
+        if how == signal.SIGTERM:
+            assert gone(sender)
+            assert not nudge_dir.exists()
         until(lambda: gone(sender), 10, "the sender gone with its server")
     finally:
         server.stop()
