@@ -88,6 +88,7 @@ def _milliseconds(env: Any, name: str, default: int) -> int:
 
 def from_env(environ: dict[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
+    webhook_worker = _webhook_worker(env)
     return Settings(
         database_url=env.get("PAYCODE_DATABASE_URL") or DEFAULT_DATABASE_URL,
         broker_url=env.get("PAYCODE_BROKER_URL") or "memory://",
@@ -96,8 +97,8 @@ def from_env(environ: dict[str, str] | None = None) -> Settings:
         admin_token=env.get("PAYCODE_ADMIN_TOKEN") or None,
         receipt_key=env.get("PAYCODE_RECEIPT_KEY") or None,
         webhook_allow_private=env.get("PAYCODE_WEBHOOK_ALLOW_PRIVATE") == "1",
-        webhook_worker=_webhook_worker(env) != "off",
-        webhook_sender_process=_webhook_worker(env) == "process",
+        webhook_worker=webhook_worker != "off",
+        webhook_sender_process=webhook_worker == "process",
         webhook_sender_nudge=env.get(NUDGE_ENV) or None,
         purge_interval=_seconds(env, "PAYCODE_PURGE_INTERVAL", 60.0),
         fault_kill_after_commit=env.get("PAYCODE_FAULT_KILL_AFTER_COMMIT") == "1",

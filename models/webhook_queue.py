@@ -157,6 +157,11 @@ _LEASE = (
 )
 
 
+def full_endpoints(room: dict[str, int]) -> set[str]:
+    """The endpoints of ``room`` with no attempt slot left."""
+    return {webhook_id for webhook_id, left in room.items() if left <= 0}
+
+
 def _due(tx: Tx, now: datetime, full: set[str], limit: int, lock: bool) -> list[tuple[str, str]]:
     busy = sorted(full)
     statement = _DUE.format(
@@ -183,7 +188,7 @@ def claim(
 ) -> list[Job]:
     """Lease up to ``slots`` due deliveries, at most ``room.get(id, per_endpoint)`` of each
     endpoint, oldest due first; endpoints with no room left are not even read."""
-    full = {k for k, v in room.items() if v <= 0}
+    full = full_endpoints(room)
     left = dict(room)
     taken: list[str] = []
     for delivery_id, webhook_id in _due(tx, now, full, CLAIM_CANDIDATES, lock=True):

@@ -21,13 +21,14 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import urllib.error
 import urllib.request
+
+from app.cluster import free_port
 
 log = logging.getLogger("paycode.webhooks")
 
@@ -38,12 +39,6 @@ RESTART_PAUSE = 1.0
 STOP_TIMEOUT = 15.0
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class SenderProcess:
@@ -85,7 +80,7 @@ class SenderProcess:
                 return
             # Its output goes where the server's goes.
             if self.own_metrics:
-                self.metrics_port = free_loopback_port()
+                self.metrics_port = free_port()
                 os.environ[SENDER_METRICS_ENV] = str(self.metrics_port)
             # Its own session: a terminal's Ctrl-C reaches the server, which stops it in
             # order, and not the sender too, which would look like a death to restart from.

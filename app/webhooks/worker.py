@@ -290,7 +290,7 @@ class WebhookWorker:
         if look and not done and not await self._any_work(now, slots, room):
             return [], queue.Finished([], []), False
         # An endpoint with every slot taken before this pass is not even read by the claim.
-        full = any(left <= 0 for left in room.values())
+        full = bool(queue.full_endpoints(room))
         free = dict(room)
         rows = partial(self._rows, self._results(done), now, slots, free)
         write = partial(self._write, now, slots, free, full, landed)
@@ -322,8 +322,7 @@ class WebhookWorker:
     ) -> PassRows:
         outcomes = queue.prepare_outcomes(tx, results, now, schedule=self.config.schedule)
         # With the room the pass began with: the fan-out below takes slots from ``free``.
-        full = {webhook_id for webhook_id, left in free.items() if left <= 0}
-        due = lock or (slots > 0 and queue.any_due(tx, now, full))
+        due = lock or (slots > 0 and queue.any_due(tx, now, queue.full_endpoints(free)))
         plan = queue.plan_fan_out(tx, now, slots=slots, room=free, lock=lock, **self._lease_terms)
         return PassRows(outcomes, plan, queue.any_stranded(tx, now), due)
 
@@ -332,7 +331,7 @@ class WebhookWorker:
         return {"per_endpoint": self.config.per_endpoint, "lease": self.config.lease}
 
     async def _any_work(self, now: datetime, slots: int, room: dict[str, int]) -> bool:
-        full = {k for k, v in room.items() if v <= 0}
+        full = queue.full_endpoints(room)
         self._looked_at = time.monotonic()
         if self.db.is_sqlite:
             enabled, work = await in_thread(self._look, self.db.raw_read, now, slots, full)
