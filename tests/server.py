@@ -100,3 +100,30 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name ("state ppid …"), or None for no such process.
+    The name may hold spaces and parentheses, so the split is after its last ")"."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def children(pid: int) -> set[int]:
+    """The live (not yet exited) processes whose parent is ``pid``, as ``ps`` reads them."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and fields[0] != "Z" and int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie waiting to be)."""
+    fields = _stat_fields(pid)
+    return fields is None or fields[0] == "Z"

@@ -16,6 +16,7 @@ from app.cluster import AppProcess
 from tests.api import PASSWORD, Api
 from tests.cluster import RedisServer
 from tests.conftest import ADMIN_TOKEN
+from tests.server import children
 from tests.services import PostgresFactory, free_port, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -48,20 +49,6 @@ def served(pg_factory: PostgresFactory, tmp_path: Path) -> Iterator[AppProcess]:
         process.stop()
         redis_server.stop()
         pg_factory.drop(database_url)
-
-
-def children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # The parent pid is the 2nd field after the parenthesised command name.
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry.name))
-    return found
 
 
 def healthz_count(url: str) -> float:

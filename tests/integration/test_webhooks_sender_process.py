@@ -19,6 +19,7 @@ import pytest
 from tests.api import Api, User
 from tests.conftest import ADMIN_TOKEN
 from tests.realtime_server import ServeProcess
+from tests.server import children, gone
 from tests.services import SqliteFactory
 from tests.webhook_receiver import Call, Receiver, until
 
@@ -41,23 +42,6 @@ def server(sqlite_factory: SqliteFactory) -> Iterator[ServeProcess]:
     serving.stop()
 
 
-def children(pid: int) -> list[int]:
-    """The live processes whose parent is ``pid`` (from /proc, as ``ps`` reads it)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after it.
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
 def sender_of(server: ServeProcess) -> int:
     assert server.process is not None
     until(lambda: len(children(server.process.pid)) == 1, 15, "one sender process")  # type: ignore[union-attr]
@@ -65,14 +49,6 @@ def sender_of(server: ServeProcess) -> int:
     command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"webhooks" in command
     return pid
-
-
-def gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def webhook_lines(http: httpx.Client) -> str:
@@ -210,7 +186,7 @@ def test_the_server_sends_itself_when_told_to(sqlite_factory: SqliteFactory) -> 
         assert server.process is not None
         try:
             time.sleep(0.5)
-            assert children(server.process.pid) == []
+            assert children(server.process.pid) == set()
         finally:
             server.stop()
 
