@@ -4,6 +4,14 @@ SQLite: WAL, foreign keys on, and write transactions opened with ``BEGIN IMMEDIA
 single pooled connection, so a process's writers queue in the pool instead of spinning on
 SQLite's busy handler; another process's write lock is waited for in steps of a fraction of
 a millisecond (``sql.begin_immediate``). Reads use their own pool and never block on writers.
+The webhook delivery queue (models/webhook_queue.py) writes a row per delivery, several a
+payment, and on SQLite its writes would queue for the payments' one write lock: its tables
+live in a database file of their own beside the main one (:func:`queue_path`), with a write
+lock of its own. The readers see both (the queue's file attached read-only), so a read may
+join their tables; a writer sees only its own file, since ``BEGIN IMMEDIATE`` opens a
+transaction on every attached file too: the payments' writer would hold a snapshot of the
+queue's file, and the queue's writer one of the database, for all of each transaction,
+which the other file's checkpoints wait for (with that file's writers waiting behind them).
 PostgreSQL: one pool for worker threads; writers lock the rows they change (``SELECT … FOR
 NO KEY UPDATE``) in ascending id order. A second pool, of the same driver in its asyncio mode,
 serves the payment on the event loop itself (:meth:`Database.autocommit_on_loop`).
@@ -12,9 +20,12 @@ serves the payment on the event loop itself (:meth:`Database.autocommit_on_loop`
 from __future__ import annotations
 
 import select
+import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from psycopg.pq import ConnStatus
 from sqlalchemy import Engine, create_engine, event
@@ -29,6 +40,8 @@ from models.checkpoint import Checkpointer
 from models.group import GroupWriter
 
 GROUP_SLOTS = 16
+# The queue's file as the readers of the database see it.
+QUEUE_SCHEMA = "webhooks"
 
 
 def normalize_url(url: str) -> str:
@@ -43,13 +56,45 @@ def _in_memory(url: str) -> bool:
     return make_url(url).database in (None, "", ":memory:")
 
 
+def queue_path(url: str) -> Path | None:
+    """SQLite: the file of the webhook delivery queue, beside the database's own
+    (``paycode.db`` → ``paycode.webhooks.db``); None where the queue shares the database
+    (PostgreSQL, an in-memory SQLite database)."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() != "sqlite" or _in_memory(url):
+        return None
+    assert parsed.database is not None
+    path = Path(parsed.database)
+    return path.with_name(f"{path.stem}.{QUEUE_SCHEMA}{path.suffix}")
+
+
+def attach(
+    dbapi_connection: sqlite3.Connection, path: Path, schema: str, *, read_only: bool
+) -> None:
+    """Attach another database file under ``schema``. Read-only, ``BEGIN IMMEDIATE`` leaves
+    its write lock alone; the file is created (empty) if it is not there yet, since a
+    read-only attach cannot create it."""
+    if read_only and not path.exists():
+        sqlite3.connect(path).close()
+    mode = "?mode=ro" if read_only else ""
+    target = f"file:{quote(str(path.resolve()))}{mode}"
+    dbapi_connection.execute(f"ATTACH DATABASE ? AS {schema}", (target,))
+
+
 def _sqlite_engine(
-    url: str, *, immediate: bool, pool_size: int, pool_timeout: float, autocheckpoint: bool
+    url: str,
+    *,
+    immediate: bool,
+    pool_size: int,
+    pool_timeout: float,
+    autocheckpoint: bool,
+    attached: tuple[Path, str] | None = None,
 ) -> Engine:
     memory = _in_memory(url)
     engine = create_engine(
         url,
-        connect_args={"check_same_thread": False, "timeout": 30},
+        # uri: the attached file is named by a URI, which says read-only.
+        connect_args={"check_same_thread": False, "timeout": 30, "uri": True},
         poolclass=NullPool if memory else None,
         **(
             {}
@@ -72,6 +117,8 @@ def _sqlite_engine(
         # The writer waits for the write lock in sql.begin_immediate, not in SQLite's handler.
         cursor.execute("PRAGMA busy_timeout=0" if immediate else "PRAGMA busy_timeout=30000")
         cursor.close()
+        if attached is not None:
+            attach(dbapi_connection, *attached, read_only=True)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
@@ -112,10 +159,13 @@ class Database:
         pool_size: int = 8,
         pool_timeout: float | None = None,
         own_checkpoints: bool = False,
+        own_queue_checkpoints: bool = False,
     ):
-        """``own_checkpoints``: a long-running process (a server, a webhook sender) checkpoints
-        SQLite's WAL on a thread of its own (models/checkpoint.py) rather than in the
-        connection whose COMMIT fills it; short commands keep SQLite's automatic checkpoint."""
+        """``own_checkpoints``: a long-running process that writes the database (a server)
+        checkpoints SQLite's WAL on a thread of its own (models/checkpoint.py) rather than in
+        the connection whose COMMIT fills it; short commands keep SQLite's automatic
+        checkpoint. ``own_queue_checkpoints``: the same for the webhook queue's file, by the
+        process that writes it most (``paycode webhooks``)."""
         self.url = normalize_url(url)
         self.dialect = make_url(self.url).get_backend_name()
         self.pool_size = pool_size
@@ -123,9 +173,12 @@ class Database:
         self.group: GroupWriter | None = None
         self.loop_engine: AsyncEngine | None = None
         self.checkpointer: Checkpointer | None = None
+        self.queue_checkpointer: Checkpointer | None = None
+        self.queue_file = queue_path(self.url)
         if self.dialect == "sqlite":
             own_checkpoints = own_checkpoints and not _in_memory(self.url)
             timeout = pool_timeout or 60
+            queue = None if self.queue_file is None else (self.queue_file, QUEUE_SCHEMA)
             self.writer = _sqlite_engine(
                 self.url,
                 immediate=True,
@@ -139,7 +192,20 @@ class Database:
                 pool_size=pool_size,
                 pool_timeout=timeout,
                 autocheckpoint=not own_checkpoints,
+                attached=queue,
             )
+            self.queue_writer = self.writer
+            if self.queue_file is not None:
+                self.queue_writer = _sqlite_engine(
+                    f"sqlite:///{self.queue_file}",
+                    immediate=True,
+                    pool_size=1,
+                    pool_timeout=timeout,
+                    autocheckpoint=not own_queue_checkpoints,
+                )
+                if own_queue_checkpoints:
+                    self.queue_checkpointer = Checkpointer(str(self.queue_file))
+                    self.queue_checkpointer.start()
             self.group = GroupWriter(self.writer)
             if own_checkpoints:
                 path = make_url(self.url).database
@@ -154,6 +220,7 @@ class Database:
             }
             self.writer = create_engine(self.url, pool_pre_ping=True, **pool)
             self.reader = self.writer
+            self.queue_writer = self.writer
             # Connects on first use, so a process that never pays on the loop (the CLI, a
             # migration) opens nothing; its connections belong to the loop that made them.
             self.loop_engine = create_async_engine(self.url, **pool)
@@ -176,6 +243,34 @@ class Database:
         """One write transaction: committed when the block ends, rolled back if it raises."""
         with Session(self.writer, expire_on_commit=False) as session, session.begin():
             yield session
+
+    @property
+    def queue_apart(self) -> bool:
+        """Whether the webhook queue's tables are written through a database file, and a
+        write lock, of their own (SQLite on a file)."""
+        return self.queue_writer is not self.writer
+
+    @contextmanager
+    def queue_write(self) -> Iterator[Session]:
+        """A write transaction of the webhook queue's tables (models/webhooks.py
+        ``QUEUE_TABLES``): where the queue is apart, the only tables it sees."""
+        with Session(self.queue_writer, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def raw_queue_write(self) -> AbstractContextManager[sql.Tx]:
+        return sql.unit(self.queue_writer, write=True)
+
+    @contextmanager
+    def raw_queue_unit(self) -> Iterator[tuple[sql.Tx, sql.Tx]]:
+        """A write of the queue's tables, and what reads the others in it: where the queue
+        has a file of its own, a reader's statements, each its own short snapshot, so that
+        the write holds no snapshot of the database for its checkpoints to wait for."""
+        with self.raw_queue_write() as tx:
+            if not self.queue_apart:
+                yield tx, tx
+                return
+            with self.raw_read() as main:
+                yield tx, main
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -225,8 +320,11 @@ class Database:
     def dispose(self) -> None:
         if self.group is not None:
             self.group.close()
-        if self.checkpointer is not None:
-            self.checkpointer.stop()
+        for checkpointer in (self.checkpointer, self.queue_checkpointer):
+            if checkpointer is not None:
+                checkpointer.stop()
         self.writer.dispose()
+        if self.queue_apart:
+            self.queue_writer.dispose()
         if self.reader is not self.writer:
             self.reader.dispose()

@@ -5,7 +5,8 @@ count failures over 15 minutes; past that nothing reads those rows again. A webh
 that is over (succeeded, or failed after its last retry) stays 30 days for the shop to look
 back on, then goes too; a pending one is never removed. A pass deletes them
 in small batches, each its own short transaction, so a payment never waits behind a long
-delete (on SQLite the payment and the batch share the one writer connection in turn). Only
+delete (on SQLite the payment and the batch share the one writer connection in turn; the
+deliveries' batches take the queue's own file's, models/db.py). Only
 rows older than their window are touched: a retry within 24 hours still replays.
 
 On PostgreSQL many processes share the database; a session advisory lock lets one of them
@@ -29,7 +30,7 @@ from models.clock import utcnow
 from models.db import Database
 from models.idempotency import TTL
 from models.ratelimit import WINDOW as LOOKUP_WINDOW
-from models.webhooks import FAILED, SUCCEEDED
+from models.webhooks import FAILED, QUEUE_TABLES, SUCCEEDED
 
 BATCH = 500
 # An arbitrary constant that names this lock among the database's advisory locks.
@@ -82,17 +83,17 @@ def delete_batch(connection: Connection, window: Window, now: datetime, batch: i
     return int(result.rowcount)
 
 
+Connect = Callable[[], AbstractContextManager[Connection]]
+
+
 def _drain(
-    connect: Callable[[], AbstractContextManager[Connection]],
-    now: datetime,
-    batch: int,
-    pause: float,
+    connect: Connect, connect_queue: Connect, now: datetime, batch: int, pause: float
 ) -> dict[str, int]:
     removed = {}
     for window in WINDOWS:
         count = 0
         while True:
-            with connect() as connection:
+            with (connect_queue if window.table in QUEUE_TABLES else connect)() as connection:
                 deleted = delete_batch(connection, window, now, batch)
             count += deleted
             if deleted < batch:
@@ -111,7 +112,7 @@ def purge(
     moment = now or utcnow()
     if db.is_sqlite:
         # One writer connection for the whole database: taken per batch, never held.
-        return _drain(db.writer.connect, moment, batch, pause)
+        return _drain(db.writer.connect, db.queue_writer.connect, moment, batch, pause)
     with db.writer.connect() as held:
         locked = held.execute(
             text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
@@ -120,7 +121,9 @@ def purge(
         if not locked:
             return None
         try:
-            return _drain(lambda: nullcontext(held), moment, batch, pause)
+            return _drain(
+                lambda: nullcontext(held), lambda: nullcontext(held), moment, batch, pause
+            )
         finally:
             held.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
             held.commit()

@@ -24,6 +24,7 @@ from models.webhooks import (
     MAX_ENDPOINTS,
     PENDING,
     WEBHOOK_TEST,
+    WebhookCursor,
     WebhookDelivery,
     WebhookEndpoint,
     aware,
@@ -108,7 +109,8 @@ def create(session: Session, account_id: str, url: str, body: dict[str, Any]) ->
         description=description,
         enabled=True,
         secret=new_secret(),
-        cursor_seq=_outbox_head(session, account_id),
+        start_seq=_outbox_head(session, account_id),
+        enabled_at=now,
         created_at=now,
         updated_at=now,
     )
@@ -144,9 +146,10 @@ def update(
         if not isinstance(enabled, bool):
             raise Invalid("enabled must be true or false", field="enabled")
         if enabled and not row.enabled:
-            # Events of the time it was off are not owed to it: it starts again from now.
-            row.cursor_seq = _outbox_head(session, account_id)
-            row.failing_since = None
+            # Events of the time it was off are not owed to it, nor do its failures before
+            # count: it starts again from now.
+            row.start_seq = _outbox_head(session, account_id)
+            row.enabled_at = utcnow()
         row.enabled = enabled
     if url is not None:
         row.url = url
@@ -156,11 +159,20 @@ def update(
     return endpoint_view(row)
 
 
-def remove(session: Session, account_id: str, webhook_id: str) -> None:
-    # Deliveries go before the endpoint row, the lock order of the delivery worker.
+def remove(session: Session, account_id: str, webhook_id: str) -> str:
+    """Delete the endpoint; its queue rows go next, with ``forget``. In that order: once the
+    endpoint is gone no delivery worker adds a row for it (each checks, in its write, that
+    the endpoints it writes for are still there)."""
     row = owned(session, account_id, webhook_id)
-    session.exec(delete(WebhookDelivery).where(WebhookDelivery.webhook_id == row.id))  # type: ignore[call-overload]
     session.delete(row)
+    session.flush()
+    return row.id
+
+
+def forget(queue_session: Session, webhook_id: str) -> None:
+    """The queue rows of a deleted endpoint: its deliveries and its cursor."""
+    for table in (WebhookDelivery, WebhookCursor):
+        queue_session.exec(delete(table).where(table.webhook_id == webhook_id))  # type: ignore[call-overload, attr-defined]
 
 
 def rotate(
@@ -177,23 +189,29 @@ def rotate(
     return endpoint_view(row, secret=True)
 
 
-def send_test(session: Session, account_id: str, webhook_id: str) -> WebhookDelivery:
+def testable(session: Session, account_id: str, webhook_id: str) -> WebhookEndpoint:
+    """The endpoint a test event is for: the account's own, and enabled."""
     row = owned(session, account_id, webhook_id)
     if not row.enabled:
         raise Conflict("the webhook endpoint is disabled", code="webhook_disabled")
+    return row
+
+
+def send_test(queue_session: Session, row: WebhookEndpoint) -> WebhookDelivery:
+    """A ``webhook.test`` delivery to the endpoint, due now (checked by ``testable``)."""
     now = utcnow()
     delivery = WebhookDelivery(
         id=new_id("msg"),
         webhook_id=row.id,
-        account_id=account_id,
+        account_id=row.account_id,
         type=WEBHOOK_TEST,
         seq=None,
         status=PENDING,
         next_attempt_at=now,
         created_at=now,
     )
-    session.add(delivery)
-    session.flush()
+    queue_session.add(delivery)
+    queue_session.flush()
     return delivery
 
 
@@ -209,11 +227,12 @@ def deliveries(
     )
 
 
-def retry(session: Session, account_id: str, webhook_id: str, delivery_id: str) -> WebhookDelivery:
-    """A new attempt now; an attempt in flight finishes first (one at a time, always)."""
-    row = owned(session, account_id, webhook_id)
+def retry(queue_session: Session, webhook_id: str, delivery_id: str) -> WebhookDelivery:
+    """A new attempt now of a delivery of the endpoint (the caller's own, checked by
+    ``owned``); an attempt in flight finishes first (one at a time, always)."""
+    session = queue_session
     query = select(WebhookDelivery).where(
-        WebhookDelivery.id == delivery_id, WebhookDelivery.webhook_id == row.id
+        WebhookDelivery.id == delivery_id, WebhookDelivery.webhook_id == webhook_id
     )
     if session.get_bind().dialect.name != "sqlite":
         query = query.with_for_update()

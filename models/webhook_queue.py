@@ -1,18 +1,23 @@
 """The delivery queue of spec §11: from the outbox to deliveries, leases, outcomes, retries.
 
-Each pass of a process's worker is one write transaction. On SQLite a read before it builds
+Each pass of a process's worker is one write transaction of the queue's tables
+(models/webhooks.py ``QUEUE_TABLES``). On SQLite those live in a database file of their own
+(models/db.py), so the pass never takes the payments' write lock; a read before it builds
 every row the pass will write (new events fanned out to their endpoints' deliveries, the
-outcomes of ended attempts), so the write holds the one write lock, which payments wait for,
-for its statements only; the write keeps a fan-out only for endpoints whose cursor is still
-where the read found it, so two passes never fan out one event twice. On PostgreSQL the rows
-are built inside the transaction, and with several processes the endpoints and deliveries a
-pass works on are taken with ``FOR UPDATE SKIP LOCKED``, so two processes never fan out one
-endpoint or claim one delivery at once. A first attempt is held by its pass's flight, whose
-lease runs past the attempt's timeout; its outcome inserts the delivery's row, and a flight
-whose holder died becomes pending deliveries when the lease runs out (``recover``). A retry
-holds its row by a lease: the claim writes a ``lease_token`` and a ``lease_until``, only the
-holder of the token records the outcome, and a retry whose holder died is due again when the
-lease runs out.
+outcomes of ended attempts), so the write holds its own file's lock for its statements only,
+and what the write must read of the endpoints and events it reads through ``main``, a
+reader whose statements are each their own short snapshot: the write keeps no snapshot of
+the database open for the database's checkpoints to wait for. The write keeps a fan-out
+only for endpoints whose cursor is still where the read found it, so two passes never fan
+out one event twice. On PostgreSQL the rows are built inside the transaction (``main`` is
+that transaction), and with several processes the endpoints and deliveries a pass works on
+are taken with ``FOR UPDATE SKIP LOCKED``, so two processes never fan out one endpoint or
+claim one delivery at once. A first attempt is held by its pass's flight, whose lease runs
+past the attempt's timeout; its outcome inserts the delivery's row, and a flight whose holder
+died becomes pending deliveries when the lease runs out (``recover``). A retry holds its row
+by a lease: the claim writes a ``lease_token`` and a ``lease_until``, only the holder of the
+token records the outcome, and a retry whose holder died is due again when the lease runs
+out.
 
 Every delivery of every payment passes through here several times, so the statements are
 hand-written SQL on the session's connection (models/sql.py), batched per pass; only the rare
@@ -71,17 +76,20 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" for _ in values)
 
 
+# Where an endpoint's fan-out stands: its cursor, unless it was enabled again past it.
+_WITH_CURSOR = "webhook_endpoint w LEFT JOIN webhook_cursor c ON c.webhook_id = w.id"
+_CURSOR = "CASE WHEN c.seq > w.start_seq THEN c.seq ELSE w.start_seq END"
 _BEHIND = (
-    "SELECT 1 FROM webhook_endpoint w WHERE w.enabled AND EXISTS (SELECT 1 FROM event e"
-    " WHERE e.account_id = w.account_id AND e.seq > w.cursor_seq) LIMIT 1"
+    f"SELECT 1 FROM {_WITH_CURSOR} WHERE w.enabled AND EXISTS (SELECT 1 FROM event e"
+    f" WHERE e.account_id = w.account_id AND e.seq > {_CURSOR}) LIMIT 1"
 )
 # Every endpoint's new events in one statement: a pass's cost must not grow with the number of
 # endpoints that are behind.
 _NEW_EVENTS = (
     "SELECT w.id, w.account_id, w.events, w.url, w.secret, w.previous_secret,"
-    " w.previous_secret_until, w.cursor_seq, e.seq, e.type, e.data, e.created_at"
-    " FROM webhook_endpoint w JOIN event e ON e.account_id = w.account_id"
-    " AND e.seq > w.cursor_seq WHERE w.enabled ORDER BY w.id, e.seq LIMIT {limit}"
+    f" w.previous_secret_until, {_CURSOR}, e.seq, e.type, e.data, e.created_at"
+    f" FROM {_WITH_CURSOR} JOIN event e ON e.account_id = w.account_id"
+    f" AND e.seq > {_CURSOR} WHERE w.enabled ORDER BY w.id, e.seq LIMIT {{limit}}"
 )
 _INSERT_DELIVERY = (
     "INSERT INTO webhook_delivery (id, webhook_id, account_id, type, seq, status, attempts,"
@@ -97,7 +105,10 @@ _INSERT_OUTCOME = (
     " last_status_code, last_error, next_attempt_at, created_at, delivered_at, attempt_log)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
-_MOVE_CURSOR = "UPDATE webhook_endpoint SET cursor_seq = ? WHERE id = ?"
+_MOVE_CURSOR = (
+    "INSERT INTO webhook_cursor (webhook_id, seq) VALUES (?, ?)"
+    " ON CONFLICT (webhook_id) DO UPDATE SET seq = excluded.seq"
+)
 
 
 _ANY_ENABLED = "SELECT 1 FROM webhook_endpoint WHERE enabled LIMIT 1"
@@ -137,11 +148,11 @@ class Job:
 
 _DUE = (
     "SELECT d.id, d.webhook_id FROM webhook_delivery d"
-    " JOIN webhook_endpoint w ON w.id = d.webhook_id"
     " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
-    " AND (d.lease_until IS NULL OR d.lease_until <= ?) AND w.enabled{busy}"
+    " AND (d.lease_until IS NULL OR d.lease_until <= ?){busy}"
     " ORDER BY d.next_attempt_at LIMIT {limit}"
 )
+_DISABLED = "SELECT id FROM webhook_endpoint WHERE NOT enabled"
 _CLAIMED = (
     "SELECT d.id, d.webhook_id, d.account_id, d.type, d.seq, d.attempts, d.attempt_log,"
     " d.created_at FROM webhook_delivery d WHERE d.id IN ({marks})"
@@ -151,6 +162,9 @@ _ENDPOINTS = (
     " WHERE id IN ({marks})"
 )
 _EVENTS = "SELECT account_id, seq, type, data, created_at FROM event WHERE {where}"
+# Deliveries of an endpoint deleted meanwhile (its deletion removes its rows next, or the
+# process that deleted it stopped before it could).
+_FORGET = "DELETE FROM webhook_delivery WHERE id IN ({marks})"
 _LEASE = (
     "UPDATE webhook_delivery SET attempts = ?, lease_token = ?, lease_until = ?,"
     " next_attempt_at = ?, attempt_log = ? WHERE id = ?"
@@ -162,8 +176,9 @@ def full_endpoints(room: dict[str, int]) -> set[str]:
     return {webhook_id for webhook_id, left in room.items() if left <= 0}
 
 
-def _due(tx: Tx, now: datetime, full: set[str], limit: int, lock: bool) -> list[tuple[str, str]]:
-    busy = sorted(full)
+def _due(tx: Tx, now: datetime, skip: set[str], limit: int, lock: bool) -> list[tuple[str, str]]:
+    """Due deliveries, oldest first, but those of the endpoints in ``skip``."""
+    busy = sorted(skip)
     statement = _DUE.format(
         busy=f" AND d.webhook_id NOT IN ({_marks(busy)})" if busy else "", limit=limit
     )
@@ -173,8 +188,14 @@ def _due(tx: Tx, now: datetime, full: set[str], limit: int, lock: bool) -> list[
     return [(r[0], r[1]) for r in tx.all(statement, (moment, moment, *busy))]
 
 
-def any_due(tx: Tx, now: datetime, full: set[str]) -> bool:
-    return bool(_due(tx, now, full, 1, lock=False))
+def _disabled(main: Tx) -> set[str]:
+    """The endpoints switched off: their deliveries wait, pending, until they are on again.
+    Read apart from the queue's own statements, which on SQLite cannot see the endpoints."""
+    return {row[0] for row in main.all(_DISABLED)}
+
+
+def any_due(tx: Tx, now: datetime, full: set[str], main: Tx | None = None) -> bool:
+    return bool(_due(tx, now, full | _disabled(main or tx), 1, lock=False))
 
 
 def claim(
@@ -185,13 +206,17 @@ def claim(
     room: dict[str, int],
     per_endpoint: int,
     lease: timedelta,
+    main: Tx | None = None,
 ) -> list[Job]:
     """Lease up to ``slots`` due deliveries, at most ``room.get(id, per_endpoint)`` of each
-    endpoint, oldest due first; endpoints with no room left are not even read."""
-    full = full_endpoints(room)
+    endpoint, oldest due first; endpoints with no room left are not even read. ``main``
+    reads the endpoints and events (on SQLite the queue's transaction cannot see them);
+    a delivery whose endpoint is gone is deleted."""
+    main = main or tx
+    skip = full_endpoints(room) | _disabled(main)
     left = dict(room)
     taken: list[str] = []
-    for delivery_id, webhook_id in _due(tx, now, full, CLAIM_CANDIDATES, lock=True):
+    for delivery_id, webhook_id in _due(tx, now, skip, CLAIM_CANDIDATES, lock=True):
         if len(taken) >= slots:
             break
         if left.setdefault(webhook_id, per_endpoint) <= 0:
@@ -202,8 +227,12 @@ def claim(
         return []
     rows = tx.all(_CLAIMED.format(marks=_marks(taken)), taken)
     hooks = sorted({r[1] for r in rows})
-    endpoints = {r[0]: r for r in tx.all(_ENDPOINTS.format(marks=_marks(hooks)), hooks)}
-    bodies = _bodies(tx, rows)
+    endpoints = {r[0]: r for r in main.all(_ENDPOINTS.format(marks=_marks(hooks)), hooks)}
+    gone = [r[0] for r in rows if r[1] not in endpoints]
+    if gone:
+        tx.run(_FORGET.format(marks=_marks(gone)), gone)
+        rows = [r for r in rows if r[1] in endpoints]
+    bodies = _bodies(main, rows)
     until = now + lease
     jobs: list[Job] = []
     leases: list[tuple[Any, ...]] = []
@@ -329,10 +358,11 @@ def plan_fan_out(
     return plan
 
 
-_STILL_AT = "SELECT id, cursor_seq FROM webhook_endpoint WHERE enabled AND id IN ({marks})"
+_STARTS = "SELECT id, start_seq FROM webhook_endpoint WHERE enabled AND id IN ({marks})"
+_CURSORS = "SELECT webhook_id, seq FROM webhook_cursor WHERE webhook_id IN ({marks})"
 
 
-def apply_fan_out(tx: Tx, plan: FanOut) -> tuple[int, list[Job]]:
+def apply_fan_out(tx: Tx, plan: FanOut, main: Tx | None = None) -> tuple[int, list[Job]]:
     """Write a fan-out: how many deliveries it created, and the attempts of its flight. Read before
     this transaction, it is kept only for endpoints still enabled whose cursor has not moved
     since (another pass fanned them out), and not held by another pass right now
@@ -343,10 +373,13 @@ def apply_fan_out(tx: Tx, plan: FanOut) -> tuple[int, list[Job]]:
     if plan.locked:
         kept = ids
     else:
-        statement = _STILL_AT.format(marks=_marks(ids))
+        statement = _STARTS.format(marks=_marks(ids))
         if not tx.is_sqlite:
             statement += " ORDER BY id FOR NO KEY UPDATE SKIP LOCKED"
-        now_at = dict(tx.all(statement, ids))
+        starts = dict((main or tx).all(statement, ids))
+        cursors = dict(tx.all(_CURSORS.format(marks=_marks(ids)), ids))
+        # As _CURSOR reads it: the cursor, unless the endpoint was enabled again past it.
+        now_at = {i: max(start, cursors.get(i, start)) for i, start in starts.items()}
         kept = [i for i in ids if now_at.get(i) == plan.cursors[i][0]]
     pending = [row for i in kept for row in plan.pending.get(i, ())]
     jobs = [job for i in kept for job in plan.jobs.get(i, ())]
@@ -354,7 +387,7 @@ def apply_fan_out(tx: Tx, plan: FanOut) -> tuple[int, list[Job]]:
     if jobs:
         flying = tx.json([_identity(job) for job in jobs])
         tx.run(_INSERT_FLIGHT, (plan.token, plan.started_at, plan.lease_until, flying))
-    tx.run_many(_MOVE_CURSOR, [(plan.cursors[i][1], i) for i in kept])
+    tx.run_many(_MOVE_CURSOR, [(i, plan.cursors[i][1]) for i in kept])
     return len(pending) + len(jobs), jobs
 
 
@@ -418,8 +451,8 @@ _SETTLE = (
 )
 _HELD = "SELECT id, lease_token FROM webhook_delivery WHERE id IN ({marks})"
 _RECOVERED = (
-    "UPDATE webhook_endpoint SET failing_since = NULL"
-    " WHERE id IN ({marks}) AND failing_since IS NOT NULL"
+    "UPDATE webhook_cursor SET failing_since = NULL"
+    " WHERE webhook_id IN ({marks}) AND failing_since IS NOT NULL"
 )
 
 
@@ -533,7 +566,7 @@ _ENDPOINTS_LEFT = "SELECT id FROM webhook_endpoint WHERE id IN ({marks})"
 _LAND = "DELETE FROM webhook_flight WHERE token IN ({marks})"
 
 
-def _firsts_kept(tx: Tx, jobs: Sequence[Job]) -> set[str]:
+def _firsts_kept(tx: Tx, jobs: Sequence[Job], main: Tx) -> set[str]:
     """Of first attempts, those whose row may be written: their flight is still this
     process's (no other process took it over after its lease ran out), and their endpoint is
     still there (it may have been deleted meanwhile). On PostgreSQL the flights are locked,
@@ -545,7 +578,7 @@ def _firsts_kept(tx: Tx, jobs: Sequence[Job]) -> set[str]:
     if not tx.is_sqlite:
         statement += " ORDER BY token FOR UPDATE"
     held = {row[0] for row in tx.all(statement, tokens)}
-    hooks = _endpoints_left(tx, {job.webhook_id for job in jobs if job.flight in held})
+    hooks = _endpoints_left(main, {job.webhook_id for job in jobs if job.flight in held})
     return {job.delivery_id for job in jobs if job.flight in held and job.webhook_id in hooks}
 
 
@@ -555,7 +588,8 @@ def _endpoints_left(tx: Tx, webhook_ids: set[str]) -> set[str]:
     ids = sorted(webhook_ids)
     statement = _ENDPOINTS_LEFT.format(marks=_marks(ids))
     if not tx.is_sqlite:
-        # What the foreign key's own check takes: an endpoint cannot go before the insert.
+        # An endpoint cannot go before the insert commits: its deletion, which removes its
+        # queue rows after it (models/webhook_endpoints.py), waits and takes these too.
         statement += " ORDER BY id FOR KEY SHARE"
     return {row[0] for row in tx.all(statement, ids)}
 
@@ -565,7 +599,9 @@ def _land(tx: Tx, tokens: Sequence[str]) -> None:
         tx.run(_LAND.format(marks=_marks(tokens)), list(tokens))
 
 
-def settle(tx: Tx, settlements: list[Settlement], landed: Sequence[str] = ()) -> Finished:
+def settle(
+    tx: Tx, settlements: list[Settlement], landed: Sequence[str] = (), main: Tx | None = None
+) -> Finished:
     """Record prepared outcomes in a few statements whatever their number: a retry's outcome
     updates its row if its lease is still held (the rows read and locked on PostgreSQL, in id
     order), a first attempt's inserts its delivery's row if its flight is still held; then the
@@ -577,7 +613,7 @@ def settle(tx: Tx, settlements: list[Settlement], landed: Sequence[str] = ()) ->
         if not tx.is_sqlite:
             statement += " ORDER BY id FOR UPDATE"
         held = dict(tx.all(statement, retries))
-    firsts = _firsts_kept(tx, [s.job for s in settlements if s.job.flight is not None])
+    firsts = _firsts_kept(tx, [s.job for s in settlements if s.job.flight is not None], main or tx)
     statuses: list[str | None] = []
     recovered: set[str] = set()
     failing: list[str] = []
@@ -612,9 +648,10 @@ def finish(
     now: datetime,
     *,
     schedule: Sequence[float] = RETRY_SCHEDULE,
+    main: Tx | None = None,
 ) -> Finished:
     """``prepare_outcomes`` and ``settle`` in one transaction."""
-    return settle(tx, prepare_outcomes(tx, done, now, schedule=schedule))
+    return settle(tx, prepare_outcomes(tx, done, now, schedule=schedule), main=main)
 
 
 _STRANDED = "SELECT token, started_at, deliveries FROM webhook_flight WHERE lease_until <= ?"
@@ -625,7 +662,7 @@ def any_stranded(tx: Tx, now: datetime) -> bool:
     return tx.one(_STRANDED + " LIMIT 1", (tx.moment(now),)) is not None
 
 
-def recover(tx: Tx, now: datetime) -> int:
+def recover(tx: Tx, now: datetime, main: Tx | None = None) -> int:
     """Flights whose lease ran out become pending deliveries, due now, each with its first
     attempt logged as interrupted and with the id that attempt was sent with; the attempts
     that had landed already have their rows. How many deliveries were recovered."""
@@ -637,7 +674,7 @@ def recover(tx: Tx, now: datetime) -> int:
         return 0
     # Each entry is a first attempt's _identity: (delivery id, webhook id, account, type, seq).
     entries = [(started, tuple(e)) for _t, started, d in flights for e in tx.read_json(d)]
-    hooks = _endpoints_left(tx, {identity[1] for _started, identity in entries})
+    hooks = _endpoints_left(main or tx, {identity[1] for _started, identity in entries})
     due = tx.moment(now)
     rows = []
     for started, identity in entries:
@@ -652,43 +689,66 @@ def recover(tx: Tx, now: datetime) -> int:
     return len(rows)
 
 
+_ENABLED_AT = "SELECT id, enabled, enabled_at FROM webhook_endpoint WHERE id IN ({marks})"
+_FAILING = "SELECT webhook_id, failing_since FROM webhook_cursor WHERE webhook_id IN ({marks})"
+_START_FAILING = (
+    "INSERT INTO webhook_cursor (webhook_id, seq, failing_since) VALUES (?, 0, ?)"
+    " ON CONFLICT (webhook_id) DO UPDATE SET failing_since = excluded.failing_since"
+)
+
+
 def note_failures(
-    session: Session, webhook_ids: Sequence[str], now: datetime, disable_after: timedelta
-) -> list[Published]:
-    """After failed attempts: the events written (an endpoint switched off)."""
+    tx: Tx,
+    webhook_ids: Sequence[str],
+    now: datetime,
+    disable_after: timedelta,
+    main: Tx | None = None,
+) -> dict[str, datetime]:
+    """After failed attempts, in a queue write: an endpoint's failing clock starts at its
+    first failure since it last succeeded or was enabled. The endpoints failing for
+    ``disable_after`` and still enabled are returned, with when they began to fail, for
+    ``disable``."""
+    ids = sorted(set(webhook_ids))
+    if not ids:
+        return {}
+    failing_since = dict(tx.all(_FAILING.format(marks=_marks(ids)), ids))
+    starts: list[tuple[Any, ...]] = []
+    overdue: dict[str, datetime] = {}
+    for webhook_id, enabled, enabled_at in (main or tx).all(
+        _ENABLED_AT.format(marks=_marks(ids)), ids
+    ):
+        since = tx.read_moment(failing_since.get(webhook_id))
+        if since is None or since < aware(tx.read_moment(enabled_at) or since):
+            starts.append((webhook_id, tx.moment(now)))
+        elif enabled and now - since >= disable_after:
+            overdue[webhook_id] = since
+    tx.run_many(_START_FAILING, starts)
+    return overdue
+
+
+def disable(session: Session, overdue: dict[str, datetime], now: datetime) -> list[Published]:
+    """Switch off the endpoints that failed every attempt since ``overdue[id]``, each
+    account told by a ``webhook.disabled`` event in its outbox; not one enabled again (by
+    its owner) since it began to fail."""
     published: list[Published] = []
-    for webhook_id in webhook_ids:
-        published += _note_failure(session, webhook_id, now, disable_after)
-    return published
-
-
-def _note_failure(
-    session: Session, webhook_id: str, now: datetime, disable_after: timedelta
-) -> list[Published]:
-    """An endpoint whose every attempt failed for ``disable_after`` is switched off, and its
-    account is told by a ``webhook.disabled`` event in its outbox."""
-    query = select(WebhookEndpoint).where(WebhookEndpoint.id == webhook_id)
-    if session.get_bind().dialect.name != "sqlite":
-        query = query.with_for_update()
-    endpoint = session.exec(query.execution_options(populate_existing=True)).first()
-    if endpoint is None:
-        return []
-    if endpoint.failing_since is None:
-        endpoint.failing_since = now
+    for webhook_id, since in sorted(overdue.items()):
+        query = select(WebhookEndpoint).where(WebhookEndpoint.id == webhook_id)
+        if session.get_bind().dialect.name != "sqlite":
+            query = query.with_for_update()
+        endpoint = session.exec(query.execution_options(populate_existing=True)).first()
+        if endpoint is None or not endpoint.enabled or aware(endpoint.enabled_at) > since:
+            continue
+        endpoint.enabled = False
+        endpoint.updated_at = now
         session.add(endpoint)
-        return []
-    if not endpoint.enabled or now - aware(endpoint.failing_since) < disable_after:
-        return []
-    endpoint.enabled = False
-    endpoint.updated_at = now
-    session.add(endpoint)
-    account = lock_accounts(session, {endpoint.account_id})[endpoint.account_id]
-    data = {
-        **endpoint_view(endpoint),
-        "reason": "every delivery attempt failed",
-        "failing_since": rfc3339(endpoint.failing_since),
-    }
-    return [append(session, account, WEBHOOK_DISABLED, data)]
+        account = lock_accounts(session, {endpoint.account_id})[endpoint.account_id]
+        data = {
+            **endpoint_view(endpoint),
+            "reason": "every delivery attempt failed",
+            "failing_since": rfc3339(since),
+        }
+        published.append(append(session, account, WEBHOOK_DISABLED, data))
+    return published
 
 
 _RELEASE = (
@@ -697,11 +757,17 @@ _RELEASE = (
 )
 
 
-def release(tx: Tx, jobs: list[Job], now: datetime, flights: Sequence[str] = ()) -> None:
+def release(
+    tx: Tx,
+    jobs: list[Job],
+    now: datetime,
+    flights: Sequence[str] = (),
+    main: Tx | None = None,
+) -> None:
     """Give back the attempts this process abandons (it is stopping), so another process
     takes them at once instead of after their lease: a retry's lease is released, a first
     attempt's delivery written pending; then this process's ``flights`` are deleted."""
-    kept = _firsts_kept(tx, [job for job in jobs if job.flight is not None])
+    kept = _firsts_kept(tx, [job for job in jobs if job.flight is not None], main or tx)
     releases = []
     inserts = []
     due = tx.moment(now)

@@ -1,9 +1,17 @@
 """Webhook endpoints, the deliveries owed to them and every attempt at one (spec §11).
 
 A delivery is owed for each outbox event (§8) of the account whose type an enabled endpoint
-subscribes to. Each endpoint keeps the outbox ``seq`` up to which deliveries were made for it
-(``cursor_seq``), and moving it and inserting the deliveries happen in one transaction: an
-event committed is a delivery owed, whatever happens to the process afterwards.
+subscribes to, from the endpoint's ``start_seq`` on (set when it is created, and when it is
+enabled again). The queue's own row per endpoint, ``webhook_cursor``, keeps the outbox
+``seq`` up to which deliveries were made for it, and moving it and inserting the deliveries
+happen in one transaction: an event committed is a delivery owed, whatever happens to the
+process afterwards.
+
+The queue's tables (``QUEUE_TABLES``) are written by the delivery workers several times a
+payment; on SQLite they live in a database file of their own, with a write lock of their own
+(models/db.py), so a foreign key cannot reach the endpoint from them: an endpoint's rows go
+with it when it is deleted (models/webhook_endpoints.py), and every read of the queue joins
+the endpoints it needs.
 
 Attempts are claimed with a lease (``lease_token``, ``lease_until``) so that, with any number
 of processes on one database, one attempt of a delivery is in flight at a time: a process that
@@ -13,9 +21,8 @@ A delivery's first attempt is made before its row exists: the fan-out writes one
 ``webhook_flight`` per pass, which holds the ids of the deliveries it sends under one lease,
 and each delivery's row is inserted once, with the first attempt's outcome. Almost every
 delivery succeeds at once, so almost every delivery costs one insert, instead of an insert of a
-leased row and then an update of it; on SQLite both went through the one write lock that the
-payments wait for. A flight whose process died runs out like a lease, and another process
-inserts the deliveries it held as pending, each with its interrupted attempt.
+leased row and then an update of it. A flight whose process died runs out like a lease, and
+another process inserts the deliveries it held as pending, each with its interrupted attempt.
 """
 
 from __future__ import annotations
@@ -94,12 +101,28 @@ class WebhookEndpoint(SQLModel, table=True):
     secret: str = Field(max_length=100)
     previous_secret: str | None = Field(default=None, max_length=100)
     previous_secret_until: datetime | None = Field(default=None)
-    # The account's outbox seq up to which deliveries have been created for this endpoint.
-    cursor_seq: int = Field(default=0)
-    # Set by the first failed attempt after a success; cleared by a success.
-    failing_since: datetime | None = Field(default=None)
+    # Deliveries are owed for the account's outbox events after this seq.
+    start_seq: int = Field(default=0)
+    # When it was created or last enabled again: a failing clock started before is void.
+    enabled_at: datetime
     created_at: datetime
     updated_at: datetime
+
+
+QUEUE_TABLES = ("webhook_cursor", "webhook_delivery", "webhook_flight")
+
+
+class WebhookCursor(SQLModel, table=True):
+    """The queue's own state of an endpoint: written by the delivery workers only."""
+
+    __tablename__ = "webhook_cursor"
+
+    webhook_id: str = Field(primary_key=True, max_length=40)
+    # The outbox seq up to which deliveries have been created (below ``start_seq`` it means
+    # nothing: the endpoint was enabled again since).
+    seq: int = Field(default=0)
+    # Set by the first failed attempt after a success; cleared by a success.
+    failing_since: datetime | None = Field(default=None)
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -122,7 +145,7 @@ class WebhookDelivery(SQLModel, table=True):
 
     # Also the webhook-id header: the same for every attempt.
     id: str = Field(primary_key=True, max_length=40)
-    webhook_id: str = Field(foreign_key="webhook_endpoint.id", max_length=40)
+    webhook_id: str = Field(max_length=40)
     account_id: str = Field(max_length=40)
     type: str = Field(max_length=40)
     seq: int | None = Field(default=None)

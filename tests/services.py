@@ -113,5 +113,15 @@ class SqliteFactory:
             if self.template is None:
                 self.template = self.root / "template.db"
                 migrate.upgrade(f"sqlite:///{self.template}")
-            shutil.copyfile(self.template, target)
+            # The database and the webhook queue's file beside it go together.
+            for source, copy in ((self.template, target), _queue_files(self.template, target)):
+                shutil.copyfile(source, copy)
         return f"sqlite:///{target}"
+
+
+def _queue_files(template: Path, target: Path) -> tuple[Path, Path]:
+    from models.db import queue_path
+
+    source, copy = queue_path(f"sqlite:///{template}"), queue_path(f"sqlite:///{target}")
+    assert source is not None and copy is not None
+    return source, copy

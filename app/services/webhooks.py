@@ -1,4 +1,8 @@
-"""Webhook endpoints and their deliveries (spec §11), one transaction each.
+"""Webhook endpoints and their deliveries (spec §11). A change of an endpoint is one
+transaction; what touches the delivery queue's tables is a transaction of their own (on
+SQLite they are in a file of their own, models/db.py), after a read of the endpoint: an
+endpoint deleted in between leaves queue rows that no worker sends and the next claim of
+them deletes.
 
 The URL's address check (DNS) happens before the transaction, in :func:`checked_url`, so no
 database connection waits on a name server."""
@@ -56,8 +60,17 @@ def update(
 
 
 def remove(state: AppState, account_id: str, webhook_id: str) -> None:
-    with state.db.write() as session:
-        endpoints.remove(session, account_id, webhook_id)
+    db = state.db
+    with db.write() as session:
+        removed = endpoints.remove(session, account_id, webhook_id)
+        if not db.queue_apart:
+            endpoints.forget(session, removed)
+    if db.queue_apart:
+        # A second transaction, of the queue's own file (SQLite): a crash between the two
+        # leaves rows of an endpoint that no longer exists: none is sent, and a claim of one
+        # deletes it.
+        with db.queue_write() as queue_session:
+            endpoints.forget(queue_session, removed)
 
 
 def rotate(state: AppState, account_id: str, webhook_id: str) -> dict[str, Any]:
@@ -68,8 +81,10 @@ def rotate(state: AppState, account_id: str, webhook_id: str) -> dict[str, Any]:
 
 
 def send_test(state: AppState, account_id: str, webhook_id: str) -> dict[str, Any]:
-    with state.db.write() as session:
-        return delivery_view(endpoints.send_test(session, account_id, webhook_id))
+    with state.db.read() as session:
+        endpoint = endpoints.testable(session, account_id, webhook_id)
+    with state.db.queue_write() as queue_session:
+        return delivery_view(endpoints.send_test(queue_session, endpoint))
 
 
 def deliveries(
@@ -81,6 +96,8 @@ def deliveries(
 
 
 def retry(state: AppState, account_id: str, webhook_id: str, delivery_id: str) -> dict[str, Any]:
-    with state.db.write() as session:
-        delivery = endpoints.retry(session, account_id, webhook_id, delivery_id)
+    with state.db.read() as session:
+        endpoints.owned(session, account_id, webhook_id)
+    with state.db.queue_write() as queue_session:
+        delivery = endpoints.retry(queue_session, webhook_id, delivery_id)
         return delivery_view(delivery)

@@ -53,7 +53,9 @@ def _listen(path: str) -> Listener | None:
 
 
 async def _serve(settings: Settings, parent_pid: int | None, nudge_socket: str | None) -> None:
-    db = Database(settings.database_url, own_checkpoints=True)
+    # What it writes is the queue's: on SQLite a file of its own, whose log it checkpoints;
+    # the database's own log is its servers' to checkpoint.
+    db = Database(settings.database_url, own_queue_checkpoints=True)
     config = dataclasses.replace(WorkerConfig.from_settings(settings), passes_on_loop=True)
     listener = _listen(nudge_socket) if nudge_socket is not None else None
     if "webhook_interval" not in settings.extra:

@@ -4,11 +4,11 @@ Each pass is one short write transaction: it records the outcomes of the attempt
 fans new outbox events out to the endpoints that want them (sending at once, as one flight,
 those it has slots for), and leases due retries, up to the free slots: at most ``concurrency``
 attempts in flight in this process and ``per_endpoint`` to any one endpoint, so a slow or dead
-endpoint holds only its own slots. On SQLite a read before it makes the rows, so the write holds
-the one write lock for its statements only; the write is a unit of the process's group commit
-(one more savepoint in a batch of payments, not a transaction of its own), except in ``paycode
-webhooks``, whose passes run on its event loop's thread. On PostgreSQL the pass runs on the
-event loop over the loop's pool (``on_loop``), as the payments do.
+endpoint holds only its own slots. On SQLite a read before it makes the rows, and the write
+goes to the queue's own database file (models/db.py), whose lock no payment waits for: on a
+worker thread in a server, on the event loop's own thread in ``paycode webhooks``. On
+PostgreSQL the pass runs on the event loop over the loop's pool (``on_loop``), as the payments
+do.
 
 A pass runs when this process commits events (``nudge``), when attempts end, and every
 ``interval`` for what other processes committed; passes are at least ``spacing`` apart, so
@@ -68,7 +68,7 @@ class PassRows:
 
 # A pass's rows given its transaction, and its write given those rows (see WebhookWorker._pass).
 Rows = Callable[..., PassRows]
-Write = Callable[[PassRows, Tx], tuple[list[queue.Job], queue.Finished, bool]]
+Write = Callable[[PassRows, Tx, Tx], tuple[list[queue.Job], queue.Finished, bool]]
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,7 @@ class WorkerConfig:
     resolver: Resolver = system_resolver
     gauge_every: float = 2.0
     # The process does nothing but deliver (``paycode webhooks``): on SQLite its pass runs
-    # on the event loop's own thread rather than the group commit's, so the write lock,
-    # which the servers wait for, is never held while the writing thread waits for the GIL
-    # behind the loop's attempts.
+    # on the event loop's own thread, without a thread hop each way.
     passes_on_loop: bool = False
 
     @property
@@ -191,9 +189,9 @@ class WebhookWorker:
         now = utcnow()
         # A flight of this process not yet deleted still has an attempt among these two.
         flights = {job.flight for job in [*abandoned, *(job for job, _ in done)] if job.flight}
-        with self.db.raw_write() as tx:
-            queue.finish(tx, self._results(done), now, schedule=self.config.schedule)
-            queue.release(tx, abandoned, now, flights=list(flights))
+        with self.db.raw_queue_unit() as (tx, main):
+            queue.finish(tx, self._results(done), now, schedule=self.config.schedule, main=main)
+            queue.release(tx, abandoned, now, flights=list(flights), main=main)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -303,12 +301,18 @@ class WebhookWorker:
         work = partial(write, read() if self.config.passes_on_loop else await in_thread(read))
         if self.config.passes_on_loop:
             return self._unit(work)
+        if self.db.queue_apart:
+            # The queue's own file: its write lock is nobody else's in this process.
+            return await in_thread(self._unit, work)
         assert self.db.group is not None, "SQLite's writes go through the group commit"
-        return await in_writer(self.db.group, work)
+        return await in_writer(self.db.group, lambda tx: work(tx, tx))
 
-    def _unit(self, work: Callable[[Tx], T]) -> T:
-        with self.db.raw_write() if self.db.is_sqlite else self.db.raw_write_on_loop() as tx:
-            return work(tx)
+    def _unit(self, work: Callable[[Tx, Tx], T]) -> T:
+        if not self.db.is_sqlite:
+            with self.db.raw_write_on_loop() as tx:
+                return work(tx, tx)
+        with self.db.raw_queue_unit() as (tx, main):
+            return work(tx, main)
 
     def _rows(
         self,
@@ -363,16 +367,17 @@ class WebhookWorker:
         landed: list[str],
         rows: PassRows,
         tx: Tx,
+        main: Tx,
     ) -> tuple[list[queue.Job], queue.Finished, bool]:
-        finished = queue.settle(tx, rows.outcomes, landed)
+        finished = queue.settle(tx, rows.outcomes, landed, main=main)
         if rows.stranded:
             # A recovered flight's deliveries are due at once: the claim below may take them.
-            queue.recover(tx, now)
-        created, jobs = queue.apply_fan_out(tx, rows.plan)
+            queue.recover(tx, now, main=main)
+        created, jobs = queue.apply_fan_out(tx, rows.plan, main=main)
         behind = created > len(jobs)
         slots -= len(jobs)
         if slots > 0 and (rows.due or rows.stranded):
-            claimed = queue.claim(tx, now, slots=slots, room=free, **self._lease_terms)
+            claimed = queue.claim(tx, now, slots=slots, room=free, main=main, **self._lease_terms)
             # Due deliveries were waiting: more may be, behind this claim's slots.
             behind = behind or bool(claimed)
             jobs += claimed
@@ -389,8 +394,15 @@ class WebhookWorker:
         ]
 
     def _note_failures(self, webhook_ids: Sequence[str]) -> list[Published]:
+        now = utcnow()
+        with self.db.raw_queue_unit() as (tx, main):
+            overdue = queue.note_failures(
+                tx, webhook_ids, now, self.config.disable_after, main=main
+            )
+        if not overdue:
+            return []
         with self.db.write() as session:
-            return queue.note_failures(session, webhook_ids, utcnow(), self.config.disable_after)
+            return queue.disable(session, overdue, now)
 
     def _oldest(self) -> float:
         with self.db.raw_read() as tx:
@@ -425,7 +437,8 @@ def _read_first(rows: Rows, open_read: Callable[[], AbstractContextManager[Tx]])
 
 
 def _read_and_write(
-    rows: Rows, write: Write, tx: Tx
+    rows: Rows, write: Write, tx: Tx, main: Tx
 ) -> tuple[list[queue.Job], queue.Finished, bool]:
-    """PostgreSQL: a pass's rows made in its write transaction, the endpoints locked."""
-    return write(rows(tx, lock=True), tx)
+    """PostgreSQL: a pass's rows made in its write transaction (``main`` is that
+    transaction too), the endpoints locked."""
+    return write(rows(tx, lock=True), tx, main)

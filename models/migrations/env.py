@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from alembic import context
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import create_engine, event, pool, text
 from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers every table on the metadata)
-from models.db import normalize_url
+from models.db import QUEUE_SCHEMA, attach, normalize_url, queue_path
 
 config = context.config
 url = config.attributes.get("database_url") or os.environ.get(
@@ -26,6 +27,15 @@ def run_migrations_online() -> None:
         _run(connection)
         return
     engine = create_engine(normalize_url(url), poolclass=pool.NullPool)
+    queue_file = queue_path(url)
+    if queue_file is not None:
+        # SQLite: the webhook queue's own file, written by the migrations as schema
+        # "webhooks" (models/db.py).
+        @event.listens_for(engine, "connect")
+        def _attach_queue(dbapi_connection: Any, _record: Any) -> None:
+            attach(dbapi_connection, queue_file, QUEUE_SCHEMA, read_only=False)
+            dbapi_connection.execute(f"PRAGMA {QUEUE_SCHEMA}.journal_mode=WAL")
+
     with engine.connect() as conn:
         _run(conn)
     engine.dispose()

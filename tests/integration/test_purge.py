@@ -134,11 +134,14 @@ def test_finished_webhook_deliveries_go_after_30_days_and_pending_ones_stay(
         session.execute(
             text(
                 "INSERT INTO webhook_endpoint (id, account_id, url, events, description, enabled,"
-                " secret, cursor_seq, created_at, updated_at) VALUES ('whe_purge', :account,"
-                " 'https://pos.example/hook', '[]', NULL, :on, 'whsec_x', 0, :at, :at)"
+                " secret, start_seq, enabled_at, created_at, updated_at) VALUES ('whe_purge',"
+                " :account, 'https://pos.example/hook', '[]', NULL, :on, 'whsec_x', 0, :at, :at,"
+                " :at)"
             ).bindparams(at=now),
             {"account": owner.account_id, "on": True},
         )
+    # The queue's own transaction: on SQLite its tables are in a file of their own.
+    with db.queue_write() as session:
         ages = {
             "old-ok": ("succeeded", 31),
             "old-failed": ("failed", 31),

@@ -54,8 +54,8 @@ def plan(db: Database, slots: int = 100) -> queue.FanOut:
 
 
 def apply(db: Database, fan_out: queue.FanOut) -> tuple[int, list[queue.Job]]:
-    with db.raw_write() as tx:
-        return queue.apply_fan_out(tx, fan_out)
+    with db.raw_queue_unit() as (tx, main):
+        return queue.apply_fan_out(tx, fan_out, main=main)
 
 
 def delivery_count(db: Database, webhook_id: str) -> int:
@@ -93,9 +93,9 @@ def record(
     db: Database, jobs: list[queue.Job], result: queue.Result, landed: list[str]
 ) -> queue.Finished:
     now = utcnow()
-    with db.raw_write() as tx:
+    with db.raw_queue_unit() as (tx, main):
         outcomes = queue.prepare_outcomes(tx, [(job, result) for job in jobs], now)
-        return queue.settle(tx, outcomes, landed)
+        return queue.settle(tx, outcomes, landed, main=main)
 
 
 OK = queue.Result(True, "succeeded", 204, None)
@@ -152,10 +152,10 @@ def test_on_postgresql_a_pass_keeps_the_endpoints_it_reads_from_another_process(
     read locked: another process's pass meanwhile skips them, and the first writes each
     delivery once."""
     _payee, hook = paid_shop(api)
-    with db.raw_write() as first:
+    with db.raw_queue_write() as first:
         mine = queue.plan_fan_out(first, utcnow(), slots=100, room={}, lock=True, **LEASE)
         assert mine.jobs[hook]
-        with db.raw_write() as second:
+        with db.raw_queue_write() as second:
             # A read that waited for the first pass's locks would fail here, not hang.
             second.run("SET LOCAL lock_timeout = '2s'")
             theirs = queue.plan_fan_out(second, utcnow(), slots=100, room={}, lock=True, **LEASE)
@@ -208,8 +208,8 @@ def test_a_flight_whose_lease_ran_out_becomes_pending_deliveries_with_the_ids_se
     _created, jobs = apply(db, stale)
     with db.raw_read() as tx:
         assert queue.any_stranded(tx, utcnow())
-    with db.raw_write() as tx:
-        assert queue.recover(tx, utcnow()) == len(jobs)
+    with db.raw_queue_unit() as (tx, main):
+        assert queue.recover(tx, utcnow(), main=main) == len(jobs)
     assert flying(db, hook) == []
     recovered = {job.delivery_id: delivery(db, job.delivery_id) for job in jobs}
     for found in recovered.values():
