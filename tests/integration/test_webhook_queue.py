@@ -8,6 +8,7 @@ sent. Both databases, the real schema, no worker running."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -234,3 +235,42 @@ def test_an_endpoint_deleted_while_its_first_attempt_flies_gets_no_row(
     finished = record(db, jobs, OK, [jobs[0].flight or ""])
     assert finished.statuses == [None] * len(jobs)
     assert delivery_count(db, hook) == 0 and flying(db, hook) == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_on_sqlite_a_queue_write_holds_neither_the_payments_lock_nor_their_snapshot(
+    api: Api, db: Database
+) -> None:
+    """The queue's tables have a file and a write lock of their own: while a pass's write is
+    open (its reads of the endpoints and events made), a payment commits, and a RESTART
+    checkpoint of the database, which waits for every reader of an old snapshot, completes
+    at once; the reverse holds for the payments' writer and the queue's file."""
+    paid_shop(api)
+    path = db.queue_file
+    assert path is not None and path.exists()
+    main_file = str(db.url).removeprefix("sqlite:///")
+    with db.raw_queue_unit() as (tx, main):
+        assert main.all("SELECT id FROM webhook_endpoint")
+        tx.run("INSERT INTO webhook_cursor (webhook_id, seq) VALUES ('whk_probe', 0)")
+        payer, payee = api.user(funds=500), api.user()
+        agent = api.user()
+        code = api.code(agent, api.agency(payee, agent)["id"], kind="static")
+        paid = api.post("/payments", payer, json={"code": code["token"], "amount": 100})
+        assert paid.status_code == 201, paid.text
+        checkpoint = sqlite3.connect(main_file, timeout=0)
+        try:
+            busy, _log, _done = checkpoint.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        finally:
+            checkpoint.close()
+        assert busy == 0
+    with db.raw_write() as writer:
+        writer.one("SELECT COUNT(*) FROM account")
+        other = sqlite3.connect(str(path), timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("DELETE FROM webhook_cursor WHERE webhook_id = 'whk_probe'")
+            other.execute("COMMIT")
+            busy, _log, _done = other.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        finally:
+            other.close()
+        assert busy == 0
