@@ -97,4 +97,4 @@ bench: install
 	$(PY) -m loadtests.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) paycode.db paycode.db-wal paycode.db-shm
+	rm -rf $(VENV) paycode.db paycode.db-wal paycode.db-shm paycode.webhooks.db paycode.webhooks.db-wal paycode.webhooks.db-shm
