@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,32 @@ from loadtests.sales import Floor, offered, saturate
 from loadtests.stats import summarize
 
 EVERY_TYPE = ("payment.succeeded", "code.paid")
+BURN_PERIOD = 0.01
+# A busy loop for a share of every BURN_PERIOD: CPU used on the harness's cores, no more.
+_BURN = (
+    "import sys, time\n"
+    "busy = float(sys.argv[1])\n"
+    "while True:\n"
+    "    began = time.perf_counter()\n"
+    "    while time.perf_counter() - began < busy:\n"
+    "        pass\n"
+    f"    time.sleep(max(0.0, {BURN_PERIOD} - busy))\n"
+)
+
+
+@contextlib.contextmanager
+def other_cores_busy(share_of_a_core: float) -> Iterator[None]:
+    """A process on the harness's cores (never the server's, with ``--pin``) that keeps one
+    of them busy ``share_of_a_core`` of the time: the CPU the sender and the receiver used,
+    without them, to tell what the machine loses to a busy neighbour core from what webhooks
+    cost the server."""
+    busy = min(1.0, share_of_a_core) * BURN_PERIOD
+    burner = subprocess.Popen([sys.executable, "-c", _BURN, str(busy)])
+    try:
+        yield
+    finally:
+        burner.kill()
+        burner.wait()
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -194,6 +221,40 @@ async def saturation(
     return result
 
 
+async def neighbour_phases(
+    floor: Floor,
+    server: servers.Server,
+    sink: subprocess.Popen[bytes],
+    sender: int | None,
+    phases: list[dict[str, Any]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Saturation without webhooks, quiet and with the other cores kept as busy as the
+    sender and the receiver kept them in the "on" phases (interleaved): the machine's own
+    floor of the ratio on/off."""
+    on = [p for p in phases if p["webhooks"]]
+    machine_share = sum(
+        p.get("sink_cpu_share", 0.0) + p.get("webhooks_process_cpu_share", 0.0) for p in on
+    ) / len(on)
+    share_of_a_core = machine_share * (os.cpu_count() or 1)
+    rows: list[dict[str, Any]] = []
+    for round_ in range(args.rounds):
+        for busy in (True, False) if round_ % 2 == 0 else (False, True):
+            with other_cores_busy(share_of_a_core) if busy else contextlib.nullcontext():
+                result = await saturation(floor, server, sink, sender, args)
+            rows.append({"round": round_, "other_cores_busy": busy, **result})
+
+    def mean(busy: bool) -> float:
+        chosen = [r["payments_per_s"] for r in rows if r["other_cores_busy"] == busy]
+        return sum(chosen) / len(chosen)
+
+    return {
+        "busy_share_of_a_core": round(share_of_a_core, 3),
+        "phases": rows,
+        "ratio_payments_per_s_busy_over_quiet": round(mean(True) / mean(False), 3),
+    }
+
+
 def start_sender(database_url: str, logs: Path) -> subprocess.Popen[bytes]:
     with (logs / "webhooks-process.log").open("wb") as out:
         return subprocess.Popen(
@@ -281,6 +342,7 @@ async def _run(
     sender_pid = sender_child(server) if mode == "process" else sender.pid if sender else None
     base = f"http://127.0.0.1:{server.port}"
     phases: list[dict[str, Any]] = []
+    loaded: dict[str, Any] | None = None
     profile = None
     try:
         async with shop_floor(server, args.counters) as floor:
@@ -298,6 +360,9 @@ async def _run(
                         result["drain_seconds"] = await drain(sink)
                     result["deliveries_received"] = len(sink_stats(sink))
                     phases.append({"round": round_, "webhooks": on, **result})
+            if args.other_cores_load:
+                await switch(base, the_shop, hooks, False)
+                loaded = await neighbour_phases(floor, server, sink_proc, sender_pid, phases, args)
             if args.profile and mode == "server":
                 await switch(base, the_shop, hooks, True)
                 out = logs / "profile-webhooks.txt"
@@ -355,6 +420,7 @@ async def _run(
         ],
         "half_saturation": half,
         "profile_with_webhooks": profile,
+        "other_cores_load_without_webhooks": loaded,
         "ratio_payments_per_s_on_over_off": round(
             mean(on, "payments_per_s") / mean(off, "payments_per_s"), 3
         ),
@@ -401,6 +467,12 @@ def main() -> None:
         help="the server alone on CPU 0; this load generator, the receiver and a separate"
         " sender on the other CPUs (one server process only)",
     )
+    parser.add_argument(
+        "--other-cores-load",
+        action="store_true",
+        help="then, without webhooks, saturation with the other cores kept as busy as the"
+        " sender and the receiver kept them, against quiet: the machine's floor of the ratio",
+    )
     parser.add_argument("--out", default="docs/bench/webhooks.json")
     args = parser.parse_args()
     if args.pin:
@@ -433,6 +505,17 @@ def main() -> None:
                 f"{'on ' if phase['webhooks'] else 'off'} {phase['completed']} payments, "
                 f"{phase['server_cpu_ms_per_payment']} ms server CPU/payment "
                 f"(deliveries drained inside), {phase['deliveries_received']} deliveries"
+            )
+        loaded = run_["other_cores_load_without_webhooks"]
+        if loaded is not None:
+            print(
+                f"  without webhooks, other cores {loaded['busy_share_of_a_core']} of a core busy"
+                f" / quiet: {loaded['ratio_payments_per_s_busy_over_quiet']} ("
+                + ", ".join(
+                    f"{'busy' if r['other_cores_busy'] else 'quiet'} {r['payments_per_s']}"
+                    for r in loaded["phases"]
+                )
+                + ")"
             )
         half = run_["half_saturation"]
         print(
