@@ -25,6 +25,10 @@ share the server's cores) and puts the generator, the receiver and a sender proc
 others, so that the ratio measures what webhooks cost the server itself. After each "on"
 phase the harness waits for every delivery owed to arrive and reports how long that drain
 took: a rate the worker could not keep up with would show there, not in payments/s.
+
+``--other-cores-load`` then measures the machine's own floor of that ratio: saturation
+without webhooks, quiet and with the harness's cores kept as busy (CPU only) as the sender
+and the receiver kept them, interleaved.
 """
 
 from __future__ import annotations
