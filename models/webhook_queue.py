@@ -121,7 +121,7 @@ def any_enabled(tx: Tx) -> bool:
 
 def any_behind(tx: Tx) -> bool:
     """Whether any enabled endpoint has outbox events not yet turned into deliveries: a read,
-    so that an idle pass never takes SQLite's single write lock."""
+    so that an idle pass never takes the queue file's write lock on SQLite."""
     return tx.one(_BEHIND) is not None
 
 
@@ -718,7 +718,8 @@ def note_failures(
         _ENABLED_AT.format(marks=_marks(ids)), ids
     ):
         since = tx.read_moment(failing_since.get(webhook_id))
-        if since is None or since < aware(tx.read_moment(enabled_at) or since):
+        # Enabled again since it began to fail: that clock is void (read_moment is aware).
+        if since is None or since < (tx.read_moment(enabled_at) or since):
             starts.append((webhook_id, tx.moment(now)))
         elif enabled and now - since >= disable_after:
             overdue[webhook_id] = since

@@ -10,8 +10,8 @@ process afterwards.
 The queue's tables (``QUEUE_TABLES``) are written by the delivery workers several times a
 payment; on SQLite they live in a database file of their own, with a write lock of their own
 (models/db.py), so a foreign key cannot reach the endpoint from them: an endpoint's rows go
-with it when it is deleted (models/webhook_endpoints.py), and every read of the queue joins
-the endpoints it needs.
+after it when it is deleted (models/webhook_endpoints.py), and the queue's writes read the
+endpoints they need through a reader of the database (models/webhook_queue.py).
 
 Attempts are claimed with a lease (``lease_token``, ``lease_until``) so that, with any number
 of processes on one database, one attempt of a delivery is in flight at a time: a process that
@@ -113,7 +113,8 @@ QUEUE_TABLES = ("webhook_cursor", "webhook_delivery", "webhook_flight")
 
 
 class WebhookCursor(SQLModel, table=True):
-    """The queue's own state of an endpoint: written by the delivery workers only."""
+    """The queue's own state of an endpoint: written by the delivery workers, deleted with
+    its endpoint."""
 
     __tablename__ = "webhook_cursor"
 

@@ -281,9 +281,9 @@ class WebhookWorker:
         look: bool,
     ) -> tuple[list[queue.Job], queue.Finished, bool]:
         """Everything a pass writes, in one unit. On SQLite its rows and bodies are made by a
-        read before it, outside the write lock, which the payments wait for. With nothing
-        to record and no commit of this process to fan out, a read decides first whether
-        there is work at all, so an idle pass never takes SQLite's single write lock."""
+        read before it, outside the queue file's write lock. With nothing to record and no
+        commit of this process to fan out, a read decides first whether there is work at
+        all, so an idle pass never takes that lock."""
         now = utcnow()
         if look and not done and not await self._any_work(now, slots, room):
             return [], queue.Finished([], []), False
