@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import make_url
 
-from models.checkpoint import RESTART_FRAMES
+from models.checkpoint import INSIST, RESTART_FRAMES
 from models.db import Database
 from tests.services import SqliteFactory
 
@@ -54,6 +54,54 @@ def test_the_process_thread_checkpoints_and_its_connections_never_do(
     finally:
         db.dispose()
     assert not db.checkpointer._thread.is_alive()
+
+
+def test_a_restart_that_meets_a_reader_gives_the_write_lock_back(
+    sqlite_factory: SqliteFactory,
+) -> None:
+    """A reader's open snapshot keeps the log from starting afresh. The RESTART that finds it
+    must let the writers on at once, not sleep in SQLite's busy handler holding their lock
+    until the reader leaves; once it has, the log starts afresh."""
+    url = sqlite_factory.create()
+    path = make_url(url).database
+    assert path is not None
+    db = Database(url, own_checkpoints=True)
+    # The database's first connection turns the log on.
+    with db.raw_read() as tx:
+        assert tx.one("PRAGMA journal_mode") == ("wal",)
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert db.checkpointer is not None
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM login_failure").fetchone()
+        slowest_begin = 0.0
+        start = 0
+        # Past the threshold, short of the point where the checkpointer insists.
+        while _wal_pages(path) < 3 * RESTART_FRAMES:
+            began = time.monotonic()
+            with db.raw_write() as tx:
+                slowest_begin = max(slowest_begin, time.monotonic() - began)
+                tx.run_many(
+                    "INSERT INTO login_failure (id, handle, client, created_at)"
+                    " VALUES (?, ?, ?, CURRENT_TIMESTAMP)",
+                    [(f"lf_{i:08d}", "h" * 99, "c" * 99) for i in range(start, start + 100)],
+                )
+            start += 100
+            time.sleep(0.01)
+        assert _wal_pages(path) < INSIST * RESTART_FRAMES
+        # A RESTART waiting for the reader would hold the lock for its busy timeout (5 s).
+        assert slowest_begin < 1.0
+        restarts = db.checkpointer.restarts
+        reader.execute("COMMIT")
+        deadline = time.monotonic() + 10
+        while db.checkpointer.restarts == restarts and time.monotonic() < deadline:
+            with db.raw_write() as tx:
+                tx.run("DELETE FROM login_failure WHERE id = ?", (f"lf_{start:08d}",))
+            time.sleep(0.05)
+        assert db.checkpointer.restarts > restarts
+    finally:
+        reader.close()
+        db.dispose()
 
 
 def test_a_short_command_keeps_sqlites_own_checkpoint(sqlite_factory: SqliteFactory) -> None:
