@@ -83,6 +83,11 @@ async def _serve(settings: Settings, parent_pid: int | None, nudge_socket: str |
             listener.close()
         await worker.stop()
         db.dispose()
+    if parent_pid is not None and nudge_socket is not None and not stop.is_set():
+        # Orphaned: the server that made the socket's directory for this process died
+        # without removing it (SIGKILL), so it is this process's to remove. Only if empty.
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(nudge_socket))
 
 
 def run(

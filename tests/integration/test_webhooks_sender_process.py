@@ -160,7 +160,7 @@ def test_the_sender_does_not_outlive_its_server(
 ) -> None:
     """Stopped in order (SIGTERM) the server stops its sender before it exits, and removes
     the sender's socket directory; killed (SIGKILL), it leaves a sender that notices its
-    parent is gone and exits by itself."""
+    parent is gone and exits by itself, removing the directory its server made for it."""
     server = ServeProcess(sqlite_factory.create(), "memory://", ADMIN_TOKEN, ENV).start()
     assert server.process is not None
     try:
@@ -174,6 +174,7 @@ def test_the_sender_does_not_outlive_its_server(
             assert gone(sender)
             assert not nudge_dir.exists()
         until(lambda: gone(sender), 10, "the sender gone with its server")
+        assert not nudge_dir.exists()
     finally:
         server.stop()
 
