@@ -5,9 +5,9 @@ own event loop took a quarter of its saturated payments/s; the same deliveries s
 process of their own, on another core, about half that (docs/BENCHMARKS.md). So by default
 ``paycode serve`` starts that process itself (``PAYCODE_WEBHOOK_WORKER=process``), tells its
 workers not to send, starts the sender again if it dies, and stops it when the server stops.
-A sender whose server died without a word (SIGKILL) sees its parent gone and exits. The
-server's workers tell it of their commits (app/webhooks/nudge.py), so that deliveries leave
-as soon as from the server's own loop.
+A sender whose server died without a word (SIGKILL) sees its parent gone and exits, removing
+the socket's directory the server could not. The server's workers tell it of their commits
+(app/webhooks/nudge.py), so that deliveries leave as soon as from the server's own loop.
 
 With one worker the server has no metrics directory to share; the sender serves its metrics on
 a loopback port the server knows (``SENDER_METRICS_ENV``), and the server's ``/metrics``
