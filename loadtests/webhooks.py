@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,23 +90,26 @@ def other_cores_busy(share_of_a_core: float, *, behind: bool) -> Iterator[None]:
         burner.wait()
 
 
-def pin(pid: int, cpus: set[int]) -> None:
-    """Every thread of ``pid`` onto ``cpus`` (Linux: an affinity is per thread, and a new
-    thread inherits its creator's)."""
+def each_thread(pid: int, apply: Callable[[int], None]) -> None:
+    """``apply`` to every thread id of ``pid`` (Linux keeps an affinity and a niceness per
+    thread, and a new thread inherits its creator's); a thread gone meanwhile is skipped."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(int(task.name), cpus)
+            apply(int(task.name))
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus``."""
+    each_thread(pid, lambda thread: os.sched_setaffinity(thread, cpus))
 
 
 def behind_the_generator(pid: int) -> None:
-    """Every thread of ``pid`` (a niceness, too, is per thread) runs behind this load generator
-    on the cores they share. The generator stands for tills on devices of their own; level
-    with the sender and the receiver on one core, it fell behind them and the pinned server
-    waited for it: its core 88–90 % busy with webhooks on against 95–97 % off, its event loop
-    in ``epoll_wait`` in 27 % of py-spy's samples. The ratio measured the generator."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(ProcessLookupError):
-            os.setpriority(os.PRIO_PROCESS, int(task.name), BEHIND_THE_GENERATOR)
+    """Every thread of ``pid`` runs behind this load generator on the cores they share. The
+    generator stands for tills on devices of their own; level with the sender and the
+    receiver on one core, it fell behind them and the pinned server waited for it: its core
+    88–90 % busy with webhooks on against 95–97 % off, its event loop in ``epoll_wait`` in
+    27 % of py-spy's samples. The ratio measured the generator."""
+    each_thread(pid, lambda thread: os.setpriority(os.PRIO_PROCESS, thread, BEHIND_THE_GENERATOR))
 
 
 def start_sink(logs: Path) -> tuple[subprocess.Popen[bytes], int]:

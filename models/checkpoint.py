@@ -75,17 +75,18 @@ class Checkpointer:
                 try:
                     _, frames, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self.checkpoints += 1
-                    if frames > self.restart_frames:
-                        self._restart(connection, insist=frames > self.restart_frames * INSIST)
+                    insist = frames > self.restart_frames * INSIST
+                    if frames > self.restart_frames and self._restart(connection, insist=insist):
+                        self.restarts += 1
                 except sqlite3.Error as exc:
                     # Another process's checkpoint, a locked file: the next tick tries again.
                     log.debug("wal checkpoint skipped: %s", exc)
         finally:
             connection.close()
 
-    def _restart(self, connection: sqlite3.Connection, *, insist: bool) -> None:
-        """Start the log afresh, keeping the writer out as briefly as can be (see above):
-        ``insist`` once the log has grown past patience."""
+    def _restart(self, connection: sqlite3.Connection, *, insist: bool) -> bool:
+        """Whether the log was started afresh, keeping the writer out as briefly as can be
+        (see above): ``insist`` once the log has grown past patience."""
         connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if insist:
             connection.execute(f"PRAGMA busy_timeout={INSIST_TIMEOUT_MS}")
@@ -93,15 +94,11 @@ class Checkpointer:
                 busy, _, _ = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             finally:
                 connection.execute("PRAGMA busy_timeout=0")
-            if not busy:
-                self.restarts += 1
-            return
+            return not busy
         deadline = time.monotonic() + RESTART_PATIENCE
         while not self._stop.is_set():
             busy, _, _ = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-            if not busy:
-                self.restarts += 1
-                return
-            if time.monotonic() > deadline:
-                return
+            if not busy or time.monotonic() > deadline:
+                return not busy
             time.sleep(RESTART_STEP)
+        return False

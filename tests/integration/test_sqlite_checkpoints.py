@@ -24,6 +24,15 @@ def _wal_pages(path: str) -> int:
     return wal.stat().st_size // 4096 if wal.exists() else 0
 
 
+def _insert_rows(db: Database, start: int, count: int) -> None:
+    with db.raw_write() as tx:
+        tx.run_many(
+            "INSERT INTO login_failure (id, handle, client, created_at)"
+            " VALUES (?, ?, ?, CURRENT_TIMESTAMP)",
+            [(f"lf_{i:08d}", "h" * 99, "c" * 99) for i in range(start, start + count)],
+        )
+
+
 def test_the_process_thread_checkpoints_and_its_connections_never_do(
     sqlite_factory: SqliteFactory,
 ) -> None:
@@ -38,12 +47,7 @@ def test_the_process_thread_checkpoints_and_its_connections_never_do(
         # Far more pages than the log may hold before the checkpointer insists on starting
         # it afresh, written over many of the thread's intervals.
         for start in range(0, ROWS, BATCH):
-            with db.raw_write() as tx:
-                tx.run_many(
-                    "INSERT INTO login_failure (id, handle, client, created_at)"
-                    " VALUES (?, ?, ?, CURRENT_TIMESTAMP)",
-                    [(f"lf_{i:08d}", "h" * 99, "c" * 99) for i in range(start, start + BATCH)],
-                )
+            _insert_rows(db, start, BATCH)
             time.sleep(0.01)
         # The log was copied back and started afresh as it went, though commits never paused
         # for a passive checkpoint to finish: it never held more than the point where the
@@ -82,13 +86,8 @@ def test_a_restart_that_meets_a_reader_gives_the_write_lock_back(
         # Past the threshold, short of the point where the checkpointer insists.
         while _wal_pages(path) < 3 * RESTART_FRAMES:
             began = time.monotonic()
-            with db.raw_write() as tx:
-                slowest_begin = max(slowest_begin, time.monotonic() - began)
-                tx.run_many(
-                    "INSERT INTO login_failure (id, handle, client, created_at)"
-                    " VALUES (?, ?, ?, CURRENT_TIMESTAMP)",
-                    [(f"lf_{i:08d}", "h" * 99, "c" * 99) for i in range(start, start + 100)],
-                )
+            _insert_rows(db, start, 100)
+            slowest_begin = max(slowest_begin, time.monotonic() - began)
             start += 100
             time.sleep(0.01)
         assert _wal_pages(path) < INSIST * RESTART_FRAMES
