@@ -217,6 +217,18 @@ async def bare_sale(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     return ceilings.sale_ceiling(saturation, args.counters, faults)
 
 
+async def bare_mall(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    """The many-shops floor's framework floor: the same shops, devices, warm-up, saturation
+    and offered rates as a paycode config's ``mall_phase``, against ``loadtests/bare_shop.py``.
+    What it cannot exceed on this machine is what no payment path can (bars 1–2 of the
+    100-shop floor are judged against it)."""
+    server = servers.start_bare_shop(logs)
+    try:
+        return await mall_phase(server, args)
+    finally:
+        server.stop()
+
+
 async def measure_ceilings(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     found: dict[str, Any] = {}
     base = servers.start_baseline(logs)
@@ -232,6 +244,8 @@ async def measure_ceilings(args: argparse.Namespace, logs: Path) -> dict[str, An
     finally:
         base.stop()
     found["sale"] = await bare_sale(args, logs)
+    if args.shops:
+        found["mall"] = await bare_mall(args, logs)
     if found["http"]["rate"]:
         found["sale"]["share_of_http"] = round(found["sale"]["rate"] / found["http"]["rate"], 4)
     found["sqlite"] = await asyncio.to_thread(ceilings.sqlite_ceiling, args.seconds)
@@ -273,6 +287,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     say("done")
     results["bars"] = report.bars(results)
     results["bare_sale_shares"] = report.sale_shares(results)
+    results["bare_mall_shares"] = report.mall_shares(results)
     return results
 
 

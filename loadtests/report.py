@@ -56,6 +56,58 @@ def sale_shares(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def mall_shares(results: dict[str, Any]) -> dict[str, Any]:
+    """Each configuration's many-shops saturation against the bare floor's on the same shops,
+    by rate and by server CPU: how far the payment path is from the framework's own cost."""
+    bare = results["ceilings"].get("mall")
+    if not bare or not bare["saturation"]["payments_per_s"]:
+        return {}
+    floor = bare["saturation"]
+    floor_cpu = floor.get("server_cpu_ms_per_payment")
+    out: dict[str, Any] = {
+        "shops": bare["shops"],
+        "bare_mall_per_s": floor["payments_per_s"],
+        "bare_mall_cpu_ms_per_payment": floor_cpu,
+    }
+    for c in results["configs"]:
+        if not c.get("mall"):
+            continue
+        sat = c["mall"]["saturation"]
+        paycode_cpu = sat.get("server_cpu_ms_per_payment")
+        out[c["name"]] = {
+            "of_bare_mall": round(sat["payments_per_s"] / floor["payments_per_s"], 4),
+            "of_bare_mall_by_cpu": round(floor_cpu / paycode_cpu, 4)
+            if floor_cpu and paycode_cpu
+            else None,
+        }
+    return out
+
+
+def _mall_share_notes(results: dict[str, Any]) -> list[str]:
+    shares = results.get("bare_mall_shares") or mall_shares(results)
+    if not shares:
+        return []
+    lines = [
+        "",
+        f"Bare {shares['shops']}-shop floor (the framework's cost of a payment by static code "
+        f"and its frames to every device, no product logic): {shares['bare_mall_per_s']}/s at "
+        f"{shares['bare_mall_cpu_ms_per_payment']} ms of server CPU per payment.",
+    ]
+    for c in results["configs"]:
+        mine = shares.get(c["name"])
+        if not mine:
+            continue
+        by_cpu = mine.get("of_bare_mall_by_cpu")
+        rate = c["mall"]["saturation"]["payments_per_s"]
+        lines.append(
+            f"paycode {c['name']}, {shares['shops']} shops: {rate}/s = "
+            f"**{mine['of_bare_mall']:.1%} of the bare floor**"
+            + (f" (by server CPU: {by_cpu:.1%})" if by_cpu else "")
+            + "."
+        )
+    return lines
+
+
 def _share_notes(results: dict[str, Any]) -> list[str]:
     shares = results.get("bare_sale_shares") or sale_shares(results)
     if not shares:
@@ -336,61 +388,69 @@ def markdown(results: dict[str, Any]) -> str:
             _row([bar["bar"], bar["target"], bar["measured"], "yes" if bar["met"] else "**no**"])
         )
     lines += _share_notes(results)
+    lines += _mall_share_notes(results)
     return "\n".join(lines) + "\n"
 
 
 def _mall_lines(results: dict[str, Any]) -> list[str]:
-    """The many-shops floor: payments by static code at fixed offered rates, open loop."""
+    """The many-shops floor: payments by static code at fixed offered rates, open loop; the
+    bare floor first, when the run measured it."""
     lines: list[str] = []
+    bare = results["ceilings"].get("mall")
+    if bare:
+        lines += _mall_table(bare, "the bare floor (`loadtests/bare_shop.py`, no product logic)")
     for c in results["configs"]:
-        mall = c.get("mall")
-        if not mall:
-            continue
-        sat = mall["saturation"]
-        lines += [
-            "",
-            f"### {mall['shops']} shops, {c['name']}: payer, payee and agent on "
-            f"{mall['devices_per_account']} devices each (latency: POST written → the frame on "
-            "every one of their devices)",
-            "",
+        if c.get("mall"):
+            lines += _mall_table(c["mall"], c["name"])
+    return lines
+
+
+def _mall_table(mall: dict[str, Any], name: str) -> list[str]:
+    sat = mall["saturation"]
+    lines = [
+        "",
+        f"### {mall['shops']} shops, {name}: payer, payee and agent on "
+        f"{mall['devices_per_account']} devices each (latency: POST written → the frame on "
+        "every one of their devices)",
+        "",
+        _row(
+            [
+                "offered/s",
+                "completed/s",
+                "p50 / p99 / p99.9 ms",
+                "payment POST p99 ms",
+                "503 (slowest answer ms)",
+                "missing",
+                "server CPU ms/payment",
+                "generator's loop late p99 ms",
+                "load avg",
+            ]
+        ),
+        _row(["---"] * 9),
+    ]
+    for r in [*mall["rates"], {**sat, "offered_rate": "saturation"}]:
+        conf = r["confirmation_every_device"]
+        generator_lag = r.get("generator_lag") or {}
+        lines.append(
             _row(
                 [
-                    "offered/s",
-                    "completed/s",
-                    "p50 / p99 / p99.9 ms",
-                    "payment POST p99 ms",
-                    "503 (slowest answer ms)",
-                    "missing",
-                    "server CPU ms/payment",
-                    "generator's loop late p99 ms",
-                    "load avg",
+                    r["offered_rate"],
+                    r["payments_per_s"],
+                    f"{conf['p50_ms']} / {conf['p99_ms']} / {conf['p999_ms']}",
+                    r["payment_http"]["p99_ms"],
+                    f"{r['refused']} ({r['refused_http']['max_ms']})",
+                    r["missing_confirmations"],
+                    r.get("server_cpu_ms_per_payment"),
+                    generator_lag.get("p99_ms"),
+                    r.get("load_average"),
                 ]
-            ),
-            _row(["---"] * 9),
-        ]
-        for r in [*mall["rates"], {**sat, "offered_rate": "saturation"}]:
-            conf = r["confirmation_every_device"]
-            generator_lag = r.get("generator_lag") or {}
-            lines.append(
-                _row(
-                    [
-                        r["offered_rate"],
-                        r["payments_per_s"],
-                        f"{conf['p50_ms']} / {conf['p99_ms']} / {conf['p999_ms']}",
-                        r["payment_http"]["p99_ms"],
-                        f"{r['refused']} ({r['refused_http']['max_ms']})",
-                        r["missing_confirmations"],
-                        r.get("server_cpu_ms_per_payment"),
-                        generator_lag.get("p99_ms"),
-                        r.get("load_average"),
-                    ]
-                )
             )
-        faults = mall["seq_faults"]
-        lines.append(
-            f"\nseq gaps {faults['gaps']}, duplicates {faults['duplicates']}, "
-            f"reconnects {faults['reconnects']}."
         )
+    faults = mall["seq_faults"]
+    lines.append(
+        f"\nseq gaps {faults['gaps']}, duplicates {faults['duplicates']}, "
+        f"reconnects {faults['reconnects']}."
+    )
     return lines
 
 

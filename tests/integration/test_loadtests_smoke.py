@@ -79,6 +79,18 @@ def test_bench_quick_writes_complete_sane_results(tmp_path: Path) -> None:
         assert set(phase["errors"]) == set()
     assert mall["seq_faults"] == {"gaps": 0, "duplicates": 0, "reconnects": 0}
 
+    # The same shops against the bare shop: its floor, and paycode's share of it.
+    bare_mall = results["ceilings"]["mall"]
+    assert bare_mall["shops"] == 4 and bare_mall["saturation"]["completed"] > 0
+    assert [r["offered_rate"] for r in bare_mall["rates"]] == [20.0]
+    for phase in [bare_mall["saturation"], *bare_mall["rates"]]:
+        assert phase["missing_confirmations"] == 0 and phase["errors"] == {}
+    assert bare_mall["seq_faults"] == {"gaps": 0, "duplicates": 0, "reconnects": 0}
+    mall_shares = results["bare_mall_shares"]
+    assert mall_shares["bare_mall_per_s"] == bare_mall["saturation"]["payments_per_s"]
+    expected = mall["saturation"]["payments_per_s"] / bare_mall["saturation"]["payments_per_s"]
+    assert mall_shares["sqlite-memory"]["of_bare_mall"] == round(expected, 4)
+
     shares = results["bare_sale_shares"]
     assert shares["bare_sale_of_bare_post"] == sale["share_of_http"]
     assert shares["sqlite-memory"]["of_bare_sale"] > 0
@@ -93,6 +105,7 @@ def test_bench_quick_writes_complete_sane_results(tmp_path: Path) -> None:
     assert "### The bars" in table
     assert "### 4 shops, sqlite-memory" in table
     assert "| bare sale (ceiling) |" in table and "of the bare sale" in table
+    assert "### 4 shops, the bare floor" in table and "of the bare floor" in table
     for plot in ("latency.png", "throughput.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
