@@ -188,11 +188,11 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 async def in_writer(group: GroupWriter, work: Callable[[Tx], T]) -> T:
-    """``work(tx)`` in the next batch of SQLite's group commit, awaited from the event loop
-    itself: the writer thread settles the future, so the request takes no worker thread and
-    no second hop (a thread waiting on the writer would cost both)."""
+    """``work(tx)`` in the next batch of SQLite's group commit, written by the event loop
+    itself at its next turn (models/group.py): the request takes no worker thread and no
+    hop to the writer thread unless another connection holds the write lock."""
     try:
-        return await asyncio.wrap_future(group.submit(work))
+        return await group.submit_here(work)
     except DataError as exc:
         raise _refused_value(exc) from exc
 

@@ -179,10 +179,12 @@ class Database:
             own_checkpoints = own_checkpoints and not _in_memory(self.url)
             timeout = pool_timeout or 60
             queue = None if self.queue_file is None else (self.queue_file, QUEUE_SCHEMA)
+            # Two writer connections: one held by the group commit, one for every other write
+            # (SQLite's lock orders them).
             self.writer = _sqlite_engine(
                 self.url,
                 immediate=True,
-                pool_size=1,
+                pool_size=2,
                 pool_timeout=timeout,
                 autocheckpoint=not own_checkpoints,
             )

@@ -5,7 +5,7 @@ count failures over 15 minutes; past that nothing reads those rows again. A webh
 that is over (succeeded, or failed after its last retry) stays 30 days for the shop to look
 back on, then goes too; a pending one is never removed. A pass deletes them
 in small batches, each its own short transaction, so a payment never waits behind a long
-delete (on SQLite the payment and the batch share the one writer connection in turn; the
+delete (on SQLite the payments and the batch take the write lock in turn; the
 deliveries' batches take the queue's own file's, models/db.py). Only
 rows older than their window are touched: a retry within 24 hours still replays.
 
@@ -111,7 +111,7 @@ def purge(
     batches of one table, which lets the payments' transactions through."""
     moment = now or utcnow()
     if db.is_sqlite:
-        # One writer connection for the whole database: taken per batch, never held.
+        # A writer connection taken per batch, never held: the payments take the lock between.
         return _drain(db.writer.connect, db.queue_writer.connect, moment, batch, pause)
     with db.writer.connect() as held:
         locked = held.execute(

@@ -51,7 +51,7 @@ def _cached_signer(state: AppState) -> receipts.Signer | None:
 
 def _signer(state: AppState) -> receipts.Signer:
     """The cached signer; past its TTL it is read again in a transaction of its own, before the
-    payment's (SQLite has one writer connection, which the payment is about to take)."""
+    payment's (on SQLite that transaction may not run inside the group commit's batch)."""
     cached = _cached_signer(state)
     if cached is not None:
         return cached

@@ -1,9 +1,12 @@
 """SQLite's group commit: units that arrive while a batch commits go together in the next
 one, each in its own savepoint, so a unit that fails rolls back alone and the others commit;
-and a payment refused inside a batch leaves the other payments of the batch paid."""
+units from the event loop are written by the loop itself, which never waits for the write
+lock; and a payment refused inside a batch leaves the other payments of the batch paid."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -103,6 +106,91 @@ def test_a_unit_cancelled_while_it_waits_is_skipped_and_the_writer_goes_on(
             rows = tx.all("SELECT id FROM lookup_failure ORDER BY id")
         assert rows == [("after",), ("kept",)]
     finally:
+        db.dispose()
+
+
+def _written_ids(db: Database) -> list[str]:
+    with db.raw_read() as tx:
+        return [row[0] for row in tx.all("SELECT id FROM lookup_failure ORDER BY id")]
+
+
+def test_units_from_the_event_loop_are_one_batch_written_by_the_loop(
+    sqlite_factory: SqliteFactory,
+) -> None:
+    """Units submitted in one turn of the loop run at its next turn, in one transaction and on
+    the loop's own thread; the failing one rolls back alone, and one cancelled before that
+    turn never runs."""
+    db = Database(sqlite_factory.create())
+    group = db.group
+    assert group is not None
+    threads: list[int] = []
+
+    def noting(name: str) -> Any:
+        work = _insert(name)
+
+        def unit(tx: Tx) -> str:
+            threads.append(threading.get_ident())
+            return work(tx)  # type: ignore[no-any-return]
+
+        return unit
+
+    async def scenario() -> list[Any]:
+        # The group's first unit opens its connection (in the writer thread).
+        assert await group.submit_here(_insert("first")) == "first"
+        units = [group.submit_here(noting(n)) for n in ("ok1", "bad", "cancelled", "ok2")]
+        units[2].cancel()
+        return await asyncio.gather(*units, return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(scenario())
+        assert outcomes[0] == "ok1" and outcomes[3] == "ok2"
+        assert isinstance(outcomes[1], ValueError)
+        assert isinstance(outcomes[2], asyncio.CancelledError)
+        assert group.batches == 2 and group.units == 4 and group.handed_over == 1
+        assert threads == [threading.get_ident()] * 3
+        assert _written_ids(db) == ["first", "ok1", "ok2"]
+    finally:
+        db.dispose()
+
+
+def test_the_loop_never_waits_for_a_write_lock_another_connection_holds(
+    sqlite_factory: SqliteFactory,
+) -> None:
+    """While another connection (another process, the CLI) holds SQLite's write lock, a unit
+    from the loop goes to the writer thread, which waits for the lock; the loop keeps turning
+    meanwhile, and the unit commits once the lock is free."""
+    url = sqlite_factory.create()
+    db = Database(url)
+    group = db.group
+    assert group is not None
+    other = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    held_for = 0.5
+
+    async def scenario() -> tuple[str, float]:
+        loop = asyncio.get_running_loop()
+        # The group's first unit opens its connection (in the writer thread).
+        assert await group.submit_here(_insert("first")) == "first"
+        other.execute("BEGIN IMMEDIATE")
+        loop.call_later(held_for, other.execute, "COMMIT")
+        unit = group.submit_here(_insert("waited"))
+        longest_gap, last = 0.0, time.monotonic()
+        while not unit.done():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            longest_gap, last = max(longest_gap, now - last), now
+        return await unit, longest_gap
+
+    try:
+        started = time.monotonic()
+        outcome, longest_gap = asyncio.run(scenario())
+        assert outcome == "waited"
+        assert time.monotonic() - started >= held_for
+        assert group.handed_over == 2
+        # Blocked in BEGIN IMMEDIATE, the loop would have missed every tick until the release.
+        assert longest_gap < held_for / 2
+        assert _written_ids(db) == ["first", "waited"]
+    finally:
+        other.close()
         db.dispose()
 
 

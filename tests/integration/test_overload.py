@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
@@ -27,13 +27,15 @@ PAYMENTS = 24
 
 
 def test_an_exhausted_connection_pool_is_503(sqlite_factory: SqliteFactory) -> None:
-    """The SQLite writer pool has one connection; while it is held, a write waits out the
-    pool timeout and answers 503 unavailable."""
+    """While every connection of the SQLite writer pool is held, a write waits out the pool
+    timeout and answers 503 unavailable."""
     app = create_app(Settings(database_url=sqlite_factory.create()), migrate_schema=False)
     with TestClient(app) as client:
         writer = app.state.paycode.db.writer
         writer.pool._timeout = 0.2  # the production timeout is a minute; the test cannot wait
-        with writer.connect():
+        with ExitStack() as held:
+            for _ in range(writer.pool.size() - writer.pool.checkedout()):
+                held.enter_context(writer.connect())
             response = client.post(
                 "/api/v1/accounts",
                 json={"handle": "waiting", "display_name": "W", "password": "long enough"},
