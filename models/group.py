@@ -27,6 +27,7 @@ and it is held until ``close``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -63,6 +64,8 @@ class GroupWriter:
         self._writing = threading.Lock()
         self._proxy: PoolProxiedConnection | None = None
         self._pending: list[LoopUnit] = []
+        # The loop whose units are pending: the thread calls it back when it is done writing.
+        self._owner_loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.batches = 0
         self.units = 0
@@ -81,7 +84,7 @@ class GroupWriter:
     def submit_here(self, work: Callable[[Tx], T]) -> asyncio.Future[T]:
         """``work(tx)`` in the batch the running event loop writes at its next turn, with
         every other unit submitted before then; settled as ``submit``'s future is."""
-        loop = asyncio.get_running_loop()
+        loop = self._owner_loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
         self._pending.append((work, done))
         if len(self._pending) == 1:
@@ -119,27 +122,41 @@ class GroupWriter:
         # A unit whose awaiting task was cancelled before this turn is not run.
         batch = [unit for unit in self._pending if not unit[1].cancelled()]
         self._pending = []
-        for at in range(0, len(batch), self.max_batch):
-            part = batch[at : at + self.max_batch]
+        while batch:
+            part, batch = batch[: self.max_batch], batch[self.max_batch :]
             if self._closed:
                 _settle_all(part, RuntimeError("the database has been closed"))
-                continue
-            # Opening the connection can wait for a lock (its pragmas): the thread opens it.
-            if self._proxy is None or not self._writing.acquire(blocking=False):
+            elif self._proxy is None:
+                # Opening the connection can wait for a lock (its pragmas): the thread opens it.
                 self._hand_over(part)
-                continue
-            began = False
-            try:
-                began = _try_begin(self._connection())
-                if began:
-                    self._write(part)
-            except BaseException as exc:  # no transaction: every caller of the batch gets it
-                _settle_all(part, exc)
-                continue
-            finally:
-                self._writing.release()
-            if not began:
-                self._hand_over(part)
+            elif not self._writing.acquire(blocking=False):
+                # The writer thread is writing a batch handed over earlier. Handing this one
+                # over too would keep every batch in the thread once one went there; these
+                # wait on the loop instead, and the thread calls the loop when it is done.
+                self._pending = part + batch + self._pending
+                if self._writing.acquire(blocking=False):
+                    # It finished just now, maybe before it could see them waiting.
+                    self._writing.release()
+                    asyncio.get_running_loop().call_soon(self._write_pending)
+                return
+            else:
+                self._write_here(part)
+
+    def _write_here(self, batch: list[LoopUnit]) -> None:
+        """The batch on the loop, with ``_writing`` held; to the writer thread if another
+        connection holds SQLite's write lock."""
+        began = False
+        try:
+            began = _try_begin(self._connection())
+            if began:
+                self._write(batch)
+        except BaseException as exc:  # no transaction: every caller of the batch gets it
+            _settle_all(batch, exc)
+            return
+        finally:
+            self._writing.release()
+        if not began:
+            self._hand_over(batch)
 
     def _hand_over(self, batch: list[LoopUnit]) -> None:
         """The batch to the writer thread, which waits for the lock; each loop future follows
@@ -178,8 +195,12 @@ class GroupWriter:
                     sql.begin_immediate(self._connection())
                 except BaseException as exc:  # every caller of the batch gets it
                     _settle_all(batch, exc)
-                    continue
-                self._write(batch)
+                else:
+                    self._write(batch)
+            if self._pending and self._owner_loop is not None:
+                # Units the loop kept while this batch was written: its turn again.
+                with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
+                    self._owner_loop.call_soon_threadsafe(self._write_pending)
 
     def _write(self, batch: list[tuple[Callable[[Tx], Any], Settled]]) -> None:
         """The batch in the transaction just begun, committed; every future settled."""
