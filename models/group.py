@@ -13,11 +13,13 @@ The batch is what arrived while the previous one ran: no unit waits for company.
 submitted from the event loop (``submit_here``) run on the loop itself, at its next turn:
 a writer thread handing the GIL back and forth with the loop around every statement (the
 sqlite3 module lets go of it for each step, and getting it back waits for the loop to let go
-in turn) spent more time waiting than writing (docs/BENCHMARKS.md, "The group commit on the
-event loop"). The loop never waits for the write lock: when another connection holds it
-(another process, a worker thread's write, a checkpoint restarting the log), the batch goes
-to the writer thread, which waits for the lock as ``sql.begin_immediate`` does, and the loop
-goes on. Units submitted from other threads (``submit``) always take the thread.
+in turn) spent more time waiting than writing (docs/BENCHMARKS.md, "SQLite's group commit
+on the event loop"). The loop never waits for the write lock: when another connection holds
+it (another process, a worker thread's write, a checkpoint restarting the log), the batch
+goes to the writer thread, which waits for the lock as ``sql.begin_immediate`` does, and the
+loop goes on. Its next units wait on the loop until the thread is done and calls it back:
+following the first batch into the thread, every later one went there too. Units submitted
+from other threads (``submit``) always take the thread.
 
 The group writes on a connection of its own, so neither path waits for the engine's pool. The
 writer thread opens it for the first unit (opening runs pragmas, which can wait for a lock)
