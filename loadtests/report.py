@@ -45,15 +45,21 @@ def sale_shares(results: dict[str, Any]) -> dict[str, Any]:
         if http_cpu and sale_cpu:
             out["bare_sale_of_bare_post_by_cpu"] = round(http_cpu / sale_cpu, 4)
     for c in results["configs"]:
-        sat = c["saturation"]
-        paycode_cpu = sat.get("server_cpu_ms_per_payment")
-        out[c["name"]] = {
-            "of_bare_sale": round(sat["payments_per_s"] / sale["rate"], 4),
-            "of_bare_sale_by_cpu": round(sale_cpu / paycode_cpu, 4)
-            if sale_cpu and paycode_cpu
-            else None,
-        }
+        out[c["name"]] = _share_of(c["saturation"], sale["rate"], sale_cpu, "bare_sale")
     return out
+
+
+def _share_of(
+    saturation: dict[str, Any], floor_rate: float, floor_cpu: float | None, floor: str
+) -> dict[str, Any]:
+    """A paycode saturation as a share of a floor's: by rate, and by server CPU per payment."""
+    paycode_cpu = saturation.get("server_cpu_ms_per_payment")
+    return {
+        f"of_{floor}": round(saturation["payments_per_s"] / floor_rate, 4),
+        f"of_{floor}_by_cpu": round(floor_cpu / paycode_cpu, 4)
+        if floor_cpu and paycode_cpu
+        else None,
+    }
 
 
 def mall_shares(results: dict[str, Any]) -> dict[str, Any]:
@@ -70,16 +76,9 @@ def mall_shares(results: dict[str, Any]) -> dict[str, Any]:
         "bare_mall_cpu_ms_per_payment": floor_cpu,
     }
     for c in results["configs"]:
-        if not c.get("mall"):
-            continue
-        sat = c["mall"]["saturation"]
-        paycode_cpu = sat.get("server_cpu_ms_per_payment")
-        out[c["name"]] = {
-            "of_bare_mall": round(sat["payments_per_s"] / floor["payments_per_s"], 4),
-            "of_bare_mall_by_cpu": round(floor_cpu / paycode_cpu, 4)
-            if floor_cpu and paycode_cpu
-            else None,
-        }
+        if c.get("mall"):
+            saturation = c["mall"]["saturation"]
+            out[c["name"]] = _share_of(saturation, floor["payments_per_s"], floor_cpu, "bare_mall")
     return out
 
 
