@@ -51,7 +51,8 @@ def _cached_signer(state: AppState) -> receipts.Signer | None:
 
 def _signer(state: AppState) -> receipts.Signer:
     """The cached signer; past its TTL it is read again in a transaction of its own, before the
-    payment's (on SQLite that transaction may not run inside the group commit's batch)."""
+    payment's (on SQLite, inside the group commit's batch it would wait for the write lock
+    that batch holds)."""
     cached = _cached_signer(state)
     if cached is not None:
         return cached
