@@ -21,14 +21,24 @@ holding the write lock (measured: 12–24 ms per RESTART, four a second at satur
 group writer's ``BEGIN IMMEDIATE`` waiting behind each). Readers that never leave a gap would
 let the log grow: past ``INSIST`` times ``restart_frames`` the RESTART waits for them, the
 writer with it, as SQLite's own checkpoint would.
+
+Each RESTART try runs with the process's own group writer held off (``writer_held_off``,
+``GroupWriter.held_off``): the try never fails for meeting this process's write, and the
+payments that arrive meanwhile wait on the event loop and are written there, together, once
+it ends. Without it the loop found SQLite's lock taken, handed its batch to the writer
+thread, and every later batch queued behind that thread's slower writes (at 600 payments/s,
+five RESTARTs a second and a 10–25 ms queue behind each: docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 log = logging.getLogger("paycode.db")
 
@@ -48,8 +58,10 @@ class Checkpointer:
         *,
         interval: float = CHECKPOINT_INTERVAL,
         restart_frames: int = RESTART_FRAMES,
+        writer_held_off: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self.path = path
+        self._writer_held_off = writer_held_off
         self.interval = interval
         self.restart_frames = restart_frames
         self.checkpoints = 0
@@ -91,13 +103,15 @@ class Checkpointer:
         if insist:
             connection.execute(f"PRAGMA busy_timeout={INSIST_TIMEOUT_MS}")
             try:
-                busy, _, _ = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                with self._writer_held_off():
+                    busy, _, _ = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             finally:
                 connection.execute("PRAGMA busy_timeout=0")
             return not busy
         deadline = time.monotonic() + RESTART_PATIENCE
         while not self._stop.is_set():
-            busy, _, _ = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            with self._writer_held_off():
+                busy, _, _ = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             if not busy or time.monotonic() > deadline:
                 return not busy
             time.sleep(RESTART_STEP)

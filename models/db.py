@@ -212,7 +212,7 @@ class Database:
             if own_checkpoints:
                 path = make_url(self.url).database
                 assert path is not None
-                self.checkpointer = Checkpointer(path)
+                self.checkpointer = Checkpointer(path, writer_held_off=self.group.held_off)
                 self.checkpointer.start()
         elif self.dialect == "postgresql":
             pool: dict[str, Any] = {

@@ -33,7 +33,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -199,10 +199,23 @@ class GroupWriter:
                     _settle_all(batch, exc)
                 else:
                     self._write(batch)
-            if self._pending and self._owner_loop is not None:
-                # Units the loop kept while this batch was written: its turn again.
-                with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
-                    self._owner_loop.call_soon_threadsafe(self._write_pending)
+            self._call_back_pending()
+
+    @contextlib.contextmanager
+    def held_off(self) -> Iterator[None]:
+        """The group writes nothing while the block runs in another thread (a checkpoint
+        restarting the log holds SQLite's write lock): units from the loop wait on the loop
+        rather than going to the writer thread, and the loop writes them when it ends."""
+        with self._writing:
+            yield
+        self._call_back_pending()
+
+    def _call_back_pending(self) -> None:
+        # Called by a thread that has just let go of ``_writing``: units the loop kept while
+        # it was held are the loop's to write again.
+        if self._pending and self._owner_loop is not None:
+            with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
+                self._owner_loop.call_soon_threadsafe(self._write_pending)
 
     def _write(self, batch: list[tuple[Callable[[Tx], Any], Settled]]) -> None:
         """The batch in the transaction just begun, committed; every future settled."""
@@ -219,7 +232,7 @@ class GroupWriter:
                         tx.run("ROLLBACK TO unit")
                         outcomes.append((False, exc))
                     tx.run("RELEASE unit")
-                tx._fetch("COMMIT", connection.commit)
+                tx.commit()
             finally:
                 tx.close()
         except BaseException as exc:  # every caller of the batch gets it

@@ -139,6 +139,11 @@ class Tx:
         if rows:
             self._run(statement, rows, many=True)
 
+    def commit(self) -> None:
+        """Commit the connection's transaction. In a PostgreSQL pipeline this is where a
+        queued write's error shows; either way a failure is raised as SQLAlchemy's."""
+        self._fetch("COMMIT", self._cursor.connection.commit)
+
     def close(self) -> None:
         self._cursor.close()
 
@@ -231,7 +236,7 @@ def unit(engine: Engine, *, write: bool) -> Iterator[Tx]:
                     begin_immediate(connection)
                 yield tx
                 if write:
-                    tx._fetch("COMMIT", connection.commit)
+                    tx.commit()
             finally:
                 tx.close()
     except BaseException as exc:

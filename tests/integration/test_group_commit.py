@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 import pytest
+from sqlalchemy import make_url
 from starlette.testclient import TestClient
 
 from app.main import create_app
@@ -228,6 +229,55 @@ def test_units_wait_on_the_loop_while_the_writer_thread_writes(
         assert group.handed_over == 1  # only the first unit
         assert threads == [threading.get_ident()] * 2
         assert group.batches == 3  # "first", the holder, then "a" and "b" together
+        assert _written_ids(db) == ["a", "b", "first"]
+    finally:
+        db.dispose()
+
+
+def test_units_wait_on_the_loop_while_a_checkpoint_holds_the_writer_off(
+    sqlite_factory: SqliteFactory,
+) -> None:
+    """A thread of the process that takes SQLite's write lock inside ``held_off`` (the
+    checkpointer restarting the log) keeps the loop's units on the loop: none goes to the
+    writer thread to wait for the lock there, and the loop writes them together once the
+    block ends."""
+    url = sqlite_factory.create()
+    db = Database(url)
+    group = db.group
+    assert group is not None
+    path = make_url(url).database
+    assert path is not None
+    holding, release = threading.Event(), threading.Event()
+    threads: list[int] = []
+
+    def restart_like() -> None:
+        with group.held_off():
+            lock = sqlite3.connect(path, isolation_level=None)
+            try:
+                lock.execute("BEGIN IMMEDIATE")
+                holding.set()
+                release.wait(10)
+                lock.execute("COMMIT")
+            finally:
+                lock.close()
+
+    async def scenario() -> list[str]:
+        assert await group.submit_here(_insert("first")) == "first"
+        holder = asyncio.create_task(asyncio.to_thread(restart_like))
+        assert await asyncio.to_thread(holding.wait, 10)
+        units = [group.submit_here(_noting(name, threads)) for name in ("a", "b")]
+        await asyncio.sleep(0.05)
+        assert not any(unit.done() for unit in units)
+        release.set()
+        written = list(await asyncio.gather(*units))
+        await holder
+        return written
+
+    try:
+        assert asyncio.run(scenario()) == ["a", "b"]
+        assert group.handed_over == 1  # only the first unit, which opens the connection
+        assert threads == [threading.get_ident()] * 2
+        assert group.batches == 2  # "first", then "a" and "b" together
         assert _written_ids(db) == ["a", "b", "first"]
     finally:
         db.dispose()
