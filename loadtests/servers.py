@@ -20,15 +20,11 @@ from urllib.request import urlopen
 
 import psutil
 
+from app.cluster import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 PG_ADMIN_URL = os.environ.get("PAYCODE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def raise_nofile() -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from app.cluster import free_port as free_port  # the tests import it from here
+
 PG_ADMIN_URL = os.environ.get("PAYCODE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("PAYCODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -32,12 +34,6 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _pg_admin():  # type: ignore[no-untyped-def]
