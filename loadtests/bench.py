@@ -28,6 +28,7 @@ import psutil
 
 from loadtests import ceilings, idle, mall, profiling, report, servers, shop
 from loadtests.sales import Floor, offered, saturate
+from models import verify
 
 SHARES = (0.25, 0.5, 0.75)
 CONFIGS = {
@@ -141,6 +142,8 @@ async def run_config(name: str, args: argparse.Namespace, logs: Path) -> dict[st
                 faults = floor.seq_faults()
         finally:
             server.stop()
+        # The books after everything the run did, overload included (issue 13's bar 4).
+        problems = await asyncio.to_thread(verify.check_database, db_url)
     return {
         "name": name,
         "database": database,
@@ -153,6 +156,7 @@ async def run_config(name: str, args: argparse.Namespace, logs: Path) -> dict[st
         "seq_faults": faults,
         "mall": mall_result,
         "profile": profile,
+        "books": {"problems": len(problems), "first": problems[:10]},
     }
 
 

@@ -388,7 +388,24 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += _share_notes(results)
     lines += _mall_share_notes(results)
+    lines += _books_notes(results)
     return "\n".join(lines) + "\n"
+
+
+def _books_notes(results: dict[str, Any]) -> list[str]:
+    """``paycode verify``'s verdict on each configuration's database after its run."""
+    lines = []
+    for c in results["configs"]:
+        books = c.get("books")
+        if books is None:
+            continue
+        verdict = (
+            "ok (ledger balanced, balances match it, money conserved, events gapless)"
+            if books["problems"] == 0
+            else f"**{books['problems']} problems**: " + "; ".join(books["first"])
+        )
+        lines.append(f"paycode verify after the {c['name']} run: {verdict}.")
+    return ["", *lines] if lines else []
 
 
 def _mall_lines(results: dict[str, Any]) -> list[str]:

@@ -67,6 +67,8 @@ def test_bench_quick_writes_complete_sane_results(tmp_path: Path) -> None:
     assert [r["share"] for r in config["rates"]] == [0.25, 0.5, 0.75]
     assert all(r["missing_confirmations"] == 0 for r in config["rates"])
     assert config["seq_faults"] == {"gaps": 0, "duplicates": 0, "reconnects": 0}
+    # The books were checked after the run, as `paycode verify` does.
+    assert config["books"] == {"problems": 0, "first": []}
 
     # The many-shops floor: payments by static code, confirmed on payer, payee and agent.
     mall = config["mall"]
@@ -103,6 +105,7 @@ def test_bench_quick_writes_complete_sane_results(tmp_path: Path) -> None:
     assert {bar["bar"].split(":")[0] for bar in results["bars"]} >= {"sqlite-memory"}
     table = (tmp_path / "results.md").read_text()
     assert "### The bars" in table
+    assert "paycode verify after the sqlite-memory run: ok" in table
     assert "### 4 shops, sqlite-memory" in table
     assert "| bare sale (ceiling) |" in table and "of the bare sale" in table
     assert "### 4 shops, the bare floor" in table and "of the bare floor" in table
