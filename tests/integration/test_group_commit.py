@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from models.db import Database
+from models.group import GroupWriter
 from models.sql import Tx
 from tests.api import Api
 from tests.conftest import ADMIN_TOKEN
@@ -199,6 +200,18 @@ def test_the_loop_never_waits_for_a_write_lock_another_connection_holds(
         db.dispose()
 
 
+async def _two_units_pending_until(
+    release: threading.Event, group: GroupWriter, threads: list[int]
+) -> list[str]:
+    """Units "a" and "b" from the loop, still pending while the group cannot write; once
+    ``release`` is set they are written, and their results come back in order."""
+    units = [group.submit_here(_noting(name, threads)) for name in ("a", "b")]
+    await asyncio.sleep(0.05)
+    assert not any(unit.done() for unit in units)
+    release.set()
+    return list(await asyncio.gather(*units))
+
+
 def test_units_wait_on_the_loop_while_the_writer_thread_writes(
     sqlite_factory: SqliteFactory,
 ) -> None:
@@ -216,11 +229,7 @@ def test_units_wait_on_the_loop_while_the_writer_thread_writes(
         assert await group.submit_here(_insert("first")) == "first"
         held = group.submit(hold)
         assert await asyncio.to_thread(holding.wait, 10)
-        units = [group.submit_here(_noting(name, threads)) for name in ("a", "b")]
-        await asyncio.sleep(0.05)
-        assert not any(unit.done() for unit in units)
-        release.set()
-        written = list(await asyncio.gather(*units))
+        written = await _two_units_pending_until(release, group, threads)
         assert await asyncio.wrap_future(held) == "held"
         return written
 
@@ -265,11 +274,7 @@ def test_units_wait_on_the_loop_while_a_checkpoint_holds_the_writer_off(
         assert await group.submit_here(_insert("first")) == "first"
         holder = asyncio.create_task(asyncio.to_thread(restart_like))
         assert await asyncio.to_thread(holding.wait, 10)
-        units = [group.submit_here(_noting(name, threads)) for name in ("a", "b")]
-        await asyncio.sleep(0.05)
-        assert not any(unit.done() for unit in units)
-        release.set()
-        written = list(await asyncio.gather(*units))
+        written = await _two_units_pending_until(release, group, threads)
         await holder
         return written
 
