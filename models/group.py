@@ -38,7 +38,6 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from models import sql
@@ -149,7 +148,7 @@ class GroupWriter:
         connection holds SQLite's write lock."""
         began = False
         try:
-            began = _try_begin(self._connection())
+            began = sql.try_begin_immediate(self._connection())
             if began:
                 self._write(batch)
         except BaseException as exc:  # no transaction: every caller of the batch gets it
@@ -256,20 +255,6 @@ class GroupWriter:
         if self._proxy is not None:
             self._proxy.invalidate()
             self._proxy = None
-
-
-def _try_begin(connection: sqlite3.Connection) -> bool:
-    """The write lock if it is free now (the connection has no busy handler); another
-    failure is raised as ``sql.begin_immediate`` raises it."""
-    try:
-        connection.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        if isinstance(exc, sqlite3.OperationalError) and (
-            exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
-        ):
-            return False
-        raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
-    return True
 
 
 def _settle_all(batch: list[tuple[Callable[[Tx], Any], Settled]], exc: BaseException) -> None:

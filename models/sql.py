@@ -208,13 +208,29 @@ def begin_immediate(connection: sqlite3.Connection) -> None:
             connection.execute("BEGIN IMMEDIATE")
             return
         except sqlite3.Error as exc:
-            busy = isinstance(exc, sqlite3.OperationalError) and (
-                exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
-            )
-            if not busy or time.monotonic() > deadline:
+            if not _is_busy(exc) or time.monotonic() > deadline:
                 raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
         time.sleep(pause)
         pause = min(pause * 2, 0.0005)
+
+
+def try_begin_immediate(connection: sqlite3.Connection) -> bool:
+    """``begin_immediate`` without waiting: False while another connection holds the write
+    lock (the connection has no busy handler); another failure is raised as there."""
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        if _is_busy(exc):
+            return False
+        raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
+    return True
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    # Another connection holds the lock: SQLITE_BUSY or one of its extended codes.
+    return isinstance(exc, sqlite3.OperationalError) and (
+        exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+    )
 
 
 @contextmanager
