@@ -1,11 +1,12 @@
-"""psycopg's asyncio connection with the blocking DBAPI face that :class:`models.sql.Tx`
-drives, for code that runs in a greenlet of the event loop (``app.http.on_loop``).
+"""Asynchronous drivers' connections with the blocking DBAPI face that :class:`models.sql.Tx`
+drives, for code that runs in a greenlet of the event loop (``app.http.on_loop``): psycopg's
+asyncio mode, and asyncpg for the money path.
 
 Each call awaits the driver's coroutine through SQLAlchemy's ``await_only``: the greenlet
 yields to the loop while the database works, so the hot paths' units keep their one
-blocking-style body for both pools. SQLAlchemy's own adapter of the same connection serves
-its pool (connect, reset on return); this one adds what ``Tx`` needs that the adapter lacks:
-pipeline mode, and rows fetched as the driver returns them.
+blocking-style body for every pool. For psycopg, SQLAlchemy's own adapter of the same
+connection serves its pool (connect, reset on return); this one adds what ``Tx`` needs that
+the adapter lacks: pipeline mode, and rows fetched as the driver returns them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy.util import await_only
 
 
@@ -67,10 +69,122 @@ class AwaitedConnection:
     def rollback(self) -> None:
         await_only(self._connection.rollback())
 
-    @property
-    def autocommit(self) -> bool:
-        return bool(self._connection.autocommit)
 
-    @autocommit.setter
-    def autocommit(self, value: bool) -> None:
-        await_only(self._connection.set_autocommit(value))
+# --- asyncpg ----------------------------------------------------------------------------------
+#
+# The money path's connections (``models.loop_pool``): asyncpg does a round trip for about a
+# third of the CPU psycopg's asyncio mode spends on one. Its errors are translated to classes
+# named as PEP 249 names them, so ``Tx`` raises them as SQLAlchemy's (``DBAPIError.instance``
+# goes by the class name): the handlers that answer 409, 422 and 503 see one kind of error.
+
+
+class Error(Exception):
+    """An asyncpg failure in PEP 249's terms; ``orig`` is asyncpg's own exception."""
+
+
+class InterfaceError(Error):
+    pass
+
+
+class DatabaseError(Error):
+    pass
+
+
+class DataError(DatabaseError):
+    pass
+
+
+class OperationalError(DatabaseError):
+    pass
+
+
+class IntegrityError(DatabaseError):
+    pass
+
+
+class InternalError(DatabaseError):
+    pass
+
+
+class ProgrammingError(DatabaseError):
+    pass
+
+
+# SQLSTATE classes (the first two characters), as psycopg sorts them.
+_BY_CLASS: dict[str, type[Error]] = {
+    "08": OperationalError,  # connection exception
+    "22": DataError,
+    "23": IntegrityError,
+    "40": OperationalError,  # serialization failure, deadlock
+    "42": ProgrammingError,
+    "53": OperationalError,  # insufficient resources (too many connections)
+    "57": OperationalError,  # operator intervention (shutdown, a terminated backend)
+    "58": OperationalError,  # system error
+}
+
+
+def translated(exc: BaseException) -> Error:
+    """asyncpg's exception as a PEP 249 one: by SQLSTATE for the server's errors; a lost
+    connection (asyncpg's own, or the socket's) is operational."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        kind = _BY_CLASS.get(sqlstate[:2], InternalError)
+    elif isinstance(exc, (OSError, asyncpg.exceptions.ConnectionDoesNotExistError)):
+        kind = OperationalError
+    elif isinstance(exc, asyncpg.exceptions.InterfaceError):
+        kind = InterfaceError
+    else:
+        kind = InternalError
+    error = kind(str(exc))
+    error.__cause__ = exc
+    return error
+
+
+# What asyncpg raises for a statement: the server's errors, its own, and the socket's.
+_RAISED = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+class AsyncpgCursor:
+    """A DBAPI cursor's face on an asyncpg connection: each statement fetches its rows at
+    once (one round trip), and they are handed out as tuples."""
+
+    __slots__ = ("_rows", "connection")
+
+    def __init__(self, connection: AsyncpgConnection) -> None:
+        self.connection = connection
+        self._rows: list[Any] = []
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> None:
+        try:
+            self._rows = await_only(self.connection.driver.fetch(statement, *params))
+        except _RAISED as exc:
+            raise translated(exc) from exc
+
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        try:
+            await_only(self.connection.driver.executemany(statement, rows))
+        except _RAISED as exc:
+            raise translated(exc) from exc
+        self._rows = []
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return tuple(self._rows[0]) if self._rows else None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self._rows]
+
+    def close(self) -> None:
+        self._rows = []
+
+
+class AsyncpgConnection:
+    """An asyncpg connection as ``Tx`` drives it: outside a transaction, each statement its
+    own (autocommit)."""
+
+    __slots__ = ("driver",)
+
+    def __init__(self, driver: asyncpg.Connection) -> None:
+        self.driver = driver
+
+    def cursor(self) -> AsyncpgCursor:
+        return AsyncpgCursor(self)

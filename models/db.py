@@ -38,6 +38,7 @@ from sqlmodel import Session
 from models import sql
 from models.checkpoint import Checkpointer
 from models.group import GroupWriter
+from models.loop_pool import LoopPool
 
 GROUP_SLOTS = 16
 # The queue's file as the readers of the database see it.
@@ -172,6 +173,7 @@ class Database:
         # The group commit of the hot path's writes (SQLite only: there is one writer anyway).
         self.group: GroupWriter | None = None
         self.loop_engine: AsyncEngine | None = None
+        self.money_pool: LoopPool | None = None
         self.checkpointer: Checkpointer | None = None
         self.queue_checkpointer: Checkpointer | None = None
         self.queue_file = queue_path(self.url)
@@ -227,6 +229,7 @@ class Database:
             # migration) opens nothing; its connections belong to the loop that made them.
             self.loop_engine = create_async_engine(self.url, **pool)
             event.listen(self.loop_engine.sync_engine, "checkout", _alive_on_checkout)
+            self.money_pool = LoopPool(self.url, size=pool_size * 2, timeout=pool_timeout or 30)
         else:
             raise ValueError(f"unsupported database URL scheme: {self.dialect}")
 
@@ -302,9 +305,11 @@ class Database:
         return self.loop_engine.sync_engine
 
     def autocommit_on_loop(self) -> AbstractContextManager[sql.Tx]:
-        """PostgreSQL, for a unit run by ``app.http.on_loop``: each statement its own
-        transaction (see ``sql.autocommit``), each driver wait an await of the event loop."""
-        return sql.autocommit(self._on_loop)
+        """PostgreSQL, for a unit run by ``app.http.on_loop`` (the payments): each statement
+        its own transaction, each driver wait an await of the event loop, on the money
+        path's asyncpg pool (``models.loop_pool``)."""
+        assert self.money_pool is not None, "the money path's pool is PostgreSQL's"
+        return self.money_pool.unit()
 
     def raw_write_on_loop(self) -> AbstractContextManager[sql.Tx]:
         """PostgreSQL: ``raw_write`` for a unit run by ``app.http.on_loop``."""
@@ -315,9 +320,12 @@ class Database:
         return sql.unit(self._on_loop, write=False)
 
     async def dispose_loop_engine(self) -> None:
-        """Close the loop's pool; on the loop that used it (its connections are bound to it)."""
+        """Close the loop's pools; on the loop that used them (their connections are bound
+        to it)."""
         if self.loop_engine is not None:
             await self.loop_engine.dispose()
+        if self.money_pool is not None:
+            await self.money_pool.close()
 
     def dispose(self) -> None:
         if self.group is not None:

@@ -499,7 +499,9 @@ def pay_in_server(
     )
     if outcome == "stored":
         assert claim is not None
-        stored = idempotency.replay(stored_hash, stored_status, stored_body, claim.fingerprint)
+        stored = idempotency.replay(
+            stored_hash, stored_status, tx.read_json(stored_body), claim.fingerprint
+        )
         return stored.status_code, stored.body, []
     if outcome != "ok":
         code_, message = _REFUSALS[outcome]

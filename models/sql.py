@@ -5,7 +5,8 @@ keys, parameter processing, result wrapping), so the hot paths (token lookup, th
 read, code issuance, payment, the Idempotency-Key record) send their SQL straight to the
 driver. The schema, the migrations and every other query stay with SQLModel.
 
-Statements are written once with ``?`` placeholders and rewritten to ``%s`` for psycopg.
+Statements are written once with ``?`` placeholders and rewritten to ``%s`` for psycopg and
+to ``$1``, ``$2``… for asyncpg (the money path's pool, ``models.loop_pool``).
 Values are stored exactly as SQLAlchemy's types store them, so either side reads what the
 other wrote: on SQLite an aware UTC time is ``YYYY-MM-DD HH:MM:SS.ffffff`` text and JSON is
 JSON text; PostgreSQL takes and gives ``timestamptz`` and ``json`` natively. JSON is written by
@@ -49,16 +50,32 @@ def _pyformat(statement: str) -> str:
     return statement.replace("?", "%s")
 
 
+@lru_cache(maxsize=256)
+def _numbered(statement: str) -> str:
+    parts = statement.split("?")
+    return "".join(f"{part}${at}" for at, part in enumerate(parts[:-1], 1)) + parts[-1]
+
+
 class Tx:
     """Statements in one transaction on a DBAPI connection that someone else opened and will
     commit: a raw unit of work (:func:`unit`) or a SQLModel session (:meth:`of`)."""
 
-    __slots__ = ("_cursor", "_dbapi_error", "is_sqlite")
+    __slots__ = ("_cursor", "_dbapi_error", "_numbered", "is_sqlite")
 
-    def __init__(self, connection: Any, *, is_sqlite: bool, dbapi_error: type[Exception]):
+    def __init__(
+        self,
+        connection: Any,
+        *,
+        is_sqlite: bool,
+        dbapi_error: type[Exception],
+        numbered: bool = False,
+    ):
+        """``numbered``: the driver takes ``$1``-style placeholders and JSON as text
+        (asyncpg)."""
         # One cursor for the whole unit: every read is fetched before the next statement.
         self._cursor = connection.cursor()
         self._dbapi_error = dbapi_error
+        self._numbered = numbered
         self.is_sqlite = is_sqlite
 
     @classmethod
@@ -75,8 +92,13 @@ class Tx:
     def _error(self, exc: Exception, statement: str, params: Any) -> DBAPIError:
         return DBAPIError.instance(statement, params, exc, self._dbapi_error)
 
+    def _driver_sql(self, statement: str) -> str:
+        if self.is_sqlite:
+            return statement
+        return _numbered(statement) if self._numbered else _pyformat(statement)
+
     def _run(self, statement: str, params: Params, many: bool = False) -> None:
-        sql = statement if self.is_sqlite else _pyformat(statement)
+        sql = self._driver_sql(statement)
         try:
             if many:
                 self._cursor.executemany(sql, params)
@@ -122,7 +144,7 @@ class Tx:
         try:
             self._run(first, first_params)
             try:
-                other.execute(_pyformat(second), second_params)
+                other.execute(self._driver_sql(second), second_params)
             except self._dbapi_error as exc:
                 raise self._error(exc, second, second_params) from exc
             rows = self._fetch(first, self._cursor.fetchall)
@@ -155,7 +177,7 @@ class Tx:
         return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
     def json(self, value: Any) -> Any:
-        if self.is_sqlite:
+        if self.is_sqlite or self._numbered:
             return to_json(value).decode()
         from psycopg.types.json import Json
 
@@ -265,24 +287,4 @@ def unit(engine: Engine, *, write: bool) -> Iterator[Tx]:
         raise
     finally:
         # Back to the pool, which resets (rolls back) whatever a read left open.
-        proxy.close()
-
-
-@contextmanager
-def autocommit(engine: Engine) -> Iterator[Tx]:
-    """Statements on one pooled PostgreSQL connection, each its own transaction and one round
-    trip: reads that need no common snapshot, then a function that does a whole write inside
-    the server (no BEGIN or COMMIT of its own to wait for)."""
-    proxy, connection, dbapi_error = _checkout(engine)
-    try:
-        connection.autocommit = True
-        tx = Tx(connection, is_sqlite=False, dbapi_error=dbapi_error)
-        try:
-            yield tx
-        finally:
-            tx.close()
-    finally:
-        # A broken connection cannot be switched back; the pool finds it dead at checkout.
-        with suppress(dbapi_error):
-            connection.autocommit = False
         proxy.close()

@@ -1,7 +1,7 @@
-"""The event loop's PostgreSQL pool (payments, code issuance, the webhook pass) checks a
-connection at checkout without a round trip: one the server closed while it sat in the pool
-(a restart, an idle timeout, a terminated backend) is found there, and the unit runs on a
-fresh connection instead of failing."""
+"""The event loop's PostgreSQL pools (asyncpg for payments; psycopg for code issuance and
+the webhook pass) check a connection at checkout without a round trip: one the server closed
+while it sat in the pool (a restart, an idle timeout, a terminated backend) is found there,
+and the unit runs on a fresh connection instead of failing."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.http import on_loop
 from models.db import Database
+from models.loop_pool import LoopPool
 from tests.services import PostgresFactory, unavailable
 
 pytestmark = pytest.mark.postgres
@@ -28,8 +30,12 @@ def pg_url(pg_factory: PostgresFactory) -> Iterator[str]:
     pg_factory.drop(url)
 
 
-def _backend_pid(db: Database) -> int:
-    with db.autocommit_on_loop() as tx:
+# Each pool's unit: the money path's (asyncpg), the other units' (psycopg).
+POOLS = ["autocommit_on_loop", "raw_read_on_loop"]
+
+
+def _backend_pid(db: Database, pool: str) -> int:
+    with getattr(db, pool)() as tx:
         # The sleep keeps the connection out of the pool while the others are taken.
         row = tx.one("SELECT pg_backend_pid(), pg_sleep(0.05)")
         assert row is not None
@@ -66,10 +72,11 @@ def crowded() -> Iterator[None]:
             os.close(fd)
 
 
+@pytest.mark.parametrize("pool", POOLS)
 @pytest.mark.parametrize("pooled", [1, 3])
 @pytest.mark.parametrize("descriptors", ["few", "past 1024"])
 def test_connections_the_server_closed_in_the_pool_are_replaced(
-    pg_url: str, pooled: int, descriptors: str, request: pytest.FixtureRequest
+    pg_url: str, pool: str, pooled: int, descriptors: str, request: pytest.FixtureRequest
 ) -> None:
     """Every pooled connection's backend is terminated while idle: the next units succeed,
     each on a backend that did not exist before."""
@@ -79,13 +86,43 @@ def test_connections_the_server_closed_in_the_pool_are_replaced(
     async def scenario() -> None:
         db = Database(pg_url)
         try:
-            before = set(await asyncio.gather(*(on_loop(_backend_pid, db) for _ in range(pooled))))
+            before = set(
+                await asyncio.gather(*(on_loop(_backend_pid, db, pool) for _ in range(pooled)))
+            )
             assert len(before) == pooled
             _terminate(db, before)
-            after = await asyncio.gather(*(on_loop(_backend_pid, db) for _ in range(pooled)))
+            after = await asyncio.gather(*(on_loop(_backend_pid, db, pool) for _ in range(pooled)))
             assert not before & set(after)
         finally:
             await db.dispose_loop_engine()
             db.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_the_money_pool_hands_back_waits_and_times_out(pg_url: str) -> None:
+    """With every connection out, a checkout waits for one to come back and gets it; past the
+    timeout it raises the pool timeout the app answers 503; a connection given back broken
+    makes room for a new one."""
+
+    async def scenario() -> None:
+        pool = LoopPool(pg_url, size=1, timeout=0.2)
+        try:
+            held = await pool.take()
+            with pytest.raises(PoolTimeout):
+                await pool.take()
+            waiting = asyncio.create_task(pool.take())
+            await asyncio.sleep(0.05)
+            pool.give_back(held, broken=False)
+            assert await waiting is held
+            waiting = asyncio.create_task(pool.take())
+            await asyncio.sleep(0.05)
+            pool.give_back(held, broken=True)
+            fresh = await asyncio.wait_for(waiting, 10)
+            assert fresh is not held and held.is_closed()
+            assert await fresh.fetchval("SELECT 1") == 1
+            pool.give_back(fresh, broken=False)
+        finally:
+            await pool.close()
 
     asyncio.run(scenario())

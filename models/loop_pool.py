@@ -1,0 +1,167 @@
+"""The money path's PostgreSQL connections on the event loop: asyncpg, pooled by hand.
+
+A payment on PostgreSQL is a read or two and one function call, each its own transaction
+(``Database.autocommit_on_loop``). Measured from the loop, a unit of two such statements cost
+the process about 290 µs of CPU through SQLAlchemy's pool and psycopg's asyncio mode, and
+costs about 130 here (docs/BENCHMARKS.md). So this pool is a list: no reset query on return
+(a unit leaves no transaction open: each statement is its own), no event hooks. A connection
+is checked at checkout the way the psycopg pool's is (``models.db._alive_on_checkout``): the
+server's close of a connection that sat idle (a restart, a terminated backend) is waiting in
+its socket, and a dead one makes every idle connection suspect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import asyncpg
+from sqlalchemy import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.util import await_only
+
+from models import awaited
+from models.sql import Tx
+
+
+def asyncpg_dsn(url: str) -> str:
+    """asyncpg's DSN for a SQLAlchemy URL of PostgreSQL (any driver named in it)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _is_idle_and_open(connection: asyncpg.Connection) -> bool:
+    if connection.is_closed():
+        return False
+    # asyncpg offers no public handle on its socket (without one, is_closed alone decides);
+    # an idle connection has nothing to say, so anything to read (the server's FATAL
+    # message, its close) means it is done. poll, not select: a process holding thousands of
+    # WebSockets has descriptors past 1,024.
+    transport = getattr(connection, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return True
+    waiting = select.poll()
+    waiting.register(sock.fileno(), select.POLLIN)
+    return not waiting.poll(0)
+
+
+class LoopPool:
+    """At most ``size`` asyncpg connections of one event loop, made when first needed; a
+    checkout waits ``timeout`` seconds for one to come back, then raises SQLAlchemy's pool
+    timeout (answered 503 like the other pools')."""
+
+    def __init__(self, url: str, *, size: int, timeout: float) -> None:
+        self._dsn = asyncpg_dsn(url)
+        self._size = size
+        self._timeout = timeout
+        self._idle: list[asyncpg.Connection] = []
+        self._opened = 0
+        # Checkouts waiting for a connection; each is handed one, or None to try again.
+        self._waiting: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
+
+    async def _connect(self) -> asyncpg.Connection:
+        self._opened += 1
+        try:
+            return await asyncpg.connect(self._dsn)
+        except BaseException as exc:
+            self._opened -= 1
+            self._hand_over(None)
+            if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+                error = awaited.translated(exc)
+                raise DBAPIError.instance("connect", (), error, awaited.Error) from exc
+            raise
+
+    def _forget(self, connection: asyncpg.Connection) -> None:
+        self._opened -= 1
+        connection.terminate()
+
+    async def take(self) -> asyncpg.Connection:
+        while True:
+            if self._idle:
+                connection = self._idle.pop()
+                if _is_idle_and_open(connection):
+                    return connection
+                # A restart closes them all: drop every idle one rather than meet each.
+                self._forget(connection)
+                while self._idle:
+                    self._forget(self._idle.pop())
+                continue
+            if self._opened < self._size:
+                return await self._connect()
+            handed = await self._wait()
+            if handed is not None:
+                return handed
+
+    async def _wait(self) -> asyncpg.Connection | None:
+        waiter: asyncio.Future[asyncpg.Connection | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiting.append(waiter)
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                # Handed over in the instant the wait was given up: pass it on, not lose it.
+                handed = waiter.result()
+                if handed is None:
+                    self._hand_over(None)
+                else:
+                    self.give_back(handed, broken=False)
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeout(
+                    f"no PostgreSQL connection came back within {self._timeout} s"
+                ) from None
+            raise
+
+    def _hand_over(self, connection: asyncpg.Connection | None) -> bool:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return True
+        return False
+
+    def give_back(self, connection: asyncpg.Connection, *, broken: bool) -> None:
+        if broken or connection.is_closed():
+            self._forget(connection)
+            # Room for a new connection: a waiting checkout makes it.
+            self._hand_over(None)
+        elif not self._hand_over(connection):
+            # Last in, first out: the busiest connections stay warm, the rest stay idle.
+            self._idle.append(connection)
+
+    @contextmanager
+    def unit(self) -> Iterator[Tx]:
+        """A ``Tx`` on a pooled connection, for a unit run by ``app.http.on_loop``: each
+        statement its own transaction."""
+        connection = await_only(self.take())
+        broken = False
+        try:
+            yield Tx(
+                awaited.AsyncpgConnection(connection),
+                is_sqlite=False,
+                dbapi_error=awaited.Error,
+                numbered=True,
+            )
+        except BaseException as exc:
+            # A connection lost or interrupted midway is not trusted again; a refused value
+            # or a unique violation leaves it sound.
+            orig = exc.orig if isinstance(exc, DBAPIError) else None
+            broken = isinstance(orig, (awaited.OperationalError, awaited.InterfaceError))
+            broken = broken or not isinstance(exc, Exception)
+            raise
+        finally:
+            self.give_back(connection, broken=broken)
+
+    async def close(self) -> None:
+        """Close the idle connections; on the loop that made them."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            self._opened -= 1
+            with suppress(Exception):
+                await connection.close(timeout=5)
