@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 from app.admission import Admission
 from app.settings import Settings
 from app.tokens import TokenCache
+from models.codes import KnownCodes
 from models.db import Database
 from models.events import Published
 from realtime.hub import Hub
@@ -27,6 +28,7 @@ class AppState:
     hub: Hub
     admission: Admission
     tokens: TokenCache = field(default_factory=TokenCache)
+    known_codes: KnownCodes = field(default_factory=KnownCodes)
     # Told after this process publishes committed events (the webhook worker: deliveries owed).
     on_publish: list[Callable[[], None]] = field(default_factory=list)
 

@@ -168,9 +168,11 @@ def resolve_with_agency(work: Session | Tx, typed: str) -> tuple[CodeRow, str] |
     return read_row(tx, row), row[_CODE_COLUMNS]
 
 
-def resolve_with_parties(
-    tx: Tx, typed: str, guard: Guard | None = None
-) -> tuple[CodeRow, str, Party, Party] | None:
+# A code as a payment needs it: the code, its agency's status, its payee and its agent.
+Found = tuple[CodeRow, str, Party, Party]
+
+
+def resolve_with_parties(tx: Tx, typed: str, guard: Guard | None = None) -> Found | None:
     """``resolve_with_agency`` with the code's payee and agent as a view names them, in one
     read per form tried: what a payment signs and shows, read before any lock is taken.
 
@@ -205,6 +207,34 @@ def resolve_with_parties(
         Party(code.payee_id, payee_handle, payee_name),
         Party(code.agent_id, agent_handle, agent_name),
     )
+
+
+class KnownCodes:
+    """Static codes this process has paid by, keyed by what the payer typed (token or short
+    code). A code's token, short code, kind, amount, items, parties and agency never change
+    and a code is never deleted, so a payment by one of these needs no read before its locked
+    part (``payments.pay_in_server``); what can change (the code's status and expiry, its
+    agency's status) is checked under the locks as for any payment, and the facts held here
+    are checked there too. Used from the event loop only."""
+
+    # Static codes are few (one per counter); past this many the oldest make room.
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._found: dict[str, Found] = {}
+
+    def get(self, typed: Any) -> Found | None:
+        return self._found.get(typed) if isinstance(typed, str) else None
+
+    def remember(self, typed: str, found: Found) -> None:
+        if found[0].kind != STATIC:
+            return
+        if len(self._found) >= self.LIMIT and typed not in self._found:
+            del self._found[next(iter(self._found))]
+        self._found[typed] = found
+
+    def forget(self, typed: str) -> None:
+        self._found.pop(typed, None)
 
 
 def read_row(tx: Tx, row: Sequence[Any]) -> CodeRow:

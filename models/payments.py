@@ -3,9 +3,10 @@ per involved account, and the invariants the database itself enforces."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
 
@@ -36,7 +37,7 @@ from models.agencies import PENDING as AGENCY_PENDING
 from models.agencies import REVOKED as AGENCY_REVOKED
 from models.agencies import Agency
 from models.clock import rfc3339, utcnow
-from models.errors import Conflict, Forbidden, Invalid, NotFound
+from models.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from models.events import CODE_PAID, PAYMENT_REFUNDED, PAYMENT_SUCCEEDED, Published, append
 from models.events import insert as insert_events
 from models.events import stage as stage_event
@@ -119,6 +120,8 @@ class Context:
     currency: str
     public_url: str
     signer: Signer
+    # PostgreSQL's payments by static code skip their first read (``pay_in_server``).
+    known_codes: codes.KnownCodes | None = None
 
 
 # --- views ------------------------------------------------------------------------------------
@@ -233,6 +236,8 @@ class _Plan:
     parties: dict[str, Party]
     code: codes.CodeRow | None = None
     agency_id: str | None = None
+    # The code as it was found, for ``KnownCodes``.
+    found: codes.Found | None = None
 
     @property
     def agent_id(self) -> str | None:
@@ -250,13 +255,21 @@ def _named_payee(tx: Tx, value: Any) -> Party:
     return Party(*row)
 
 
-def _plan(tx: Tx, payer: Party, body: dict[str, Any], guard: Guard | None = None) -> _Plan:
+def _plan(
+    tx: Tx,
+    payer: Party,
+    body: dict[str, Any],
+    guard: Guard | None = None,
+    found: codes.Found | None = None,
+) -> _Plan:
     """Read and check what the body asks for, in the order of the answers: memo, one of code
     or payee, amount, the code and its agency (or the payee), then no paying oneself. One read
     for a payee, one per form tried for a code (its agency and both parties come with it).
     With the limiter's ``guard`` (a payment by code) its verdict comes first, read with the
-    code."""
-    found = None if guard is None else codes.resolve_with_parties(tx, body.get("code"), guard)
+    code. A code already ``found`` (``KnownCodes``) is not read again."""
+    resolved = found is not None or guard is not None
+    if found is None and guard is not None:
+        found = codes.resolve_with_parties(tx, body.get("code"), guard)
     memo = _optional_text(body, "memo")
     has_code = body.get("code") is not None
     has_payee = body.get("payee") is not None
@@ -271,14 +284,15 @@ def _plan(tx: Tx, payer: Party, body: dict[str, Any], guard: Guard | None = None
     else:
         if not isinstance(body["code"], str):
             raise Invalid("code must be a code token or short code", field="code")
-        if guard is None:
+        if not resolved:
             found = codes.resolve_with_parties(tx, body["code"])
         if found is None:
             raise NotFound("no such code", field="code")
         code, agency_status, payee, agent = found
         _refuse_unusable(code, agency_status)
         parties = {payee.id: payee, agent.id: agent, payer.id: payer}
-        plan = _Plan(code.payee_id, _code_amount(code, given), memo, parties, code, code.agency_id)
+        amount = _code_amount(code, given)
+        plan = _Plan(code.payee_id, amount, memo, parties, code, code.agency_id, found)
     if plan.payee_id == payer.id:
         raise Invalid(
             "the payee cannot pay itself",
@@ -463,40 +477,126 @@ def pay_in_server(
     events and the key's record. ``tx`` is an autocommit connection, so the function's
     statement is its whole transaction. Returns the status, the body and the events; a key
     already recorded returns its stored response and no events. ``guard``: the limiter's
-    check, judged first, its read carried by the code's."""
+    check, judged first, its read carried by the code's.
+
+    A static code in ``ctx.known_codes`` is not read first: the limiter's read, the check of
+    the code's facts and the function are one statement (``_pay_known``), so the payment is
+    one round trip. Should it refuse a code, the code is forgotten."""
+    known = ctx.known_codes.get(body.get("code")) if ctx.known_codes and guard else None
+    if known is not None:
+        assert guard is not None
+        try:
+            paid = _pay_by_known_code(tx, payer, body, ctx, claim, guard, known)
+        except Conflict:
+            ctx.known_codes.forget(body["code"])  # type: ignore[union-attr]
+            raise
+        if paid is not None:
+            return paid
+        ctx.known_codes.forget(body["code"])  # type: ignore[union-attr]
     plan = _plan(tx, payer, body, guard)
+    if ctx.known_codes is not None and plan.found is not None:
+        ctx.known_codes.remember(body["code"], plan.found)
     now = utcnow()
     draft = _draft(plan, payer.id, ctx, now)
-    payment, view, code_body = draft.payment, draft.view, draft.code_body
-    agent_id = plan.agent_id
-    outcome, stored_status, stored_body, stored_hash, seqs, accounts = (
-        tx.one(
-            _PAY,
-            (
-                payment.id,
-                payer.id,
-                plan.payee_id,
-                agent_id,
-                plan.agency_id,
-                payment.code_id,
-                payment.code_kind,
-                payment.code_label,
-                tx.json(payment.items),
-                payment.memo,
-                tx.json(payment.receipt),
-                plan.amount,
-                now,
-                [new_id("led"), new_id("led")],
-                tx.json(view),
-                tx.json(code_body) if code_body is not None else None,
-                claim.key if claim else None,
-                claim.scope if claim else None,
-                claim.fingerprint if claim else None,
-                claim.stale_before if claim else None,
-            ),
-        )
-        or (None,) * 6
+    row = tx.one(_PAY, _pay_params(tx, payer, plan, draft, claim, now))
+    return _paid(tx, payer, plan, draft, claim, row or (None,) * 6)
+
+
+# What the cache holds about a code, as it stands now: the code with its payee, agent and
+# agency, and both parties' names as the receipt and the views show them.
+_STILL_SO = (
+    "SELECT EXISTS (SELECT 1 FROM code"
+    " JOIN account AS payee ON payee.id = code.payee_id"
+    " JOIN account AS agent ON agent.id = code.agent_id"
+    " WHERE code.id = ? AND code.payee_id = ? AND code.agent_id = ?"
+    " AND code.agency_id IS NOT DISTINCT FROM ?"
+    " AND payee.handle = ? AND payee.display_name = ?"
+    " AND agent.handle = ? AND agent.display_name = ?) AS still"
+)
+
+
+@lru_cache(maxsize=4)
+def _pay_known(limiting: str) -> str:
+    """The limiter's read, the check of what the cache holds, and ``paycode_pay``, which runs
+    only if the first two allow it (a one-time filter on their results)."""
+    return (
+        f"SELECT limiting.*, held.still, paid.* FROM ({limiting})"
+        " AS limiting(by_account, by_client)"
+        f" CROSS JOIN LATERAL ({_STILL_SO}) AS held"
+        f" LEFT JOIN LATERAL ({_PAY} WHERE limiting.by_account IS NULL"
+        " AND limiting.by_client IS NULL AND held.still) AS paid ON true"
     )
+
+
+def _pay_by_known_code(
+    tx: Tx,
+    payer: Party,
+    body: dict[str, Any],
+    ctx: Context,
+    claim: Claim | None,
+    guard: Guard,
+    known: codes.Found,
+) -> tuple[int, Any, list[Published]] | None:
+    """The payment by a code from ``KnownCodes`` in one round trip, or None when the
+    ordinary path must answer: the body fails a check (it answers in its own order, the
+    limiter's first) or the code is no longer as the cache holds it."""
+    try:
+        plan = _plan(tx, payer, body, found=known)
+    except DomainError:
+        return None
+    code, _, payee, agent = known
+    now = utcnow()
+    draft = _draft(plan, payer.id, ctx, now)
+    limiting, limit_params = guard.read(tx, now)
+    held = (code.id, code.payee_id, code.agent_id, code.agency_id)
+    held += (payee.handle, payee.display_name, agent.handle, agent.display_name)
+    pay_params = _pay_params(tx, payer, plan, draft, claim, now)
+    row = tx.one(_pay_known(limiting), (*limit_params, *held, *pay_params))
+    assert row is not None
+    guard.judge(tx, row[:2], now)
+    if not row[2]:
+        return None
+    return _paid(tx, payer, plan, draft, claim, row[3:])
+
+
+def _pay_params(
+    tx: Tx, payer: Party, plan: _Plan, draft: _Draft, claim: Claim | None, now: datetime
+) -> tuple[Any, ...]:
+    payment = draft.payment
+    return (
+        payment.id,
+        payer.id,
+        plan.payee_id,
+        plan.agent_id,
+        plan.agency_id,
+        payment.code_id,
+        payment.code_kind,
+        payment.code_label,
+        tx.json(payment.items),
+        payment.memo,
+        tx.json(payment.receipt),
+        plan.amount,
+        now,
+        [new_id("led"), new_id("led")],
+        tx.json(draft.view),
+        tx.json(draft.code_body) if draft.code_body is not None else None,
+        claim.key if claim else None,
+        claim.scope if claim else None,
+        claim.fingerprint if claim else None,
+        claim.stale_before if claim else None,
+    )
+
+
+def _paid(
+    tx: Tx,
+    payer: Party,
+    plan: _Plan,
+    draft: _Draft,
+    claim: Claim | None,
+    row: Sequence[Any],
+) -> tuple[int, Any, list[Published]]:
+    """What ``paycode_pay`` answered, as the response and the events (or the refusal)."""
+    outcome, stored_status, stored_body, stored_hash, seqs, accounts = row
     if outcome == "stored":
         assert claim is not None
         stored = idempotency.replay(
@@ -508,8 +608,9 @@ def pay_in_server(
         if code_ == ledger.InsufficientFunds.code:
             raise ledger.InsufficientFunds(message)
         raise Conflict(message, code=code_)
-    paying = len({payer.id, plan.payee_id, agent_id} - {None})
-    created_at = rfc3339(now)
+    view, code_body = draft.view, draft.code_body
+    paying = len({payer.id, plan.payee_id, plan.agent_id} - {None})
+    created_at = rfc3339(draft.payment.created_at)
     events = [
         Published(
             account_id,

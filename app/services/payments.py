@@ -66,7 +66,10 @@ def _signer(state: AppState) -> receipts.Signer:
 
 def _context(state: AppState, signer: receipts.Signer) -> payments.Context:
     return payments.Context(
-        currency=state.settings.currency, public_url=state.settings.public_url, signer=signer
+        currency=state.settings.currency,
+        public_url=state.settings.public_url,
+        signer=signer,
+        known_codes=state.known_codes,
     )
 
 
