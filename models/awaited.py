@@ -178,8 +178,8 @@ class AsyncpgCursor:
 
 
 class AsyncpgConnection:
-    """An asyncpg connection as ``Tx`` drives it: outside a transaction, each statement its
-    own (autocommit)."""
+    """An asyncpg connection as ``Tx`` drives it: outside a BEGIN, each statement its own
+    transaction (autocommit)."""
 
     __slots__ = ("driver",)
 
@@ -188,3 +188,15 @@ class AsyncpgConnection:
 
     def cursor(self) -> AsyncpgCursor:
         return AsyncpgCursor(self)
+
+    def commit(self) -> None:
+        self._simple("COMMIT")
+
+    def rollback(self) -> None:
+        self._simple("ROLLBACK")
+
+    def _simple(self, statement: str) -> None:
+        try:
+            await_only(self.driver.execute(statement))
+        except _RAISED as exc:
+            raise translated(exc) from exc

@@ -311,6 +311,12 @@ class Database:
         assert self.money_pool is not None, "the money path's pool is PostgreSQL's"
         return self.money_pool.unit()
 
+    def transaction_on_loop(self) -> AbstractContextManager[sql.Tx]:
+        """PostgreSQL: one transaction on the money path's asyncpg pool, for a unit run by
+        ``app.http.on_loop`` (code issuance, a refusal recorded under its key)."""
+        assert self.money_pool is not None, "the money path's pool is PostgreSQL's"
+        return self.money_pool.unit(transaction=True)
+
     def raw_write_on_loop(self) -> AbstractContextManager[sql.Tx]:
         """PostgreSQL: ``raw_write`` for a unit run by ``app.http.on_loop``."""
         return sql.unit(self._on_loop, write=True)

@@ -136,24 +136,32 @@ class LoopPool:
             self._idle.append(connection)
 
     @contextmanager
-    def unit(self) -> Iterator[Tx]:
+    def unit(self, *, transaction: bool = False) -> Iterator[Tx]:
         """A ``Tx`` on a pooled connection, for a unit run by ``app.http.on_loop``: each
-        statement its own transaction."""
+        statement its own transaction, or with ``transaction`` all of them in one, committed
+        when the block ends and rolled back if it raises (asyncpg has no pipeline: each
+        statement, the BEGIN and the COMMIT are a round trip each)."""
         connection = await_only(self.take())
         broken = False
         try:
-            yield Tx(
-                awaited.AsyncpgConnection(connection),
-                is_sqlite=False,
-                dbapi_error=awaited.Error,
-                numbered=True,
-            )
+            driver = awaited.AsyncpgConnection(connection)
+            tx = Tx(driver, is_sqlite=False, dbapi_error=awaited.Error, numbered=True)
+            if transaction:
+                tx.run("BEGIN")
+            yield tx
+            if transaction:
+                tx.commit()
         except BaseException as exc:
             # A connection lost or interrupted midway is not trusted again; a refused value
-            # or a unique violation leaves it sound.
+            # or a unique violation leaves it sound once its transaction is rolled back.
             orig = exc.orig if isinstance(exc, DBAPIError) else None
             broken = isinstance(orig, (awaited.OperationalError, awaited.InterfaceError))
             broken = broken or not isinstance(exc, Exception)
+            if transaction and not broken:
+                try:
+                    driver.rollback()
+                except awaited.Error:
+                    broken = True
             raise
         finally:
             self.give_back(connection, broken=broken)

@@ -79,8 +79,9 @@ async def run_on_loop(
     operation: Operation,
 ) -> Result:
     """``run`` of a raw operation on PostgreSQL, awaited on the event loop (``on_loop``):
-    the same unit over the loop's pool, the refusal recorded there too."""
-    open_unit = state.db.raw_write_on_loop
+    the same unit in a transaction on the money path's asyncpg pool, the refusal recorded
+    there too."""
+    open_unit = state.db.transaction_on_loop
     if key is None:
         return await _until_unique(lambda: on_loop(_in_unit, open_unit, operation))
     fingerprint = idempotency.request_fingerprint(request_body)
@@ -209,7 +210,7 @@ async def run_in_server(
     assert claim is not None
     return await on_loop(
         _refused,
-        state.db.raw_write_on_loop,
+        state.db.transaction_on_loop,
         claim.account_id,
         claim.scope,
         claim.key,

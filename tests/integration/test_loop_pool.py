@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.http import on_loop
@@ -124,5 +125,43 @@ def test_the_money_pool_hands_back_waits_and_times_out(pg_url: str) -> None:
             pool.give_back(fresh, broken=False)
         finally:
             await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_transaction_on_the_money_pool_commits_or_rolls_back_whole(pg_url: str) -> None:
+    """``transaction_on_loop`` (code issuance): the block's statements commit together, or
+    none does when it raises; after a refused statement the connection, rolled back, serves
+    the next unit."""
+
+    def insert(db: Database, ids: list[str], fail: bool = False) -> int:
+        with db.transaction_on_loop() as tx:
+            for id_ in ids:
+                tx.run(
+                    "INSERT INTO lookup_failure (id, account_id, client, created_at)"
+                    " VALUES (?, 'acc', 'client', now())",
+                    (id_,),
+                )
+            if fail:
+                raise ValueError("the unit gives up")
+            row = tx.one("SELECT pg_backend_pid()")
+            assert row is not None
+            return int(row[0])
+
+    async def scenario() -> None:
+        db = Database(pg_url, pool_size=1)
+        try:
+            with pytest.raises(ValueError):
+                await on_loop(insert, db, ["lkf_a", "lkf_b"], True)
+            backend = await on_loop(insert, db, ["lkf_c", "lkf_d"])
+            with pytest.raises(IntegrityError):
+                await on_loop(insert, db, ["lkf_e", "lkf_c"])
+            assert await on_loop(insert, db, ["lkf_f"]) == backend
+            with db.writer.connect() as check:
+                ids = check.exec_driver_sql("SELECT id FROM lookup_failure ORDER BY id")
+                assert [row[0] for row in ids] == ["lkf_c", "lkf_d", "lkf_f"]
+        finally:
+            await db.dispose_loop_engine()
+            db.dispose()
 
     asyncio.run(scenario())
