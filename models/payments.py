@@ -482,20 +482,21 @@ def pay_in_server(
     A static code in ``ctx.known_codes`` is not read first: the limiter's read, the check of
     the code's facts and the function are one statement (``_pay_known``), so the payment is
     one round trip. Should it refuse a code, the code is forgotten."""
-    known = ctx.known_codes.get(body.get("code")) if ctx.known_codes and guard else None
-    if known is not None:
-        assert guard is not None
-        try:
-            paid = _pay_by_known_code(tx, payer, body, ctx, claim, guard, known)
-        except Conflict:
-            ctx.known_codes.forget(body["code"])  # type: ignore[union-attr]
-            raise
-        if paid is not None:
-            return paid
-        ctx.known_codes.forget(body["code"])  # type: ignore[union-attr]
+    known_codes = ctx.known_codes
+    if known_codes is not None and guard is not None:
+        known = known_codes.get(body.get("code"))
+        if known is not None:
+            try:
+                paid = _pay_by_known_code(tx, payer, body, ctx, claim, guard, known)
+            except Conflict:
+                known_codes.forget(body["code"])
+                raise
+            if paid is not None:
+                return paid
+            known_codes.forget(body["code"])
     plan = _plan(tx, payer, body, guard)
-    if ctx.known_codes is not None and plan.found is not None:
-        ctx.known_codes.remember(body["code"], plan.found)
+    if known_codes is not None and plan.found is not None:
+        known_codes.remember(body["code"], plan.found)
     now = utcnow()
     draft = _draft(plan, payer.id, ctx, now)
     row = tx.one(_PAY, _pay_params(tx, payer, plan, draft, claim, now))
