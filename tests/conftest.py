@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -43,13 +44,20 @@ def database_url(
     pg_factory.drop(url)
 
 
-@pytest.fixture
-def settings(database_url: str) -> Settings:
+def app_settings(database_url: str, **extra: Any) -> Settings:
+    """The tests' settings; ``extra`` shrinks a limit so a test reaches it in a few requests
+    (the logic is the production one)."""
     return Settings(
         database_url=database_url,
         admin_token=ADMIN_TOKEN,
         public_url_setting="http://testserver",
+        extra=extra,
     )
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return app_settings(database_url)
 
 
 @pytest.fixture

@@ -17,19 +17,14 @@ from app.settings import Settings
 from models import awaited, shortcodes
 from models.db import Database
 from tests.api import Api, User
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import app_settings
 
 PER_ACCOUNT = 3
 
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        admin_token=ADMIN_TOKEN,
-        public_url_setting="http://testserver",
-        extra={"lookup_failures_per_account": PER_ACCOUNT},
-    )
+    return app_settings(database_url, lookup_failures_per_account=PER_ACCOUNT)
 
 
 def shop(api: Api) -> tuple[User, User, dict[str, Any], dict[str, Any]]:

@@ -13,7 +13,7 @@ from app.settings import Settings
 from models import ratelimit, shortcodes
 from models.db import Database
 from tests.api import Api, User
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import app_settings
 
 PER_ACCOUNT = 5
 PER_CLIENT = 8
@@ -21,15 +21,10 @@ PER_CLIENT = 8
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    """Small limits, so a test reaches them in a few requests; the logic is the production one."""
-    return Settings(
-        database_url=database_url,
-        admin_token=ADMIN_TOKEN,
-        public_url_setting="http://testserver",
-        extra={
-            "lookup_failures_per_account": PER_ACCOUNT,
-            "lookup_failures_per_client": PER_CLIENT,
-        },
+    return app_settings(
+        database_url,
+        lookup_failures_per_account=PER_ACCOUNT,
+        lookup_failures_per_client=PER_CLIENT,
     )
 
 
