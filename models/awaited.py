@@ -72,14 +72,14 @@ class AwaitedConnection:
 
 # --- asyncpg ----------------------------------------------------------------------------------
 #
-# The money path's connections (``models.loop_pool``): asyncpg does a round trip for about a
-# third of the CPU psycopg's asyncio mode spends on one. Its errors are translated to classes
+# The money path's connections (``models.loop_pool``): asyncpg does a round trip for less
+# than half the CPU psycopg's asyncio mode spends on one. Its errors are translated to classes
 # named as PEP 249 names them, so ``Tx`` raises them as SQLAlchemy's (``DBAPIError.instance``
 # goes by the class name): the handlers that answer 409, 422 and 503 see one kind of error.
 
 
 class Error(Exception):
-    """An asyncpg failure in PEP 249's terms; ``orig`` is asyncpg's own exception."""
+    """An asyncpg failure in PEP 249's terms; its ``__cause__`` is asyncpg's own exception."""
 
 
 class InterfaceError(Error):
