@@ -125,11 +125,12 @@ _BY_CLASS: dict[str, type[Error]] = {
 
 def translated(exc: BaseException) -> Error:
     """asyncpg's exception as a PEP 249 one: by SQLSTATE for the server's errors; a lost
-    connection (asyncpg's own, or the socket's) is operational."""
+    connection (the socket's error, or a protocol left mid-exchange by a server that closed
+    it) is operational."""
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate:
         kind = _BY_CLASS.get(sqlstate[:2], InternalError)
-    elif isinstance(exc, (OSError, asyncpg.exceptions.ConnectionDoesNotExistError)):
+    elif isinstance(exc, (OSError, asyncpg.InternalClientError)):
         kind = OperationalError
     elif isinstance(exc, asyncpg.exceptions.InterfaceError):
         kind = InterfaceError
@@ -140,8 +141,10 @@ def translated(exc: BaseException) -> Error:
     return error
 
 
-# What asyncpg raises for a statement: the server's errors, its own, and the socket's.
-_RAISED = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# What asyncpg raises for a statement: the server's errors, its own, and the socket's. A
+# server that shuts down sends its FATAL message and then closes: a statement sent between
+# the two finds the protocol still consuming the message (InternalClientError).
+_RAISED = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
 class AsyncpgCursor:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.util import await_only
 
 from models import awaited
+from models.errors import DomainError
 from models.sql import Tx
 
 
@@ -47,6 +48,16 @@ def _is_idle_and_open(connection: asyncpg.Connection) -> bool:
     waiting = select.poll()
     waiting.register(sock.fileno(), select.POLLIN)
     return not waiting.poll(0)
+
+
+def _sound_after(exc: BaseException) -> bool:
+    """Whether a connection can serve again after ``exc`` left its unit: a business refusal
+    raised between statements, or the server's refusal of a value or of a duplicate key (its
+    protocol is idle again once the refusal is read). Anything else (a lost connection, an
+    interrupted statement, an error of the driver's own) may have left it mid-exchange."""
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc.orig, (awaited.IntegrityError, awaited.DataError))
+    return isinstance(exc, DomainError)
 
 
 class LoopPool:
@@ -152,11 +163,7 @@ class LoopPool:
             if transaction:
                 tx.commit()
         except BaseException as exc:
-            # A connection lost or interrupted midway is not trusted again; a refused value
-            # or a unique violation leaves it sound once its transaction is rolled back.
-            orig = exc.orig if isinstance(exc, DBAPIError) else None
-            broken = isinstance(orig, (awaited.OperationalError, awaited.InterfaceError))
-            broken = broken or not isinstance(exc, Exception)
+            broken = not _sound_after(exc)
             if transaction and not broken:
                 try:
                     driver.rollback()

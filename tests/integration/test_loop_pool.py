@@ -16,6 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.http import on_loop
 from models.db import Database
+from models.errors import Conflict
 from models.loop_pool import LoopPool
 from tests.services import PostgresFactory, unavailable
 
@@ -131,8 +132,8 @@ def test_the_money_pool_hands_back_waits_and_times_out(pg_url: str) -> None:
 
 def test_a_transaction_on_the_money_pool_commits_or_rolls_back_whole(pg_url: str) -> None:
     """``transaction_on_loop`` (code issuance): the block's statements commit together, or
-    none does when it raises; after a refused statement the connection, rolled back, serves
-    the next unit."""
+    none does when it raises; after a business refusal or a refused statement the connection,
+    rolled back, serves the next unit."""
 
     def insert(db: Database, ids: list[str], fail: bool = False) -> int:
         with db.transaction_on_loop() as tx:
@@ -143,7 +144,7 @@ def test_a_transaction_on_the_money_pool_commits_or_rolls_back_whole(pg_url: str
                     (id_,),
                 )
             if fail:
-                raise ValueError("the unit gives up")
+                raise Conflict("the unit refuses", code="refused")
             row = tx.one("SELECT pg_backend_pid()")
             assert row is not None
             return int(row[0])
@@ -151,15 +152,45 @@ def test_a_transaction_on_the_money_pool_commits_or_rolls_back_whole(pg_url: str
     async def scenario() -> None:
         db = Database(pg_url, pool_size=1)
         try:
-            with pytest.raises(ValueError):
-                await on_loop(insert, db, ["lkf_a", "lkf_b"], True)
             backend = await on_loop(insert, db, ["lkf_c", "lkf_d"])
+            with pytest.raises(Conflict):
+                await on_loop(insert, db, ["lkf_a", "lkf_b"], True)
             with pytest.raises(IntegrityError):
                 await on_loop(insert, db, ["lkf_e", "lkf_c"])
             assert await on_loop(insert, db, ["lkf_f"]) == backend
             with db.writer.connect() as check:
                 ids = check.exec_driver_sql("SELECT id FROM lookup_failure ORDER BY id")
                 assert [row[0] for row in ids] == ["lkf_c", "lkf_d", "lkf_f"]
+        finally:
+            await db.dispose_loop_engine()
+            db.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_is_dropped_after_anything_but_a_refusal(pg_url: str) -> None:
+    """An error that is neither a business refusal nor the server's refusal of a value or a
+    key (here a bug's ValueError between two statements; in life a statement cut off by a
+    server shutting down) may leave the connection mid-exchange: it is not used again."""
+
+    def backend(db: Database, fail: BaseException | None = None) -> int:
+        with db.autocommit_on_loop() as tx:
+            row = tx.one("SELECT pg_backend_pid()")
+            assert row is not None
+            if fail is not None:
+                raise fail
+            return int(row[0])
+
+    async def scenario() -> None:
+        db = Database(pg_url, pool_size=1)
+        try:
+            first = await on_loop(backend, db)
+            with pytest.raises(Conflict):
+                await on_loop(backend, db, Conflict("refused", code="refused"))
+            assert await on_loop(backend, db) == first
+            with pytest.raises(ValueError):
+                await on_loop(backend, db, ValueError("a bug"))
+            assert await on_loop(backend, db) != first
         finally:
             await db.dispose_loop_engine()
             db.dispose()
