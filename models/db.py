@@ -19,7 +19,6 @@ serves the payment on the event loop itself (:meth:`Database.autocommit_on_loop`
 
 from __future__ import annotations
 
-import select
 import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -38,7 +37,7 @@ from sqlmodel import Session
 from models import sql
 from models.checkpoint import Checkpointer
 from models.group import GroupWriter
-from models.loop_pool import LoopPool
+from models.loop_pool import LoopPool, quiet
 
 GROUP_SLOTS = 16
 # The queue's file as the readers of the database see it.
@@ -138,15 +137,7 @@ def _alive_on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None
     dead one makes every pooled connection suspect (a restart closes them all), so the pool
     drops them all and SQLAlchemy connects afresh."""
     pgconn = dbapi_connection.driver_connection.pgconn
-    if pgconn.status != ConnStatus.OK:
-        raise InvalidatePoolError()
-    # An idle connection that is not listening has nothing to say: anything to read (the
-    # server's FATAL message, its close) means the server is done with it. poll, not select:
-    # a process holding thousands of sockets gives its new connections descriptors past
-    # select's 1,024.
-    waiting = select.poll()
-    waiting.register(pgconn.socket, select.POLLIN)
-    if waiting.poll(0):
+    if pgconn.status != ConnStatus.OK or not quiet(pgconn.socket):
         raise InvalidatePoolError()
 
 

@@ -34,20 +34,23 @@ def asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def quiet(fd: int) -> bool:
+    """Whether an idle database connection's socket has nothing to read. An idle connection
+    that is not listening has nothing to say: anything there (the server's FATAL message, its
+    close) means the server is done with it. poll, not select: a process holding thousands of
+    WebSockets gives its new connections descriptors past select's 1,024."""
+    waiting = select.poll()
+    waiting.register(fd, select.POLLIN)
+    return not waiting.poll(0)
+
+
 def _is_idle_and_open(connection: asyncpg.Connection) -> bool:
     if connection.is_closed():
         return False
-    # asyncpg offers no public handle on its socket (without one, is_closed alone decides);
-    # an idle connection has nothing to say, so anything to read (the server's FATAL
-    # message, its close) means it is done. poll, not select: a process holding thousands of
-    # WebSockets has descriptors past 1,024.
+    # asyncpg offers no public handle on its socket; without one, is_closed alone decides.
     transport = getattr(connection, "_transport", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None:
-        return True
-    waiting = select.poll()
-    waiting.register(sock.fileno(), select.POLLIN)
-    return not waiting.poll(0)
+    return sock is None or quiet(sock.fileno())
 
 
 def _sound_after(exc: BaseException) -> bool:
