@@ -16,6 +16,7 @@ from app.tokens import TokenCache
 from models.codes import KnownCodes
 from models.db import Database
 from models.events import Published
+from models.issuance import KnownAgencies
 from realtime.hub import Hub
 
 log = logging.getLogger("paycode.publish")
@@ -29,6 +30,7 @@ class AppState:
     admission: Admission
     tokens: TokenCache = field(default_factory=TokenCache)
     known_codes: KnownCodes = field(default_factory=KnownCodes)
+    known_agencies: KnownAgencies = field(default_factory=KnownAgencies)
     # Told after this process publishes committed events (the webhook worker: deliveries owed).
     on_publish: list[Callable[[], None]] = field(default_factory=list)
 

@@ -3,10 +3,9 @@ tokens and typed short codes, expiry, cancellation, and the views a party and a 
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -24,13 +23,9 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from models import shortcodes, sql
 from models.accounts import Account, LockedAccount, Party, party
-from models.agencies import ACTIVE as AGENCY_ACTIVE
-from models.agencies import PENDING as AGENCY_PENDING
 from models.clock import rfc3339, utcnow
-from models.errors import Conflict, Invalid, NotFound
+from models.errors import Conflict, NotFound
 from models.events import Published
-from models.ids import new_id
-from models.money import MAX_AMOUNT, parse_amount
 from models.ratelimit import Guard
 from models.sql import Tx
 
@@ -43,17 +38,6 @@ EXPIRED = "expired"
 CANCELLED = "cancelled"
 REVOKED = "revoked"
 STATUSES = (ACTIVE, PAID, EXPIRED, CANCELLED, REVOKED)
-
-MIN_EXPIRES_IN = 60
-MAX_EXPIRES_IN = 86_400
-DYNAMIC_DEFAULT_EXPIRES_IN = 900
-MAX_ITEMS = 100
-MAX_ITEM_NAME = 200
-MAX_QUANTITY = 10**6
-MAX_LABEL = 100
-MAX_MEMO = 500
-# 24 random bytes = 192 bits, URL-safe: far past guessing, short enough for a dense QR code.
-TOKEN_BYTES = 24
 
 
 class Code(SQLModel, table=True):
@@ -240,9 +224,9 @@ class KnownCodes:
 def read_row(tx: Tx, row: Sequence[Any]) -> CodeRow:
     """The code of a row that selects ``CODE_COLUMNS`` first."""
     values = list(row[:_CODE_COLUMNS])
-    for at in _JSON_AT:
+    for at in JSON_AT:
         values[at] = tx.read_json(values[at])
-    for at in _MOMENT_AT:
+    for at in MOMENT_AT:
         values[at] = tx.read_moment(values[at])
     return CodeRow(*values)
 
@@ -348,96 +332,15 @@ def view(session: Session, code: Code, *, public_url: str, currency: str) -> dic
     return code_view(code, parties_of(session, [code]), public_url=public_url, currency=currency)
 
 
-# --- issuance (C3, C8, C10) -------------------------------------------------------------------
-
-
-def _integer(value: Any, field: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise Invalid(f"{field} must be an integer", field=field)
-    if not low <= value <= high:
-        raise Invalid(f"{field} must be between {low} and {high}", field=field)
-    return value
-
-
-def _text(value: Any, field: str, limit: int) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > limit:
-        raise Invalid(f"{field} must be a string of at most {limit} characters", field=field)
-    return value.strip() or None
-
-
-def _items(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not 1 <= len(value) <= MAX_ITEMS:
-        raise Invalid(f"items must be a list of 1-{MAX_ITEMS} items", field="items")
-    items = []
-    for index, item in enumerate(value):
-        field = f"items[{index}]"
-        if not isinstance(item, dict):
-            raise Invalid(f"{field} must be an object", field=field)
-        name = item.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_ITEM_NAME:
-            raise Invalid(
-                f"{field}.name must be 1-{MAX_ITEM_NAME} characters", field=f"{field}.name"
-            )
-        items.append(
-            {
-                "name": name.strip(),
-                "quantity": _integer(item.get("quantity"), f"{field}.quantity", 1, MAX_QUANTITY),
-                "unit_amount": _integer(
-                    item.get("unit_amount"), f"{field}.unit_amount", 0, MAX_AMOUNT
-                ),
-            }
-        )
-    return items
-
-
-def _amount(kind: str, body: dict[str, Any], items: list[dict[str, Any]]) -> int | None:
-    given = body.get("amount")
-    if given is not None:
-        given = parse_amount(given)
-    if items:
-        total = sum(item["quantity"] * item["unit_amount"] for item in items)
-        if not 1 <= total <= MAX_AMOUNT:
-            raise Invalid(f"the items must add up to between 1 and {MAX_AMOUNT}", field="items")
-        if given is not None and given != total:
-            raise Invalid(
-                f"amount {given} is not the sum of the items ({total})",
-                code="amount_mismatch",
-                field="amount",
-            )
-        return total
-    if given is None and kind == DYNAMIC:
-        raise Invalid(
-            "a dynamic code needs an amount or items", code="amount_required", field="amount"
-        )
-    return given
-
-
-def _expires_in(kind: str, value: Any) -> int | None:
-    if value is None:
-        return DYNAMIC_DEFAULT_EXPIRES_IN if kind == DYNAMIC else None
-    return _integer(value, "expires_in", MIN_EXPIRES_IN, MAX_EXPIRES_IN)
-
+# --- the statements -------------------------------------------------------------------------
 
 # The code table's columns in model order: a CodeRow is built from them by position.
-_FIELDS = list(Code.model_fields)
-CODE_COLUMNS = ", ".join(f"code.{name}" for name in _FIELDS)
-_CODE_COLUMNS = len(_FIELDS)
+FIELDS = list(Code.model_fields)
+CODE_COLUMNS = ", ".join(f"code.{name}" for name in FIELDS)
+_CODE_COLUMNS = len(FIELDS)
 # Stored as text on SQLite: converted on the way in and out.
-_JSON_AT = (_FIELDS.index("items"),)
-_MOMENT_AT = (_FIELDS.index("expires_at"), _FIELDS.index("created_at"))
-# The agency and both of its parties in one read; only the agency row is locked.
-_ISSUING_AGENCY = (
-    "SELECT agency.id, agency.payee_id, agency.agent_id, agency.status,"
-    " payee.handle, payee.display_name, agent.handle, agent.display_name"
-    " FROM agency JOIN account AS payee ON payee.id = agency.payee_id"
-    " JOIN account AS agent ON agent.id = agency.agent_id"
-    " WHERE agency.id = ?"
-)
-_ISSUING_AGENCY_LOCKED = _ISSUING_AGENCY + " FOR NO KEY UPDATE OF agency"
+JSON_AT = (FIELDS.index("items"),)
+MOMENT_AT = (FIELDS.index("expires_at"), FIELDS.index("created_at"))
 _WITH_AGENCY = (
     f"SELECT {CODE_COLUMNS}, agency.status FROM code JOIN agency ON agency.id = code.agency_id"
 )
@@ -459,101 +362,6 @@ def _guarded_by(limiting: str) -> str:
     return (
         f"SELECT * FROM ({limiting}) AS limiting LEFT JOIN ({_PARTIES_BY_TOKEN}) AS found ON true"
     )
-
-
-_INSERT = f"INSERT INTO code ({', '.join(_FIELDS)}) VALUES ({', '.join('?' for _ in _FIELDS)})"
-
-
-@dataclass(frozen=True, slots=True)
-class _IssuingAgency:
-    id: str
-    payee_id: str
-    agent_id: str
-    status: str
-    payee_handle: str
-    payee_display_name: str
-    agent_handle: str
-    agent_display_name: str
-
-
-def _issuing_agency(tx: Tx, caller_id: str, value: Any) -> _IssuingAgency:
-    """The agency named in the body with its parties' names, the agency's row locked so a
-    concurrent revoke cannot miss the new code."""
-    if not isinstance(value, str) or not value or len(value) > 40:
-        raise Invalid("agency_id must be the id of an agency", field="agency_id")
-    # Revoke updates the agency row before it revokes the codes, so holding it here orders the
-    # two: either this code exists when revoke's update runs, or we see the revocation.
-    row = tx.one(_ISSUING_AGENCY if tx.is_sqlite else _ISSUING_AGENCY_LOCKED, (value,))
-    agency = _IssuingAgency(*row) if row is not None else None
-    if agency is None or caller_id not in (agency.payee_id, agency.agent_id):
-        raise NotFound("no such agency", field="agency_id")
-    if agency.status == AGENCY_PENDING:
-        raise Conflict("the payee has not accepted this agency yet", code="agency_not_active")
-    if agency.status != AGENCY_ACTIVE:
-        raise Conflict("this agency was revoked", code="agency_revoked")
-    return agency
-
-
-def issue(
-    work: Session | Tx,
-    caller_id: str,
-    body: dict[str, Any],
-    *,
-    public_url: str,
-    currency: str,
-    now: datetime | None = None,
-) -> tuple[dict[str, Any], list[Published]]:
-    """Generate a code for an active agency, asked for by its payee or its agent (C10).
-
-    The body is checked whole before the agency is looked at, so a bad request is 422 whoever
-    asks. No event is written: the code comes back to the client that asked for it. The code
-    is written with one hand-written INSERT, not through the ORM's unit of work."""
-    kind = body.get("kind")
-    if kind not in KINDS:
-        raise Invalid("kind must be static or dynamic", field="kind")
-    label = _text(body.get("label"), "label", MAX_LABEL)
-    memo = _text(body.get("memo"), "memo", MAX_MEMO)
-    items = _items(body.get("items"))
-    amount = _amount(kind, body, items)
-    expires_in = _expires_in(kind, body.get("expires_in"))
-    if "agency_id" not in body:
-        raise Invalid("agency_id is required", field="agency_id")
-    tx = sql.tx(work)
-    agency = _issuing_agency(tx, caller_id, body["agency_id"])
-    created_at = now or utcnow()
-    row: dict[str, Any] = {
-        "id": new_id("cod"),
-        "agency_id": agency.id,
-        "payee_id": agency.payee_id,
-        "agent_id": agency.agent_id,
-        "created_by_id": caller_id,
-        "kind": kind,
-        "status": ACTIVE,
-        "label": label,
-        "amount": amount,
-        "items": items,
-        "memo": memo,
-        "token": secrets.token_urlsafe(TOKEN_BYTES),
-        # 32^9 possibilities make a clash rare; the unique index refuses one, and the unit's
-        # runner draws again (IntegrityError rolls the whole unit back).
-        "short_code": shortcodes.generate(),
-        "expires_at": (
-            created_at + timedelta(seconds=expires_in) if expires_in is not None else None
-        ),
-        "created_at": created_at,
-        "paid_payment_id": None,
-    }
-    values = [row[name] for name in _FIELDS]
-    for at in _JSON_AT:
-        values[at] = tx.json(values[at])
-    for at in _MOMENT_AT:
-        values[at] = tx.moment(values[at])
-    tx.run(_INSERT, values)
-    parties = {
-        agency.payee_id: Party(agency.payee_id, agency.payee_handle, agency.payee_display_name),
-        agency.agent_id: Party(agency.agent_id, agency.agent_handle, agency.agent_display_name),
-    }
-    return code_view(CodeRow(**row), parties, public_url=public_url, currency=currency), []
 
 
 # --- the parties' operations ------------------------------------------------------------------

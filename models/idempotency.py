@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -61,15 +62,26 @@ def request_fingerprint(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_FIND = (
+FIND = (
     "SELECT request_hash, status_code, response, created_at FROM idempotency_record"
     ' WHERE account_id = ? AND scope = ? AND "key" = ?'
 )
-_DROP = 'DELETE FROM idempotency_record WHERE account_id = ? AND scope = ? AND "key" = ?'
+# Only the expired record: a fresh one another request wrote meanwhile stays.
+_DROP_EXPIRED = (
+    'DELETE FROM idempotency_record WHERE account_id = ? AND scope = ? AND "key" = ?'
+    " AND created_at < ?"
+)
 _INSERT = (
     "INSERT INTO idempotency_record"
     ' (account_id, scope, "key", request_hash, status_code, response, created_at)'
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# A record written by the statement of its effect, a row for each row of the effect's CTE
+# named after it (``... FROM effect``): the two commit together or not at all.
+RECORD_SELECTED = (
+    "INSERT INTO idempotency_record"
+    ' (account_id, scope, "key", request_hash, status_code, response, created_at)'
+    " SELECT ?::text, ?::text, ?::text, ?::text, ?::integer, ?::json, ?::timestamptz"
 )
 
 
@@ -83,15 +95,26 @@ def begin(
     """
     tx = sql.tx(work)
     where = (account_id, scope, key)
-    existing = tx.one(_FIND, where)
-    if existing is not None:
-        request_hash, status_code, response, created_at = existing
-        created = tx.read_moment(created_at)
-        assert created is not None
-        if created < utcnow() - TTL:
-            tx.run(_DROP, where)
-            existing = None
-    if existing is None:
+    found = tx.one(FIND, where)
+    return None if found is None else _unexpired(tx, where, fingerprint, found)
+
+
+def stored(tx: Tx, claim: Claim, found: Sequence[Any]) -> StoredResponse | None:
+    """``begin``'s answer for a record that a statement read with ``FIND``'s columns."""
+    return _unexpired(tx, claim.where(), claim.fingerprint, found)
+
+
+def _unexpired(
+    tx: Tx, where: tuple[str, str, str], fingerprint: str, found: Sequence[Any]
+) -> StoredResponse | None:
+    """The response of a found record; None when it has expired, and it is dropped: the key
+    may be used afresh."""
+    request_hash, status_code, response, created_at = found
+    created = tx.read_moment(created_at)
+    assert created is not None
+    stale_before = utcnow() - TTL
+    if created < stale_before:
+        tx.run(_DROP_EXPIRED, (*where, tx.moment(stale_before)))
         return None
     return replay(request_hash, status_code, tx.read_json(response), fingerprint)
 
@@ -120,6 +143,13 @@ class Claim:
     scope: str
     key: str
     fingerprint: str
+
+    def where(self) -> tuple[str, str, str]:
+        return (self.account_id, self.scope, self.key)
+
+    def recorded(self, tx: Tx, status_code: int, body: Any, now: datetime) -> tuple[Any, ...]:
+        """``RECORD_SELECTED``'s parameters: the response recorded under this key."""
+        return (*self.where(), self.fingerprint, status_code, tx.json(body), tx.moment(now))
 
     @property
     def stale_before(self) -> datetime:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from app import render
+from app.ratelimit import Check
 from app.services import idempotent
 from app.state import AppState
-from models import codes, shortcodes
+from models import codes, issuance, shortcodes
 from models.events import Published
+from models.idempotency import Claim
 from models.sql import Tx
 
 Outcome = tuple[dict[str, Any], list[Published]]
@@ -19,23 +21,27 @@ def _presentation(state: AppState) -> dict[str, str]:
     return {"public_url": state.settings.public_url, "currency": state.settings.currency}
 
 
-def _issuing(state: AppState, caller_id: str, body: dict[str, Any]) -> idempotent.Operation:
-    def operation(tx: Tx) -> tuple[int, Any, list[Published]]:
-        view, events = codes.issue(tx, caller_id, body, **_presentation(state))
-        return 201, view, events
-
-    return operation
-
-
 async def create(
     state: AppState, caller_id: str, body: dict[str, Any], key: str | None
 ) -> idempotent.Result:
     """A code under its ``Idempotency-Key``, awaited on the event loop with no worker thread
-    between: on SQLite in the group commit, on PostgreSQL over the loop's pool."""
-    operation = _issuing(state, caller_id, body)
+    between: on SQLite in the group commit, on PostgreSQL in one statement over the loop's
+    pool."""
+    presentation = _presentation(state)
     if state.db.is_sqlite:
+
+        def operation(tx: Tx) -> tuple[int, Any, list[Published]]:
+            view, events = issuance.issue(tx, caller_id, body, **presentation)
+            return 201, view, events
+
         return await idempotent.run_in_group(state, caller_id, CREATE_SCOPE, key, body, operation)
-    return await idempotent.run_on_loop(state, caller_id, CREATE_SCOPE, key, body, operation)
+
+    def in_server(tx: Tx, claim: Claim | None, _: Check | None) -> tuple[int, Any, list[Published]]:
+        return issuance.issue_in_server(
+            tx, caller_id, body, claim, state.known_agencies, **presentation
+        )
+
+    return await idempotent.run_in_server(state, caller_id, CREATE_SCOPE, key, body, in_server)
 
 
 def get(state: AppState, caller_id: str, code_id: str) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def run(
     operation: Operation,
 ) -> Result:
     """``operation`` gets a SQLModel session; run in a worker thread. (The hot paths' raw
-    operations take :func:`run_in_group` on SQLite, :func:`run_on_loop` on PostgreSQL.)"""
+    operations take :func:`run_in_group` on SQLite, :func:`run_in_server` on PostgreSQL.)"""
     if key is None:
         return _in_unit(state.db.write, operation)
     fingerprint = idempotency.request_fingerprint(request_body)
@@ -68,29 +68,6 @@ def run(
             return outcome
         return _refused(state.db.raw_write, account_id, scope, key, fingerprint, outcome)
     raise AssertionError("unreachable")
-
-
-async def run_on_loop(
-    state: AppState,
-    account_id: str,
-    scope: str,
-    key: str | None,
-    request_body: Any,
-    operation: Operation,
-) -> Result:
-    """``run`` of a raw operation on PostgreSQL, awaited on the event loop (``on_loop``):
-    the same unit in a transaction on the money path's asyncpg pool, the refusal recorded
-    there too."""
-    open_unit = state.db.transaction_on_loop
-    if key is None:
-        return await _until_unique(lambda: on_loop(_in_unit, open_unit, operation))
-    fingerprint = idempotency.request_fingerprint(request_body)
-    outcome = await _until_unique(
-        lambda: on_loop(_attempt, open_unit, account_id, scope, key, fingerprint, operation)
-    )
-    if isinstance(outcome, Result):
-        return outcome
-    return await on_loop(_refused, open_unit, account_id, scope, key, fingerprint, outcome)
 
 
 async def _until_unique(attempt: Callable[[], Awaitable[R]]) -> R:

@@ -18,7 +18,7 @@ import zxingcpp
 from PIL import Image, ImageDraw
 from sqlmodel import Session, select
 
-from models import accounts, agencies, codes, shortcodes
+from models import accounts, agencies, codes, issuance, shortcodes
 from models.db import Database
 from models.errors import Conflict
 from tests.api import Api, User
@@ -742,7 +742,7 @@ def test_a_code_issued_while_its_agency_is_revoked_is_revoked_too(database_url: 
 
         racer = threading.Thread(target=revoke)
         with db.write() as session:
-            issued, _ = codes.issue(
+            issued, _ = issuance.issue(
                 session,
                 agent.id,
                 {"agency_id": agency_id, "kind": "static"},
@@ -777,7 +777,7 @@ def test_a_code_asked_for_while_its_agency_is_being_revoked_is_refused(database_
         def issue() -> None:
             try:
                 with db.write() as other:
-                    view, _ = codes.issue(
+                    view, _ = issuance.issue(
                         other,
                         agent.id,
                         {"agency_id": agency_id, "kind": "static"},
