@@ -194,46 +194,31 @@ def resolve_with_parties(tx: Tx, typed: str, guard: Guard | None = None) -> Foun
 
 
 class KnownCodes:
-    """Codes this process can pay by without reading them first: static codes it has paid by,
-    keyed by what the payer typed (token or short code), and dynamic codes it has issued,
-    keyed by their token, until they are paid. A code's token, short code, kind, amount,
-    items, parties and agency never change and a code is never deleted, so a payment by one
-    of these needs no read before its locked part (``payments.pay_in_server``); what can
-    change (the code's status and expiry, its agency's status) is checked under the locks as
-    for any payment, and the facts held here are checked there too. Used from the event loop
-    only."""
+    """Static codes this process has paid by, keyed by what the payer typed (token or short
+    code). A code's token, short code, kind, amount, items, parties and agency never change
+    and a code is never deleted, so a payment by one of these needs no read before its locked
+    part (``payments.pay_in_server``); what can change (the code's status and expiry, its
+    agency's status) is checked under the locks as for any payment, and the facts held here
+    are checked there too. Used from the event loop only."""
 
-    # Static codes are few (one per counter); dynamic ones are held apart so that a flood of
-    # issued codes never pushes the counters' static codes out. Past these the oldest go.
+    # Static codes are few (one per counter); past this many the oldest make room.
     LIMIT = 10_000
 
     def __init__(self) -> None:
-        self._paid_by: dict[str, Found] = {}
-        self._issued: dict[str, Found] = {}
+        self._found: dict[str, Found] = {}
 
     def get(self, typed: Any) -> Found | None:
-        if not isinstance(typed, str):
-            return None
-        return self._paid_by.get(typed) or self._issued.get(typed)
+        return self._found.get(typed) if isinstance(typed, str) else None
 
     def remember(self, typed: str, found: Found) -> None:
-        """A static code read for a payment: its later payments need no read."""
-        if found[0].kind == STATIC:
-            self._hold(self._paid_by, typed, found)
-
-    def issued(self, found: Found) -> None:
-        """A dynamic code this process issued: its payment, if it comes here, needs no read."""
-        if found[0].kind == DYNAMIC:
-            self._hold(self._issued, found[0].token, found)
+        if found[0].kind != STATIC:
+            return
+        if len(self._found) >= self.LIMIT and typed not in self._found:
+            del self._found[next(iter(self._found))]
+        self._found[typed] = found
 
     def forget(self, typed: str) -> None:
-        self._paid_by.pop(typed, None)
-        self._issued.pop(typed, None)
-
-    def _hold(self, held: dict[str, Found], typed: str, found: Found) -> None:
-        if len(held) >= self.LIMIT and typed not in held:
-            del held[next(iter(held))]
-        held[typed] = found
+        self._found.pop(typed, None)
 
 
 def read_row(tx: Tx, row: Sequence[Any]) -> CodeRow:

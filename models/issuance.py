@@ -29,7 +29,6 @@ from models.codes import (
     KINDS,
     MOMENT_AT,
     CodeRow,
-    KnownCodes,
     code_view,
 )
 from models.errors import Conflict, Invalid, NotFound, Unavailable
@@ -339,7 +338,6 @@ def issue_in_server(
     body: dict[str, Any],
     claim: idempotency.Claim | None,
     known: KnownAgencies,
-    known_codes: KnownCodes,
     *,
     public_url: str,
     currency: str,
@@ -348,16 +346,14 @@ def issue_in_server(
     connection): the response is built from the agency as ``known`` holds it, and the
     statement writes only if the agency is still so. An agency not held yet, or found
     changed, is read first (and refused there if it must be). Returns the status, the body
-    and no events; a key already recorded returns its stored response. A dynamic code issued
-    goes to ``known_codes``: its payment, if it comes to this process, reads nothing first."""
+    and no events; a key already recorded returns its stored response."""
     asked = _asked(body)
     agency = known.get(asked.agency_id)
     if agency is None or caller_id not in (agency.payee_id, agency.agent_id):
         agency = _issuing_agency(tx, caller_id, asked.agency_id, locked=False)
     for _ in range(3):
         code = _new_code(agency, caller_id, asked)
-        parties = agency.parties()
-        view = code_view(code, parties, public_url=public_url, currency=currency)
+        view = code_view(code, agency.parties(), public_url=public_url, currency=currency)
         held = (agency.id, agency.payee_handle, agency.payee_display_name)
         held += (agency.agent_handle, agency.agent_display_name)
         if claim is None:
@@ -376,9 +372,6 @@ def issue_in_server(
             continue  # a stale record, dropped: the key is fresh again
         if row[0]:
             known.remember(agency)
-            known_codes.issued(
-                (code, AGENCY_ACTIVE, parties[code.payee_id], parties[code.agent_id])
-            )
             return 201, view, []
         known.forget(agency.id)
         agency = _issuing_agency(tx, caller_id, asked.agency_id, locked=False)

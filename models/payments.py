@@ -479,10 +479,9 @@ def pay_in_server(
     already recorded returns its stored response and no events. ``guard``: the limiter's
     check, judged first, its read carried by the code's.
 
-    A code in ``ctx.known_codes`` (a static code paid by before, a dynamic one issued here) is
-    not read first: the limiter's read, the check of the code's facts and the function are
-    one statement (``_pay_known``), so the payment is one round trip. Should it refuse a
-    code, or use a dynamic one up, the code is forgotten."""
+    A static code in ``ctx.known_codes`` is not read first: the limiter's read, the check of
+    the code's facts and the function are one statement (``_pay_known``), so the payment is
+    one round trip. Should it refuse a code, the code is forgotten."""
     known_codes = ctx.known_codes
     if known_codes is not None and guard is not None:
         known = known_codes.get(body.get("code"))
@@ -492,12 +491,9 @@ def pay_in_server(
             except Conflict:
                 known_codes.forget(body["code"])
                 raise
-            if paid is not None and known[0].kind == codes.STATIC:
-                return paid
-            # A dynamic code is used up (or answered from its key's record) once paid.
-            known_codes.forget(body["code"])
             if paid is not None:
                 return paid
+            known_codes.forget(body["code"])
     plan = _plan(tx, payer, body, guard)
     if known_codes is not None and plan.found is not None:
         known_codes.remember(body["code"], plan.found)

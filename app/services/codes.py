@@ -38,7 +38,7 @@ async def create(
 
     def in_server(tx: Tx, claim: Claim | None, _: Check | None) -> tuple[int, Any, list[Published]]:
         return issuance.issue_in_server(
-            tx, caller_id, body, claim, state.known_agencies, state.known_codes, **presentation
+            tx, caller_id, body, claim, state.known_agencies, **presentation
         )
 
     return await idempotent.run_in_server(state, caller_id, CREATE_SCOPE, key, body, in_server)

@@ -143,38 +143,3 @@ def test_the_limiter_stops_a_guesser_on_a_known_code_too(api: Api) -> None:
     assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limited"
     assert int(limited.headers["retry-after"]) >= 1
     assert balance(api, payer) == 900
-
-
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_a_dynamic_code_issued_here_is_paid_in_one_statement_and_then_forgotten(
-    api: Api, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The process that issued a dynamic code knows it: its payment is one statement, with
-    the same payment and code.paid event as after a read; once paid it is forgotten, so a
-    second payment is refused by the path that reads it, and the key replays."""
-    payee, agent, agency, _ = shop(api)
-    payer = api.user(funds=1_000)
-    items = [{"name": "Tea", "quantity": 2, "unit_amount": 300}]
-    code = api.code(agent, agency["id"], "dynamic", items=items)
-
-    def pay_dynamic(key: str) -> Any:
-        headers = {"Idempotency-Key": key}
-        return api.post("/payments", payer, json={"code": code["token"]}, headers=headers)
-
-    with statements_sent(monkeypatch) as sent:
-        paid = pay_dynamic("d1")
-        assert paid.status_code == 201, paid.text
-        assert len(sent) == 1 and "paycode_pay" in sent[0]
-        sent.clear()
-        again = pay_dynamic("d2")
-        assert again.status_code == 409 and again.json()["error"]["code"] == "code_already_paid"
-        assert sent and not any("paycode_pay" in statement for statement in sent)
-    assert pay_dynamic("d1").json() == paid.json()
-    body = paid.json()
-    assert body["amount"] == 600 and body["items"] == items and body["code_id"] == code["id"]
-    shown = api.get(f"/codes/{code['id']}", agent).json()
-    assert shown["status"] == "paid" and shown["paid_payment_id"] == body["id"]
-    events = api.get("/events", payee).json()["data"]
-    used_up = [e["data"] for e in events if e["type"] == "code.paid"]
-    assert used_up == [{**shown, "status": "paid"}]
-    assert balance(api, payer) == 400 and balance(api, payee) == 600
