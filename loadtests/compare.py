@@ -5,9 +5,10 @@ every tree alike.
 
     python -m loadtests.compare --trees ../before . --rounds 2 --seconds 10 --rates 200 400 600
 
-Each round starts each tree's server in turn (``python -m app.cli serve`` run from that
-tree) on a fresh database and measures the 100-shop floor of ``loadtests.mall`` (3 devices per
-account): its saturation, then each offered rate; with ``--sale``, the 32-counter sale of
+Each round starts each tree's server in turn, every other round in reverse order
+(``python -m app.cli serve`` run from that tree), on a fresh database, and measures the
+100-shop floor of ``loadtests.mall`` (3 devices per account): its saturation, then each
+offered rate (``--shops 0``: none); with ``--sale``, the 32-counter sale of
 ``loadtests.sales`` too. Reported per run: payments/s, server CPU per payment, the
 confirmation p50/p99/max and the 503s.
 """
@@ -55,21 +56,8 @@ async def measure(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
         with backing(database, broker, logs) as (db_url, broker_url):
             server = servers.start_paycode(db_url, broker_url, workers, logs)
             try:
-                shops = await mall_phase(server, floor_args)
-                saturation = shops["saturation"]
-                out["saturation"] = {
-                    "payments_per_s": saturation["payments_per_s"],
-                    **_summary(saturation),
-                }
-                out["rates"] = [
-                    {
-                        "offered": rate,
-                        "done_per_s": round(phase["completed"] / args.seconds, 1),
-                        **_summary(phase),
-                    }
-                    for rate, phase in zip(args.rates, shops["rates"], strict=True)
-                ]
-                out["seq_faults"] = shops["seq_faults"]
+                if args.shops:
+                    out.update(await _floor(server, floor_args))
                 if args.sale:
                     async with shop_floor(server, 32) as sale_floor:
                         sale = await saturation_of(sale_floor, server, args)
@@ -82,10 +70,29 @@ async def measure(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def _floor(server: servers.Server, floor_args: argparse.Namespace) -> dict[str, Any]:
+    shops = await mall_phase(server, floor_args)
+    saturation = shops["saturation"]
+    return {
+        "saturation": {"payments_per_s": saturation["payments_per_s"], **_summary(saturation)},
+        "rates": [
+            {
+                "offered": rate,
+                "done_per_s": round(phase["completed"] / floor_args.seconds, 1),
+                **_summary(phase),
+            }
+            for rate, phase in zip(floor_args.shop_rates, shops["rates"], strict=True)
+        ],
+        "seq_faults": shops["seq_faults"],
+    }
+
+
 async def main_async(args: argparse.Namespace, trees: list[Path]) -> list[dict[str, Any]]:
     runs = []
     for round_no in range(args.rounds):
-        for tree in trees:
+        # Every other round backwards: a run is slower after another's writes (PostgreSQL's
+        # checkpoints and vacuum of them), so a fixed order would favour the first tree.
+        for tree in trees if round_no % 2 == 0 else trees[::-1]:
             run = await measure(tree, args)
             run["round"] = round_no
             print(json.dumps(run), flush=True)
@@ -100,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0, help="each phase")
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--shops", type=int, default=100)
+    parser.add_argument("--shops", type=int, default=100, help="0: no 100-shop floor")
     parser.add_argument("--rates", type=float, nargs="*", default=[200.0, 400.0, 600.0])
     parser.add_argument("--sale", action="store_true", help="the 32-counter sale too")
     parser.add_argument("--out", help="write every run here as JSON")
