@@ -90,8 +90,8 @@ async def _floor(server: servers.Server, floor_args: argparse.Namespace) -> dict
 async def main_async(args: argparse.Namespace, trees: list[Path]) -> list[dict[str, Any]]:
     runs = []
     for round_no in range(args.rounds):
-        # Every other round backwards: a run is slower after another's writes (PostgreSQL's
-        # checkpoints and vacuum of them), so a fixed order would favour the first tree.
+        # Every other round backwards: whatever a run leaves behind (the database server's
+        # checkpoints, a warmer cache) then weighs on every tree alike, not on the later ones.
         for tree in trees if round_no % 2 == 0 else trees[::-1]:
             run = await measure(tree, args)
             run["round"] = round_no
