@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import WebSocketException
+from pydantic_core import from_json
+
+from loadtests import ws_wire
 
 SUBPROTOCOL = "paycode.v1.json"
 OnEvent = Callable[["Device", int, dict[str, Any], float], None]
@@ -45,7 +46,7 @@ class Device:
         self.failed_attempts = 0
         self.errors: list[str] = []
         self.ready = asyncio.Event()
-        self._ws: ClientConnection | None = None
+        self._ws: ws_wire.LeanSocket | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -74,7 +75,7 @@ class Device:
             welcomes = self.welcomes
             try:
                 await self._session()
-            except (OSError, TimeoutError, WebSocketException, ValueError, KeyError) as exc:
+            except (OSError, TimeoutError, ValueError, KeyError, TypeError) as exc:
                 # A connection that was welcomed and then lost is not a failed attempt.
                 if self.welcomes == welcomes:
                     self.failed_attempts += 1
@@ -91,20 +92,26 @@ class Device:
             backoff = min(backoff * 2, self.max_backoff)
 
     async def _session(self) -> None:
-        async with connect(
-            self.url,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-            compression=None,
-            open_timeout=30,
-            ping_interval=None,
-            close_timeout=2,
-            max_size=2**22,
-        ) as ws:
-            self._ws = ws
-            await ws.send(
-                json.dumps({"type": "hello", "token": self.token, "after": self.last_seq})
+        welcomed: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def on_message(raw: str | bytes) -> None:
+            if welcomed.done():
+                self._on_frame(raw)
+            else:
+                welcomed.set_result(json.loads(raw))
+
+        ws = await ws_wire.connect(self.url, SUBPROTOCOL, on_message, seconds=30)
+        self._ws = ws
+        try:
+            ws.send(json.dumps({"type": "hello", "token": self.token, "after": self.last_seq}))
+            done, _ = await asyncio.wait(
+                (welcomed, ws.closed), timeout=30, return_when=asyncio.FIRST_COMPLETED
             )
-            welcome = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if not done:
+                raise TimeoutError("no welcome within 30 s")
+            if welcomed not in done:
+                await ws.closed
+            welcome = welcomed.result()
             if welcome.get("type") != "welcome":
                 raise ValueError(f"expected welcome, got {welcome!r}"[:200])
             self.server_last_seq = int(welcome["last_seq"])
@@ -112,20 +119,26 @@ class Device:
                 self.last_seq = self.server_last_seq
             self.welcomes += 1
             self.ready.set()
-            async for raw in ws:
-                frame = json.loads(raw)
-                if frame.get("type") != "event":
-                    continue
-                seq = int(frame["seq"])
-                if seq <= self.last_seq:
-                    self.duplicates += 1
-                    continue
-                if seq != self.last_seq + 1:
-                    self.gaps += 1
-                self.last_seq = seq
-                self.events += 1
-                if self.on_event is not None:
-                    self.on_event(self, seq, frame["event"], time.time())
+            # Every later frame is handled by on_message as it arrives; this waits for the end.
+            await ws.closed
+        finally:
+            ws.transport.abort()
+
+    def _on_frame(self, raw: str | bytes) -> None:
+        frame = from_json(raw)
+        if frame.get("type") != "event":
+            return
+        seq = int(frame["seq"])
+        assert self.last_seq is not None
+        if seq <= self.last_seq:
+            self.duplicates += 1
+            return
+        if seq != self.last_seq + 1:
+            self.gaps += 1
+        self.last_seq = seq
+        self.events += 1
+        if self.on_event is not None:
+            self.on_event(self, seq, frame["event"], time.time())
 
 
 class Arrivals:
