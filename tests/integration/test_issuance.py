@@ -17,7 +17,7 @@ from models import agencies, codes, idempotency
 from models.clock import utcnow
 from models.db import Database
 from tests.api import Api, User
-from tests.integration.test_known_codes import statements_sent
+from tests.integration.test_known_codes import sending, statements_sent
 
 
 def issue(api: Api, user: User, agency_id: str, key: str | None = None, **body: Any) -> Any:
@@ -46,20 +46,15 @@ def test_a_code_for_a_known_agency_is_issued_in_one_statement(
     payee, agent = api.user(), api.user()
     agency = api.agency(payee, agent)
     with statements_sent(monkeypatch) as sent:
-        first = issue(api, agent, agency["id"])
-        assert first.status_code == 201, first.text
-        assert len(sent) == 2
-        sent.clear()
-        second = issue(api, agent, agency["id"], label="Till 2")
+        first, statements = sending(sent, lambda: issue(api, agent, agency["id"]))
+        assert first.status_code == 201 and len(statements) == 2, first.text
+        second, statements = sending(sent, lambda: issue(api, agent, agency["id"], label="Till 2"))
         assert second.status_code == 201, second.text
-        assert len(sent) == 1 and "INSERT INTO code" in sent[0]
-        sent.clear()
-        keyed = issue(api, payee, agency["id"], key="k1")
-        assert keyed.status_code == 201, keyed.text
-        assert len(sent) == 1
-        sent.clear()
-        assert issue(api, payee, agency["id"], key="k1").json() == keyed.json()
-        assert len(sent) == 1
+        assert len(statements) == 1 and "INSERT INTO code" in statements[0]
+        keyed, statements = sending(sent, lambda: issue(api, payee, agency["id"], key="k1"))
+        assert keyed.status_code == 201 and len(statements) == 1, keyed.text
+        replay, statements = sending(sent, lambda: issue(api, payee, agency["id"], key="k1"))
+        assert replay.json() == keyed.json() and len(statements) == 1
     body = second.json()
     assert body["payee"]["handle"] == payee.handle and body["agent"]["handle"] == agent.handle
     assert body["label"] == "Till 2" and body["status"] == "active"
