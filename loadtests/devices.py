@@ -92,13 +92,20 @@ class Device:
             backoff = min(backoff * 2, self.max_backoff)
 
     async def _session(self) -> None:
-        welcomed: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        welcomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def on_message(raw: str | bytes) -> None:
             if welcomed.done():
                 self._on_frame(raw)
-            else:
-                welcomed.set_result(json.loads(raw))
+                return
+            # Taken in here, not after an await: an event may come in the same read.
+            welcome = from_json(raw)
+            if welcome.get("type") != "welcome":
+                raise ValueError(f"expected welcome, got {welcome!r}"[:200])
+            self.server_last_seq = int(welcome["last_seq"])
+            if self.last_seq is None:
+                self.last_seq = self.server_last_seq
+            welcomed.set_result(None)
 
         ws = await ws_wire.connect(self.url, SUBPROTOCOL, on_message, seconds=30)
         self._ws = ws
@@ -111,12 +118,6 @@ class Device:
                 raise TimeoutError("no welcome within 30 s")
             if welcomed not in done:
                 await ws.closed
-            welcome = welcomed.result()
-            if welcome.get("type") != "welcome":
-                raise ValueError(f"expected welcome, got {welcome!r}"[:200])
-            self.server_last_seq = int(welcome["last_seq"])
-            if self.last_seq is None:
-                self.last_seq = self.server_last_seq
             self.welcomes += 1
             self.ready.set()
             # Every later frame is handled by on_message as it arrives; this waits for the end.
@@ -129,11 +130,10 @@ class Device:
         if frame.get("type") != "event":
             return
         seq = int(frame["seq"])
-        assert self.last_seq is not None
-        if seq <= self.last_seq:
+        if self.last_seq is not None and seq <= self.last_seq:
             self.duplicates += 1
             return
-        if seq != self.last_seq + 1:
+        if self.last_seq is not None and seq != self.last_seq + 1:
             self.gaps += 1
         self.last_seq = seq
         self.events += 1
