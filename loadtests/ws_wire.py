@@ -55,6 +55,8 @@ class _Protocol(asyncio.Protocol):
         self._open = False
         self._fragments: list[bytes] = []
         self._fragmented_opcode = _TEXT
+        # Set once this side has sent its Close frame: the server's is then the answer.
+        self.closing = False
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
@@ -133,7 +135,9 @@ class _Protocol(asyncio.Protocol):
             self.transport.write(_masked(_PONG, payload))
         elif opcode == _CLOSE:
             if not self.closed.done():
-                self.transport.write(_masked(_CLOSE, payload[:2]))
+                if not self.closing:
+                    # The server began the closing handshake: answer it.
+                    self.transport.write(_masked(_CLOSE, payload[:2]))
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
                 self.closed.set_exception(ConnectionError(f"closed by the server ({code})"))
             self.transport.close()
@@ -165,7 +169,8 @@ class LeanSocket:
 
     async def close(self, seconds: float = 2.0) -> None:
         """The closing handshake (1000), then the TCP connection."""
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self._protocol.closing:
+            self._protocol.closing = True
             self.transport.write(_masked(_CLOSE, struct.pack("!H", 1000)))
         try:
             await asyncio.wait_for(asyncio.shield(self.closed), seconds)
