@@ -129,11 +129,13 @@ class Device:
         frame = from_json(raw)
         if frame.get("type") != "event":
             return
-        seq = int(frame["seq"])
-        if self.last_seq is not None and seq <= self.last_seq:
+        seq, last = int(frame["seq"]), self.last_seq
+        # Frames reach here only after the welcome, which set the seq they follow.
+        assert last is not None
+        if seq <= last:
             self.duplicates += 1
             return
-        if self.last_seq is not None and seq != self.last_seq + 1:
+        if seq != last + 1:
             self.gaps += 1
         self.last_seq = seq
         self.events += 1
