@@ -5,13 +5,16 @@ automatic checkpoint."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import make_url
 
-from models.checkpoint import INSIST, RESTART_FRAMES
+from models.checkpoint import INSIST, NICENESS, RESTART_FRAMES, Checkpointer
 from models.db import Database
 from tests.services import SqliteFactory
 
@@ -114,3 +117,21 @@ def test_a_short_command_keeps_sqlites_own_checkpoint(sqlite_factory: SqliteFact
             assert tx.one("PRAGMA wal_autocheckpoint") == (1000,)
     finally:
         db.dispose()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_the_checkpoint_thread_runs_nicer_than_its_process(tmp_path: Path) -> None:
+    """The copy takes what the event loop leaves: the thread alone is nicer, the process (and
+    so the loop) keeps its own niceness."""
+    path = str(tmp_path / "nice.db")
+    sqlite3.connect(path).close()
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    checkpointer = Checkpointer(path, interval=0.05)
+    checkpointer.start()
+    try:
+        assert checkpointer.native_id is not None
+        thread_niceness = os.getpriority(os.PRIO_PROCESS, checkpointer.native_id)
+        assert thread_niceness == min(19, before + NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == before
+    finally:
+        checkpointer.stop()
