@@ -33,8 +33,8 @@ On Linux the thread runs ``NICENESS`` steps nicer than its process. A passive ch
 copies a fifth of a second's pages (3,000 at 600 payments/s, 15–30 ms) and, on a machine
 whose cores are all busy, took CPU from the event loop: the loop's batches written while a
 checkpoint ran (those over 3 ms) cost 1.1 ms a payment at the median against 0.7 ms
-otherwise, and the slowest
-confirmations gathered around checkpoints. Nicer, the copy uses what the loop leaves.
+otherwise, and the slowest confirmations gathered around checkpoints. Nicer, the copy uses
+what the loop leaves.
 """
 
 from __future__ import annotations
