@@ -78,12 +78,16 @@ class Checkpointer:
         self.restarts = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
-        self.native_id: int | None = None
-        self._started = threading.Event()
+
+    @property
+    def thread_id(self) -> int | None:
+        """The operating system's id of the checkpoint thread, once started."""
+        return self._thread.native_id
 
     def start(self) -> None:
         self._thread.start()
-        self._started.wait(5)
+        # Thread.start returns once the thread runs, its native id known.
+        _run_nicer(self._thread.native_id)
 
     def stop(self) -> None:
         self._stop.set()
@@ -91,9 +95,6 @@ class Checkpointer:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        self.native_id = threading.get_native_id()
-        _run_nicer(self.native_id)
-        self._started.set()
         # No busy handler: its sleeps would hold the write lock (see above).
         connection = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=0
@@ -134,10 +135,10 @@ class Checkpointer:
         return False
 
 
-def _run_nicer(thread_id: int) -> None:
+def _run_nicer(thread_id: int | None) -> None:
     # Linux gives each thread a niceness of its own, set through its id; elsewhere that id is
     # no process's and the call could reach an unrelated one, so nothing is done.
-    if not sys.platform.startswith("linux"):
+    if thread_id is None or not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError):
         niceness = os.getpriority(os.PRIO_PROCESS, thread_id)

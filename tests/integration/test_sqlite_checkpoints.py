@@ -129,8 +129,8 @@ def test_the_checkpoint_thread_runs_nicer_than_its_process(tmp_path: Path) -> No
     checkpointer = Checkpointer(path, interval=0.05)
     checkpointer.start()
     try:
-        assert checkpointer.native_id is not None
-        thread_niceness = os.getpriority(os.PRIO_PROCESS, checkpointer.native_id)
+        assert checkpointer.thread_id is not None
+        thread_niceness = os.getpriority(os.PRIO_PROCESS, checkpointer.thread_id)
         assert thread_niceness == min(19, before + NICENESS)
         assert os.getpriority(os.PRIO_PROCESS, 0) == before
     finally:
