@@ -144,7 +144,7 @@ def translated(exc: BaseException) -> Error:
 # What asyncpg raises for a statement: the server's errors, its own, and the socket's. A
 # server that shuts down sends its FATAL message and then closes: a statement sent between
 # the two finds the protocol still consuming the message (InternalClientError).
-_RAISED = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+RAISED = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
 class AsyncpgCursor:
@@ -160,13 +160,13 @@ class AsyncpgCursor:
     def execute(self, statement: str, params: Sequence[Any] = ()) -> None:
         try:
             self._rows = await_only(self.connection.driver.fetch(statement, *params))
-        except _RAISED as exc:
+        except RAISED as exc:
             raise translated(exc) from exc
 
     def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         try:
             await_only(self.connection.driver.executemany(statement, rows))
-        except _RAISED as exc:
+        except RAISED as exc:
             raise translated(exc) from exc
         self._rows = []
 
@@ -201,5 +201,5 @@ class AsyncpgConnection:
     def _simple(self, statement: str) -> None:
         try:
             await_only(self.driver.execute(statement))
-        except _RAISED as exc:
+        except RAISED as exc:
             raise translated(exc) from exc

@@ -7,7 +7,9 @@ costs about 130 here (docs/BENCHMARKS.md). So this pool is a list: no reset quer
 (a unit leaves no transaction open: each statement is its own), no event hooks. A connection
 is checked at checkout the way the psycopg pool's is (``models.db._alive_on_checkout``): the
 server's close of a connection that sat idle (a restart, a terminated backend) is waiting in
-its socket, and a dead one makes every idle connection suspect.
+its socket, and a dead one makes every idle connection suspect. The function call itself
+goes through the pool's group (``models.pg_group``), which commits it with the calls waiting
+beside it on a connection of the group's own.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sqlalchemy.util import await_only
 
 from models import awaited
 from models.errors import DomainError
+from models.pg_group import PgGroup
 from models.sql import Tx
 
 
@@ -76,6 +79,8 @@ class LoopPool:
         self._opened = 0
         # Checkouts waiting for a connection; each is handed one, or None to try again.
         self._waiting: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
+        # A connection of its own: its units hold theirs while they wait for it.
+        self.group = PgGroup(lambda: asyncpg.connect(self._dsn), _is_idle_and_open)
 
     async def _connect(self) -> asyncpg.Connection:
         self._opened += 1
@@ -159,7 +164,8 @@ class LoopPool:
         broken = False
         try:
             driver = awaited.AsyncpgConnection(connection)
-            tx = Tx(driver, is_sqlite=False, dbapi_error=awaited.Error, numbered=True)
+            group = None if transaction else self.group
+            tx = Tx(driver, is_sqlite=False, dbapi_error=awaited.Error, numbered=True, group=group)
             if transaction:
                 tx.run("BEGIN")
             yield tx
@@ -178,6 +184,7 @@ class LoopPool:
 
     async def close(self) -> None:
         """Close the idle connections; on the loop that made them."""
+        await self.group.close()
         idle, self._idle = self._idle, []
         for connection in idle:
             self._opened -= 1

@@ -474,8 +474,9 @@ def pay_in_server(
     """``pay`` with its locked part in one round trip: the checks of what cannot change, the
     receipt and the views here, then the ``paycode_pay`` function (migration 0003) locks,
     re-checks what can change, and writes the payment, its legs, the balances, the code, the
-    events and the key's record. ``tx`` is an autocommit connection, so the function's
-    statement is its whole transaction. Returns the status, the body and the events; a key
+    events and the key's record. ``tx`` is an autocommit connection: the function's
+    statement commits in the process's group (``models.pg_group``), alone or with the
+    payments waiting beside it. Returns the status, the body and the events; a key
     already recorded returns its stored response and no events. ``guard``: the limiter's
     check, judged first, its read carried by the code's.
 
@@ -499,7 +500,8 @@ def pay_in_server(
         known_codes.remember(body["code"], plan.found)
     now = utcnow()
     draft = _draft(plan, payer.id, ctx, now)
-    row = tx.one(_PAY, _pay_params(tx, payer, plan, draft, claim, now))
+    params = _pay_params(tx, payer, plan, draft, claim, now)
+    row = tx.one_grouped(_PAY, params, **_locks(payer, plan, draft))
     return _paid(tx, payer, plan, draft, claim, row or (None,) * 6)
 
 
@@ -552,12 +554,21 @@ def _pay_by_known_code(
     held = (code.id, code.payee_id, code.agent_id, code.agency_id)
     held += (payee.handle, payee.display_name, agent.handle, agent.display_name)
     pay_params = _pay_params(tx, payer, plan, draft, claim, now)
-    row = tx.one(_pay_known(limiting), (*limit_params, *held, *pay_params))
+    params = (*limit_params, *held, *pay_params)
+    row = tx.one_grouped(_pay_known(limiting), params, **_locks(payer, plan, draft))
     assert row is not None
     guard.judge(tx, row[:2], now)
     if not row[2]:
         return None
     return _paid(tx, payer, plan, draft, claim, row[3:])
+
+
+def _locks(payer: Party, plan: _Plan, draft: _Draft) -> dict[str, tuple[str | None, ...]]:
+    """The rows ``paycode_pay`` locks, for its batch to lock first (``models.pg_group``)."""
+    return {
+        "accounts": (payer.id, plan.payee_id, plan.agent_id),
+        "codes": (draft.payment.code_id,),
+    }
 
 
 def _pay_params(

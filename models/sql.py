@@ -25,14 +25,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_json
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.util import await_only
 from sqlmodel import Session
 
 from models.awaited import AwaitedConnection
+
+if TYPE_CHECKING:
+    from models.pg_group import PgGroup
 
 # How long a writer waits for another process to release SQLite's write lock.
 WRITE_LOCK_TIMEOUT = 30.0
@@ -60,7 +64,7 @@ class Tx:
     """Statements in one transaction on a DBAPI connection that someone else opened and will
     commit: a raw unit of work (:func:`unit`) or a SQLModel session (:meth:`of`)."""
 
-    __slots__ = ("_cursor", "_dbapi_error", "_numbered", "is_sqlite")
+    __slots__ = ("_cursor", "_dbapi_error", "_numbered", "group", "is_sqlite")
 
     def __init__(
         self,
@@ -69,13 +73,16 @@ class Tx:
         is_sqlite: bool,
         dbapi_error: type[Exception],
         numbered: bool = False,
+        group: PgGroup | None = None,
     ):
         """``numbered``: the driver takes ``$1``-style placeholders and JSON as text
-        (asyncpg)."""
+        (asyncpg). ``group``: where ``one_grouped`` sends its statement (an autocommit unit of
+        PostgreSQL's money path)."""
         # One cursor for the whole unit: every read is fetched before the next statement.
         self._cursor = connection.cursor()
         self._dbapi_error = dbapi_error
         self._numbered = numbered
+        self.group = group
         self.is_sqlite = is_sqlite
 
     @classmethod
@@ -118,6 +125,27 @@ class Tx:
         """The first row, or None."""
         self._run(statement, params)
         return self._fetch(statement, self._cursor.fetchone)  # type: ignore[no-any-return]
+
+    def one_grouped(
+        self,
+        statement: str,
+        params: Params,
+        *,
+        accounts: Sequence[str | None],
+        codes: Sequence[str | None] = (),
+    ) -> tuple[Any, ...] | None:
+        """``one`` for a statement that is a transaction of its own and answers one row,
+        committed with the others waiting in the unit's group (``models.pg_group``) when it
+        has one. ``accounts`` and ``codes``: the rows it locks."""
+        if self.group is None:
+            return self.one(statement, params)
+        sql = self._driver_sql(statement)
+        waiting = self.group.one(sql, params, accounts=accounts, codes=codes)
+        try:
+            row = await_only(waiting)
+        except self._dbapi_error as exc:
+            raise self._error(exc, sql, params) from exc
+        return tuple(row) if row is not None else None
 
     def all(self, statement: str, params: Params = ()) -> list[tuple[Any, ...]]:
         self._run(statement, params)

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from app.settings import Settings
 from models import awaited, shortcodes
 from models.db import Database
+from models.pg_group import PgGroup
 from tests.api import Api, User
 from tests.conftest import app_settings
 
@@ -44,16 +45,23 @@ def balance(api: Api, user: User) -> int:
 
 @contextmanager
 def statements_sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Every statement the money path's asyncpg connections send, in order."""
+    """Every statement the money path's asyncpg connections send, in order: a unit's own and
+    those its group commits with others'."""
     sent: list[str] = []
     execute = awaited.AsyncpgCursor.execute
+    grouped = PgGroup.one
 
     def counted(self: awaited.AsyncpgCursor, statement: str, params: Any = ()) -> None:
         sent.append(statement)
         execute(self, statement, params)
 
+    async def counted_in_group(self: PgGroup, statement: str, params: Any, **locks: Any) -> Any:
+        sent.append(statement)
+        return await grouped(self, statement, params, **locks)
+
     with monkeypatch.context() as patched:
         patched.setattr(awaited.AsyncpgCursor, "execute", counted)
+        patched.setattr(PgGroup, "one", counted_in_group)
         yield sent
 
 

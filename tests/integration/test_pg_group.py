@@ -1,0 +1,166 @@
+"""PostgreSQL's group commit for the money path (``models.pg_group``): statements waiting
+together commit in one transaction and each caller gets its own row; one statement's error
+fails only its caller; batches of two processes that lock the same rows crosswise do not
+deadlock, because each batch locks all its rows first, in id order. Whole payments through
+the group are covered by the payment, concurrency and state-machine tests on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from models import awaited
+from models.loop_pool import _is_idle_and_open, asyncpg_dsn
+from models.pg_group import PgGroup
+from tests.services import PostgresFactory, unavailable
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def dsn(pg_factory: PostgresFactory) -> Iterator[str]:
+    if not pg_factory.available():
+        unavailable("PostgreSQL is not reachable on 127.0.0.1:5432")
+    url = pg_factory.create()
+    yield asyncpg_dsn(url)
+    pg_factory.drop(url)
+
+
+def group_of(dsn: str) -> PgGroup:
+    return PgGroup(lambda: asyncpg.connect(dsn), _is_idle_and_open)
+
+
+async def _accounts(admin: asyncpg.Connection, *ids: str) -> None:
+    await admin.executemany(
+        "INSERT INTO account (id, handle, display_name, kind, balance, last_seq, created_at)"
+        " VALUES ($1, $1, $1, 'user', 0, 0, now())",
+        [(id_,) for id_ in ids],
+    )
+
+
+def test_statements_waiting_together_commit_in_one_transaction(dsn: str) -> None:
+    """Ten statements asked for at once: one batch, one transaction, every caller its row."""
+
+    async def scenario() -> None:
+        group = group_of(dsn)
+        try:
+            rows = await asyncio.gather(
+                *(
+                    group.one("SELECT $1::int AS n, txid_current() AS tx", (n,), accounts=())
+                    for n in range(10)
+                )
+            )
+            assert [row["n"] for row in rows] == list(range(10))
+            assert len({row["tx"] for row in rows}) == 1
+            assert (group.batches, group.fallbacks) == (1, 0)
+            alone = await group.one("SELECT txid_current() AS tx", (), accounts=())
+            assert alone["tx"] != rows[0]["tx"] and group.batches == 2
+        finally:
+            await group.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_error_fails_only_its_own_caller_and_the_others_commit_once(dsn: str) -> None:
+    """One insert of four divides by zero: the server rolls the batch back, each statement
+    runs again alone, and only the failing one's caller gets the error (as PEP 249's
+    DataError, which the app answers 422)."""
+
+    async def scenario() -> None:
+        admin = await asyncpg.connect(dsn)
+        group = group_of(dsn)
+        try:
+            await admin.execute("CREATE TABLE grouped (k text PRIMARY KEY)")
+            insert = "INSERT INTO grouped (k) VALUES ($1) RETURNING 12 / $2::int AS q"
+            answers: list[Any] = await asyncio.gather(
+                *(
+                    group.one(insert, (k, d), accounts=())
+                    for k, d in (("a", 1), ("b", 2), ("c", 0), ("d", 3))
+                ),
+                return_exceptions=True,
+            )
+            assert [a["q"] for a in answers if not isinstance(a, BaseException)] == [12, 6, 4]
+            assert isinstance(answers[2], awaited.DataError)
+            assert isinstance(answers[2].__cause__, asyncpg.DivisionByZeroError)
+            assert group.fallbacks == 1
+            kept = await admin.fetch("SELECT k FROM grouped ORDER BY k")
+            assert [row["k"] for row in kept] == ["a", "b", "d"]
+        finally:
+            await group.close()
+            await admin.close()
+
+    asyncio.run(scenario())
+
+
+# Each locks one account, then holds its lock a moment so that the other batch's first
+# statement takes its own before this batch's second statement asks for it.
+_LOCK_ONE = (
+    "SELECT count(*) AS n FROM (SELECT 1 FROM account WHERE id = $1 FOR NO KEY UPDATE) AS a,"
+    " pg_sleep($2::float)"
+)
+
+
+def test_batches_locking_the_same_rows_crosswise_do_not_deadlock(dsn: str) -> None:
+    """Two processes' groups, each with a batch of two statements: one locks A then B, the
+    other B then A. Statement by statement that is a deadlock, which the server breaks after
+    ``deadlock_timeout`` by failing one batch; locked first, in id order, one batch waits for
+    the other and neither fails."""
+
+    async def scenario() -> None:
+        admin = await asyncpg.connect(dsn)
+        first, second = group_of(dsn), group_of(dsn)
+        try:
+            await _accounts(admin, "acc_a", "acc_b", "acc_c")
+
+            def batch(group: PgGroup, ids: tuple[str, str]) -> list[Any]:
+                return [
+                    group.one(_LOCK_ONE, (ids[0], 0.2), accounts=(ids[0],)),
+                    group.one(_LOCK_ONE, (ids[1], 0.0), accounts=(ids[1], "acc_c")),
+                ]
+
+            rows = await asyncio.wait_for(
+                asyncio.gather(
+                    *batch(first, ("acc_a", "acc_b")), *batch(second, ("acc_b", "acc_a"))
+                ),
+                30,
+            )
+            assert [row["n"] for row in rows] == [1, 1, 1, 1]
+            assert (first.fallbacks, second.fallbacks) == (0, 0)
+            assert (first.batches, second.batches) == (1, 1)
+        finally:
+            await first.close()
+            await second.close()
+            await admin.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_the_server_closed_is_replaced_before_the_batch(dsn: str) -> None:
+    """The group's connection, ended by the server while idle (a restart), is found closed
+    before the next batch is sent, which runs on a new one."""
+
+    async def scenario() -> None:
+        admin = await asyncpg.connect(dsn)
+        group = group_of(dsn)
+        try:
+            before = (await group.one("SELECT pg_backend_pid() AS pid", (), accounts=()))["pid"]
+            await admin.execute("SELECT pg_terminate_backend($1)", before)
+            for _ in range(100):
+                gone = await admin.fetchval(
+                    "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $1", before
+                )
+                if gone:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)
+            after = (await group.one("SELECT pg_backend_pid() AS pid", (), accounts=()))["pid"]
+            assert after != before
+        finally:
+            await group.close()
+            await admin.close()
+
+    asyncio.run(scenario())
