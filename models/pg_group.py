@@ -39,9 +39,10 @@ from models.awaited import RAISED, translated
 MOST_PER_BATCH = 64
 
 # The batch's locks, in the global order, taken by its first statement; a NULL array (every
-# later statement of the batch) locks nothing. The OFFSET keeps the payment's statement a
-# subquery of its own, run for the lock's one row: the planner can neither pull it up nor
-# run it before the lock.
+# later statement of the batch) locks nothing. The statement runs only once the locks' count
+# is known to pass the filter: PostgreSQL 15 plans it as a one-time filter above the whole
+# statement, evaluated before any of it (EXPLAIN shows the locks' two InitPlans gating the
+# rest); the OFFSET keeps the planner from merging the statement into the lock's query.
 _LOCKED_FIRST = (
     "SELECT q.* FROM (SELECT (SELECT count(*) FROM (SELECT 1 FROM account"
     " WHERE id = ANY(${accounts}::text[]) ORDER BY id FOR NO KEY UPDATE) AS a)"
