@@ -7,7 +7,6 @@ the group are covered by the payment, concurrency and state-machine tests on Pos
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -16,18 +15,16 @@ import pytest
 from models import awaited
 from models.loop_pool import _is_idle_and_open, asyncpg_dsn
 from models.pg_group import PgGroup
-from tests.services import PostgresFactory, unavailable
 
-pytestmark = pytest.mark.postgres
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),
+]
 
 
 @pytest.fixture
-def dsn(pg_factory: PostgresFactory) -> Iterator[str]:
-    if not pg_factory.available():
-        unavailable("PostgreSQL is not reachable on 127.0.0.1:5432")
-    url = pg_factory.create()
-    yield asyncpg_dsn(url)
-    pg_factory.drop(url)
+def dsn(database_url: str) -> str:
+    return asyncpg_dsn(database_url)
 
 
 def group_of(dsn: str) -> PgGroup:
