@@ -67,8 +67,8 @@ def batched(statement: str, params: int) -> str:
 class _Unit:
     statement: str
     params: Sequence[Any]
-    accounts: Sequence[str]
-    codes: Sequence[str]
+    accounts: Sequence[str | None]
+    codes: Sequence[str | None]
     answer: asyncio.Future[asyncpg.Record | None] = field(repr=False)
 
 
@@ -92,11 +92,12 @@ class PgGroup:
         statement: str,
         params: Sequence[Any],
         *,
-        accounts: Sequence[str],
-        codes: Sequence[str] = (),
+        accounts: Sequence[str | None],
+        codes: Sequence[str | None] = (),
     ) -> asyncpg.Record | None:
         """The statement's one row, once its batch has committed. ``accounts`` and ``codes``:
-        the rows the statement locks, which its batch locks first."""
+        the ids of the rows the statement locks (None: no such party), which its batch locks
+        first."""
         answer: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Unit(statement, params, accounts, codes, answer))
         if self._draining is None:
