@@ -96,8 +96,9 @@ class PgGroup:
         codes: Sequence[str | None] = (),
     ) -> asyncpg.Record | None:
         """The statement's one row, once its batch has committed. ``accounts`` and ``codes``:
-        the ids of the rows the statement locks (None: no such party), which its batch locks
-        first."""
+        the ids of the rows it locks (None: no such party), which its batch locks first; a
+        statement that locks rows is a SELECT, a subquery of the batch's first statement
+        (its writes are a function's, as ``paycode_pay``'s)."""
         answer: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Unit(statement, params, accounts, codes, answer))
         if self._draining is None:
@@ -159,10 +160,13 @@ class PgGroup:
         first = batch[0]
         accounts = sorted({a for unit in batch for a in unit.accounts if a is not None})
         codes = sorted({c for unit in batch for c in unit.codes if c is not None})
-        args = [(*unit.params, None, None) for unit in batch]
-        args[0] = (*first.params, accounts, codes)
+        statement, args = first.statement, [unit.params for unit in batch]
+        if accounts or codes:
+            statement = batched(first.statement, len(first.params))
+            args = [(*unit.params, None, None) for unit in batch]
+            args[0] = (*first.params, accounts, codes)
         try:
-            rows = await connection.fetchmany(batched(first.statement, len(first.params)), args)
+            rows = await connection.fetchmany(statement, args)
         except asyncpg.PostgresError:
             # The server rolled the whole batch back: each payment alone, its error its own.
             self.fallbacks += 1

@@ -62,30 +62,63 @@ def test_statements_waiting_together_commit_in_one_transaction(dsn: str) -> None
     asyncio.run(scenario())
 
 
-def test_an_error_fails_only_its_own_caller_and_the_others_commit_once(dsn: str) -> None:
-    """One insert of four divides by zero: the server rolls the batch back, each statement
-    runs again alone, and only the failing one's caller gets the error (as PEP 249's
-    DataError, which the app answers 422)."""
+def test_a_statement_that_locks_nothing_is_batched_as_it_is(dsn: str) -> None:
+    """No row to lock first, so no statement of the batch is wrapped: a top-level WITH that
+    inserts (as a code's issue does) commits with the others in one transaction."""
 
     async def scenario() -> None:
         admin = await asyncpg.connect(dsn)
         group = group_of(dsn)
         try:
             await admin.execute("CREATE TABLE grouped (k text PRIMARY KEY)")
-            insert = "INSERT INTO grouped (k) VALUES ($1) RETURNING 12 / $2::int AS q"
-            answers: list[Any] = await asyncio.gather(
-                *(
-                    group.one(insert, (k, d), accounts=())
-                    for k, d in (("a", 1), ("b", 2), ("c", 0), ("d", 3))
-                ),
-                return_exceptions=True,
+            insert = (
+                "WITH added AS (INSERT INTO grouped (k) VALUES ($1) RETURNING k)"
+                " SELECT k, txid_current() AS tx FROM added"
             )
-            assert [a["q"] for a in answers if not isinstance(a, BaseException)] == [12, 6, 4]
+            rows = await asyncio.gather(*(group.one(insert, (k,), accounts=()) for k in "abcde"))
+            assert [row["k"] for row in rows] == list("abcde")
+            assert len({row["tx"] for row in rows}) == 1
+            assert (group.batches, group.fallbacks) == (1, 0)
+        finally:
+            await group.close()
+            await admin.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_error_fails_only_its_own_caller_and_the_others_commit_once(dsn: str) -> None:
+    """Statements that write through a function, as ``paycode_pay`` does. A batch of two
+    commits both. Then one of four divides by zero after its insert: the server rolls the
+    batch back, each statement runs again alone, and only the failing one's caller gets the
+    error (as PEP 249's DataError, which the app answers 422); every other row is written
+    once."""
+
+    async def scenario() -> None:
+        admin = await asyncpg.connect(dsn)
+        group = group_of(dsn)
+        try:
+            await admin.execute("CREATE TABLE grouped (k text PRIMARY KEY)")
+            await admin.execute(
+                "CREATE FUNCTION grouped_insert(k text, d int) RETURNS int LANGUAGE sql AS"
+                " $$ INSERT INTO grouped (k) VALUES (k); SELECT 12 / d $$"
+            )
+            insert = "SELECT grouped_insert($1, $2::int) AS q"
+
+            async def batch(*rows: tuple[str, int]) -> list[Any]:
+                asked = (group.one(insert, row, accounts=()) for row in rows)
+                return await asyncio.gather(*asked, return_exceptions=True)
+
+            together = await batch(("a", 1), ("b", 2))
+            assert [row["q"] for row in together] == [12, 6]
+            assert (group.batches, group.fallbacks) == (1, 0)
+
+            answers = await batch(("c", 3), ("d", 4), ("e", 0), ("f", 6))
+            assert [a["q"] for a in answers if not isinstance(a, BaseException)] == [4, 3, 2]
             assert isinstance(answers[2], awaited.DataError)
             assert isinstance(answers[2].__cause__, asyncpg.DivisionByZeroError)
-            assert group.fallbacks == 1
+            assert (group.batches, group.fallbacks) == (2, 1)
             kept = await admin.fetch("SELECT k FROM grouped ORDER BY k")
-            assert [row["k"] for row in kept] == ["a", "b", "d"]
+            assert [row["k"] for row in kept] == ["a", "b", "c", "d", "f"]
         finally:
             await group.close()
             await admin.close()
