@@ -25,6 +25,7 @@ runs: every batch, like every single money movement, takes its locks in one glob
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -33,6 +34,8 @@ from typing import Any
 import asyncpg
 
 from models.awaited import RAISED, translated
+
+log = logging.getLogger("paycode.pg_group")
 
 # A batch holds its rows locked until it commits: bounded, so another process's payments on
 # the same rows never wait behind more than this many.
@@ -167,9 +170,16 @@ class PgGroup:
             args[0] = (*first.params, accounts, codes)
         try:
             rows = await connection.fetchmany(statement, args)
-        except asyncpg.PostgresError:
+        except asyncpg.PostgresError as exc:
             # The server rolled the whole batch back: each payment alone, its error its own.
+            # Said aloud: a batch that always fails would only look like a slow group.
             self.fallbacks += 1
+            log.warning(
+                "a batch of %d rolled back (%s %s); each runs again alone",
+                len(batch),
+                exc.sqlstate,
+                exc.__class__.__name__,
+            )
             for unit in batch:
                 await self._alone(connection, unit)
             return

@@ -86,7 +86,9 @@ def test_a_statement_that_locks_nothing_is_batched_as_it_is(dsn: str) -> None:
     asyncio.run(scenario())
 
 
-def test_an_error_fails_only_its_own_caller_and_the_others_commit_once(dsn: str) -> None:
+def test_an_error_fails_only_its_own_caller_and_the_others_commit_once(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Statements that write through a function, as ``paycode_pay`` does. A batch of two
     commits both. Then one of four divides by zero after its insert: the server rolls the
     batch back, each statement runs again alone, and only the failing one's caller gets the
@@ -117,6 +119,7 @@ def test_an_error_fails_only_its_own_caller_and_the_others_commit_once(dsn: str)
             assert isinstance(answers[2], awaited.DataError)
             assert isinstance(answers[2].__cause__, asyncpg.DivisionByZeroError)
             assert (group.batches, group.fallbacks) == (2, 1)
+            assert "a batch of 4 rolled back (22012 DivisionByZeroError)" in caplog.text
             kept = await admin.fetch("SELECT k FROM grouped ORDER BY k")
             assert [row["k"] for row in kept] == ["a", "b", "c", "d", "f"]
         finally:
