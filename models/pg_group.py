@@ -121,6 +121,7 @@ class PgGroup:
                 connection.terminate()
 
     async def _drain(self) -> None:
+        batch: list[_Unit] = []
         try:
             while self._waiting:
                 statement = self._waiting[0].statement
@@ -130,7 +131,9 @@ class PgGroup:
                 self._waiting = [unit for unit in self._waiting if id(unit) not in taken]
                 await self._run(batch)
         except BaseException as exc:
-            for unit in self._waiting:
+            # Cancelled (the loop shutting down) mid-batch: neither the batch in flight nor
+            # those waiting may wait for an answer forever.
+            for unit in (*batch, *self._waiting):
                 _fail(unit, exc)
             self._waiting = []
             raise
@@ -150,11 +153,9 @@ class PgGroup:
     async def _run(self, batch: list[_Unit]) -> None:
         try:
             connection = await self._usable_connection()
-        except BaseException as exc:
+        except Exception as exc:
             for unit in batch:
                 _fail(unit, exc)
-            if not isinstance(exc, Exception):
-                raise
             return
         self.batches += 1
         if len(batch) == 1:
@@ -185,10 +186,10 @@ class PgGroup:
             return
         except BaseException as exc:
             self._lost(connection)
-            for unit in batch:
-                _fail(unit, exc)
             if not isinstance(exc, Exception):
                 raise
+            for unit in batch:
+                _fail(unit, exc)
             return
         if len(rows) != len(batch):
             # Every statement the group runs answers one row; anything else is a bug, which
@@ -208,9 +209,9 @@ class PgGroup:
             _fail(unit, exc)
         except BaseException as exc:
             self._lost(connection)
-            _fail(unit, exc)
             if not isinstance(exc, Exception):
                 raise
+            _fail(unit, exc)
         else:
             if not unit.answer.done():
                 unit.answer.set_result(row)

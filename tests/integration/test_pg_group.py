@@ -129,6 +129,30 @@ def test_an_error_fails_only_its_own_caller_and_the_others_commit_once(
     asyncio.run(scenario())
 
 
+def test_a_group_cancelled_mid_batch_answers_every_caller(dsn: str) -> None:
+    """The loop shutting down cancels the group while a rolled-back batch runs again one by
+    one: every caller of the batch is answered (cancelled), none waits forever."""
+
+    async def scenario() -> None:
+        group = group_of(dsn)
+        try:
+            slow = "SELECT 1 / $1::int AS q, pg_sleep($2::float)"
+            asked = [
+                asyncio.ensure_future(group.one(slow, row, accounts=()))
+                for row in ((0, 0.0), (1, 5.0), (1, 0.0))
+            ]
+            await asyncio.sleep(0.5)
+            assert group.fallbacks == 1 and group._draining is not None
+            group._draining.cancel()
+            answers = await asyncio.wait_for(asyncio.gather(*asked, return_exceptions=True), 5)
+            assert isinstance(answers[0], awaited.DataError)
+            assert all(isinstance(a, asyncio.CancelledError) for a in answers[1:])
+        finally:
+            await group.close()
+
+    asyncio.run(scenario())
+
+
 # Each locks one account, then holds its lock a moment so that the other batch's first
 # statement takes its own before this batch's second statement asks for it.
 _LOCK_ONE = (
