@@ -41,16 +41,16 @@ log = logging.getLogger("paycode.pg_group")
 # the same rows never wait behind more than this many.
 MOST_PER_BATCH = 64
 
-# The batch's locks, in the global order, taken by its first statement; a NULL array (every
-# later statement of the batch) locks nothing. The statement runs only once the locks' count
-# is known to pass the filter: PostgreSQL 15 plans it as a one-time filter above the whole
-# statement, evaluated before any of it (EXPLAIN shows the locks' two InitPlans gating the
-# rest); the OFFSET keeps the planner from merging the statement into the lock's query.
+# The batch's locks, in the global order, taken by its first statement through
+# ``paycode_lock`` (migration 0007: by primary key, however small the tables were when the
+# connection planned it); a NULL array (every later statement of the batch) locks nothing.
+# The statement runs only once the locks' count is known to pass the filter: PostgreSQL 15
+# plans it as a one-time filter above the whole statement, evaluated before any of it (EXPLAIN
+# shows the lock's InitPlan gating the rest); the OFFSET keeps the planner from merging the
+# statement into the lock's query.
 _LOCKED_FIRST = (
-    "SELECT q.* FROM (SELECT (SELECT count(*) FROM (SELECT 1 FROM account"
-    " WHERE id = ANY(${accounts}::text[]) ORDER BY id FOR NO KEY UPDATE) AS a)"
-    " + (SELECT count(*) FROM (SELECT 1 FROM code"
-    " WHERE id = ANY(${codes}::text[]) ORDER BY id FOR NO KEY UPDATE) AS c) AS locked) AS pre"
+    "SELECT q.* FROM (SELECT (SELECT paycode_lock(${accounts}::text[], ${codes}::text[]))"
+    " AS locked) AS pre"
     " CROSS JOIN LATERAL (SELECT * FROM ({statement}) AS s"
     " WHERE pre.locked >= 0 OFFSET 0) AS q"
 )

@@ -196,6 +196,75 @@ def test_batches_locking_the_same_rows_crosswise_do_not_deadlock(dsn: str) -> No
     asyncio.run(scenario())
 
 
+async def _codes(admin: asyncpg.Connection, start: int, count: int) -> None:
+    """``count`` codes of one agency of acc_a's, numbered from ``start``."""
+    await admin.execute(
+        "INSERT INTO agency (id, payee_id, agent_id, status, can_refund, created_by_id,"
+        " created_at) VALUES ('agy_a', 'acc_a', 'acc_b', 'active', false, 'acc_a', now())"
+        " ON CONFLICT DO NOTHING"
+    )
+    await admin.executemany(
+        "INSERT INTO code (id, agency_id, payee_id, agent_id, created_by_id, kind, status,"
+        " amount, items, token, short_code, created_at) VALUES ($1::text, 'agy_a', 'acc_a',"
+        " 'acc_b', 'acc_b', 'dynamic', 'active', 100, '[]', $1, right($1::text, 10), now())",
+        [(f"cod_{n:08d}",) for n in range(start, start + count)],
+    )
+
+
+def test_a_batch_locks_its_rows_by_key_whatever_the_tables_held_when_it_was_planned(
+    dsn: str,
+) -> None:
+    """A connection plans the batch's locks once, maybe while the tables are nearly empty (a
+    new shop; a server whose autovacuum has not analyzed them, or is off). Planned then as a
+    scan of the whole table, every later batch would read every code ever issued while it
+    holds its accounts' locks. The locks go by primary key whatever the planner saw."""
+
+    async def scenario() -> None:
+        admin = await asyncpg.connect(dsn)
+        group = group_of(dsn)
+        try:
+            await _accounts(admin, "acc_a", "acc_b")
+            await _codes(admin, 0, 4)
+
+            async def batch() -> None:
+                await asyncio.gather(
+                    *(
+                        group.one(
+                            "SELECT $1::int AS n",
+                            (n,),
+                            accounts=("acc_a",),
+                            codes=(f"cod_{n:08d}",),
+                        )
+                        for n in range(2)
+                    )
+                )
+
+            for _ in range(8):  # past the custom plans a prepared statement starts with
+                await batch()
+            await _codes(admin, 4, 3000)
+            for _ in range(3):
+                await batch()
+            assert (group.batches, group.fallbacks) == (11, 0)
+            pid = group._connection.get_server_pid()  # type: ignore[union-attr]
+            await group.close()
+            # A backend's table counters are published when it ends.
+            for _ in range(100):
+                if not await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            read = await admin.fetchval(
+                "SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = 'code'"
+            )
+            assert read < 3000, f"the batches read {read} codes by scanning the table"
+        finally:
+            await group.close()
+            await admin.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_connection_the_server_closed_is_replaced_before_the_batch(dsn: str) -> None:
     """The group's connection, ended by the server while idle (a restart), is found closed
     before the next batch is sent, which runs on a new one."""
