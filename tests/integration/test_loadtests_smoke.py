@@ -131,6 +131,21 @@ def test_compare_measures_each_tree_in_each_round(tmp_path: Path) -> None:
         assert run["seq_faults"] == {"gaps": 0, "duplicates": 0, "reconnects": 0}
 
 
+def test_long_sale_reports_each_window_of_one_database() -> None:
+    """``long_sale`` sells back to back on one database and reports every window's rate and
+    CPU per sale, with every confirmation delivered."""
+    args = ["--config", "sqlite-memory", "--windows", "2", "--seconds", "1", "--counters", "4"]
+    done = _run(["loadtests.long_sale", *args], 180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["config"] == "sqlite-memory"
+    assert [window["window"] for window in report["windows"]] == [0, 1]
+    for window in report["windows"]:
+        assert window["sales_per_s"] > 0 and window["server_cpu_ms_per_sale"] > 0
+        assert window["database_cpu_ms_per_sale"] is None
+        assert window["errors"] == {} and window["missing"] == 0
+
+
 def test_bare_shop_sells_with_ordered_frames_and_refuses_bad_input(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
