@@ -254,9 +254,11 @@ def test_a_batch_locks_its_rows_by_key_whatever_the_tables_held_when_it_was_plan
                 ):
                     break
                 await asyncio.sleep(0.05)
-            read = await admin.fetchval(
-                "SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = 'code'"
+            scans, read = await admin.fetchrow(
+                "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0), coalesce(seq_tup_read, 0)"
+                " FROM pg_stat_user_tables WHERE relname = 'code'"
             )
+            assert scans >= 11, "the group's counters were not published"
             assert read < 3000, f"the batches read {read} codes by scanning the table"
         finally:
             await group.close()
