@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from loadtests import servers
-from loadtests.bench import CONFIGS, backing, shop_floor
+from loadtests.bench import CONFIGS, CpuWatch, backing, shop_floor
 from loadtests.sales import saturate
 
 
@@ -46,20 +46,18 @@ async def run(config: str, windows: int, seconds: float, counters: int) -> list[
             async with shop_floor(server, counters) as floor:
                 await saturate(floor, 2)
                 for window in range(windows):
-                    server_before, database_before = server.cpu_seconds(), _database_cpu()
-                    result = await saturate(floor, seconds)
-                    sales = result["completed"] or 1
+                    database_before = _database_cpu()
+                    with CpuWatch(server) as cpu:
+                        result = await saturate(floor, seconds)
+                    sales = result["completed"]
+                    database_used = _database_cpu() - database_before
                     out.append(
                         {
                             "window": window,
                             "sales_per_s": result["payments_per_s"],
-                            "server_cpu_ms_per_sale": round(
-                                (server.cpu_seconds() - server_before) / sales * 1000, 3
-                            ),
-                            "database_cpu_ms_per_sale": round(
-                                (_database_cpu() - database_before) / sales * 1000, 3
-                            )
-                            if database == "postgresql"
+                            "server_cpu_ms_per_sale": cpu.per_operation_ms(sales),
+                            "database_cpu_ms_per_sale": round(database_used / sales * 1000, 3)
+                            if database == "postgresql" and sales
                             else None,
                             "errors": result["errors"],
                             "missing": result["missing_confirmations"],
