@@ -43,13 +43,17 @@ MOST_PER_BATCH = 64
 
 # The batch's locks, in the global order, taken by its first statement through
 # ``paycode_lock`` (migration 0007: by primary key, however small the tables were when the
-# connection planned it); a NULL array (every later statement of the batch) locks nothing.
+# connection planned it). Every later statement of the batch passes NULL arrays and does not
+# call it at all: a call that locks nothing still cost a PL/pgSQL call with its settings saved
+# and restored, a tenth of the backend's CPU at 200 payments/s (docs/BENCHMARKS.md).
 # The statement runs only once the locks' count is known to pass the filter: PostgreSQL 15
 # plans it as a one-time filter above the whole statement, evaluated before any of it (EXPLAIN
 # shows the lock's InitPlan gating the rest); the OFFSET keeps the planner from merging the
 # statement into the lock's query.
 _LOCKED_FIRST = (
-    "SELECT q.* FROM (SELECT (SELECT paycode_lock(${accounts}::text[], ${codes}::text[]))"
+    "SELECT q.* FROM (SELECT (SELECT CASE WHEN ${accounts}::text[] IS NULL"
+    " AND ${codes}::text[] IS NULL THEN 0"
+    " ELSE paycode_lock(${accounts}::text[], ${codes}::text[]) END)"
     " AS locked) AS pre"
     " CROSS JOIN LATERAL (SELECT * FROM ({statement}) AS s"
     " WHERE pre.locked >= 0 OFFSET 0) AS q"

@@ -211,6 +211,49 @@ async def _codes(admin: asyncpg.Connection, start: int, count: int) -> None:
     )
 
 
+async def _closed_and_counted(admin: asyncpg.Connection, group: PgGroup) -> None:
+    """Close the group's connection and wait for its backend to end: a backend publishes its
+    table and function counters when it ends."""
+    pid = group._connection.get_server_pid()  # type: ignore[union-attr]
+    await group.close()
+    for _ in range(100):
+        if not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+            return
+        await asyncio.sleep(0.05)
+
+
+def test_a_batch_takes_its_locks_in_one_call_whatever_its_size(dsn: str) -> None:
+    """Only the batch's first statement calls ``paycode_lock``: the others pass no rows, and a
+    call that locks nothing would still cost a PL/pgSQL call each."""
+
+    async def scenario() -> None:
+        admin = await asyncpg.connect(dsn)
+        group = PgGroup(
+            lambda: asyncpg.connect(dsn, server_settings={"track_functions": "all"}),
+            _is_idle_and_open,
+        )
+        try:
+            await _accounts(admin, "acc_a", "acc_b")
+            rows = await asyncio.gather(
+                *(
+                    group.one("SELECT $1::int AS n", (n,), accounts=("acc_a", "acc_b"))
+                    for n in range(5)
+                )
+            )
+            assert [row["n"] for row in rows] == list(range(5))
+            assert (group.batches, group.fallbacks) == (1, 0)
+            await _closed_and_counted(admin, group)
+            calls = await admin.fetchval(
+                "SELECT calls FROM pg_stat_user_functions WHERE funcname = 'paycode_lock'"
+            )
+            assert calls == 1
+        finally:
+            await group.close()
+            await admin.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_batch_locks_its_rows_by_key_whatever_the_tables_held_when_it_was_planned(
     dsn: str,
 ) -> None:
@@ -245,15 +288,7 @@ def test_a_batch_locks_its_rows_by_key_whatever_the_tables_held_when_it_was_plan
             for _ in range(3):
                 await batch()
             assert (group.batches, group.fallbacks) == (11, 0)
-            pid = group._connection.get_server_pid()  # type: ignore[union-attr]
-            await group.close()
-            # A backend's table counters are published when it ends.
-            for _ in range(100):
-                if not await admin.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
-                ):
-                    break
-                await asyncio.sleep(0.05)
+            await _closed_and_counted(admin, group)
             scans, read = await admin.fetchrow(
                 "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0), coalesce(seq_tup_read, 0)"
                 " FROM pg_stat_user_tables WHERE relname = 'code'"
