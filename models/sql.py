@@ -151,10 +151,15 @@ class Tx:
         self._run(statement, params)
         return self._fetch(statement, self._cursor.fetchall)  # type: ignore[no-any-return]
 
-    def all_in(self, statement: str, values: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Every row of ``statement`` whose ``{marks}`` is filled with one placeholder per
-        value, run over the values ``IN_CHUNK`` at a time: SQLite bounds a statement's
-        variables, and a few hundred per statement keep each one cheap to prepare."""
+    def all_in(self, statement: str, values: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Every row of ``statement`` whose ``IN ({marks})`` holds the text ``values``.
+
+        On SQLite, one placeholder per value, ``IN_CHUNK`` values at a time: SQLite bounds a
+        statement's variables, and a few hundred per statement keep each one cheap to
+        prepare. On PostgreSQL, one array: a statement of hundreds of placeholders cost the
+        driver's parser more of the GIL than the server spent on it (docs/BENCHMARKS.md)."""
+        if not self.is_sqlite:
+            return self.all(statement.format(marks="SELECT unnest(?::text[])"), [list(values)])
         rows: list[tuple[Any, ...]] = []
         for at in range(0, len(values), IN_CHUNK):
             chunk = values[at : at + IN_CHUNK]
