@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import re
+import threading
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,6 +183,59 @@ def websocket_closed() -> None:
     WEBSOCKETS_OPEN.dec()
 
 
+class PendingObservations:
+    """Observations of one unlabelled histogram counted here and added to it in one go.
+
+    Every frame of every socket is observed (nine a payment on the 100-shop floor): one by one,
+    each cost the histogram two value updates, each a lock and, with several workers, a pid
+    check and a write to its mmap file, 3-5 % of a serving process's CPU (docs/BENCHMARKS.md).
+    Here an observation is a list increment; ``flush`` adds the counts at most ``every``
+    seconds after the first of them, before this process renders /metrics, and on the relay's
+    tick, so another worker's scrape sees them within half a second even when pushes stop.
+    The histogram's per-bucket values are prometheus-client's own (``_buckets``, ``_sum``:
+    it offers no bulk observe); tests/integration/test_ops.py reads them back through
+    /metrics, so a release that renames them fails there rather than losing counts."""
+
+    def __init__(self, histogram: Histogram, every: float = 0.25) -> None:
+        self._histogram = histogram
+        self._bounds: list[float] = list(histogram._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._every = every
+        self._first_pending: float | None = None
+        # /metrics renders in a worker thread while the loop observes.
+        self._lock = threading.Lock()
+
+    def observe(self, amount: float) -> None:
+        with self._lock:
+            # The first bound >= amount, as Histogram.observe; the last bound is +Inf.
+            self._counts[bisect_left(self._bounds, amount)] += 1
+            self._sum += amount
+            now = time.monotonic()
+            if self._first_pending is None:
+                self._first_pending = now
+            elif now - self._first_pending >= self._every:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._first_pending is None:
+            return
+        for value, count in zip(self._histogram._buckets, self._counts, strict=True):
+            if count:
+                value.inc(count)
+        self._histogram._sum.inc(self._sum)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._first_pending = None
+
+
+_pending_pushes = PendingObservations(PUSH_LATENCY)
+
+
 def frame_pushed(committed_at: datetime | str | float | None) -> None:
     """A live event's frame was written to a socket; ``committed_at`` is the event's
     ``created_at`` (datetime, RFC 3339 text or epoch seconds; the hub passes the epoch seconds
@@ -190,7 +245,7 @@ def frame_pushed(committed_at: datetime | str | float | None) -> None:
         committed_at = commit_time(committed_at)
         if committed_at is None:
             return
-    PUSH_LATENCY.observe(max(0.0, time.time() - committed_at))
+    _pending_pushes.observe(max(0.0, time.time() - committed_at))
 
 
 def broker_reconnected() -> None:
@@ -199,6 +254,8 @@ def broker_reconnected() -> None:
 
 def set_relay_lag(seconds: float) -> None:
     RELAY_LAG.set(max(0.0, seconds))
+    # The relay's tick is every process's heartbeat, pushes or not.
+    _pending_pushes.flush()
 
 
 def record_webhook_attempt(outcome: str, seconds: float) -> None:
@@ -292,6 +349,7 @@ def _alive(pid: int) -> bool:
 def metrics_text() -> tuple[bytes, str]:
     """The Prometheus exposition of this process, or of all workers in multiprocess mode;
     blocking (it may ask the webhook sender process for its part)."""
+    _pending_pushes.flush()
     directory = multiprocess_dir()
     if directory is None:
         own = generate_latest(REGISTRY)
