@@ -64,6 +64,7 @@ class CpuWatch:
 
     def __enter__(self) -> CpuWatch:
         self.wall = time.perf_counter()
+        self.machine = psutil.cpu_times()
         self.server_cpu = self.server.cpu_seconds()
         times = self.me.cpu_times()
         self.client_cpu = times.user + times.system
@@ -80,11 +81,22 @@ class CpuWatch:
             "client_cpu_share": (times.user + times.system - self.client_cpu) / wall / cores,
             # Other processes on a shared machine: what the server could not get.
             "load_average": round(os.getloadavg()[0], 2),
+            # And a virtual machine's host: the share of the cores' time it took for others.
+            "stolen_cpu_share": stolen_share(self.machine, psutil.cpu_times()),
         }
 
     def per_operation_ms(self, count: int) -> float | None:
         """Server CPU per operation: unlike rates, it barely moves when the machine is busy."""
         return round(self.server_used / count * 1000, 3) if count else None
+
+
+def stolen_share(before: Any, after: Any) -> float | None:
+    """The share of the machine's CPU time its hypervisor gave to others between two readings
+    of ``psutil.cpu_times()`` (None where the system does not count it)."""
+    if not hasattr(before, "steal"):
+        return None
+    total = sum(after) - sum(before)
+    return round((after.steal - before.steal) / total, 3) if total > 0 else None
 
 
 @contextlib.contextmanager

@@ -220,6 +220,13 @@ def _row(cells: list[Any]) -> str:
     return "| " + " | ".join("" if c is None else str(c) for c in cells) + " |"
 
 
+def _load(phase: dict[str, Any]) -> str:
+    """The load average, and the share of the cores' time a virtual machine's host took."""
+    stolen = phase.get("stolen_cpu_share")
+    load = phase.get("load_average")
+    return f"{load} ({stolen:.0%})" if stolen is not None else str(load)
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -270,7 +277,7 @@ def markdown(results: dict[str, Any]) -> str:
                 "server CPU",
                 "client CPU",
                 "server CPU ms/payment",
-                "load avg",
+                "load avg (CPU stolen)",
             ]
         ),
         _row(["---"] * 12),
@@ -294,7 +301,7 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{s['server_cpu_share']:.0%}",
                     f"{s['client_cpu_share']:.0%}",
                     s.get("server_cpu_ms_per_payment"),
-                    s.get("load_average"),
+                    _load(s),
                 ]
             )
         )
@@ -439,7 +446,7 @@ def _mall_table(mall: dict[str, Any], name: str) -> list[str]:
                 "missing",
                 "server CPU ms/payment",
                 "generator's loop late p99 ms",
-                "load avg",
+                "load avg (CPU stolen)",
             ]
         ),
         _row(["---"] * 9),
@@ -458,7 +465,7 @@ def _mall_table(mall: dict[str, Any], name: str) -> list[str]:
                     r["missing_confirmations"],
                     r.get("server_cpu_ms_per_payment"),
                     generator_lag.get("p99_ms"),
-                    r.get("load_average"),
+                    _load(r),
                 ]
             )
         )
