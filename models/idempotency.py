@@ -50,7 +50,8 @@ class StoredResponse:
 def validate_key(raw: str | None) -> str | None:
     if raw is None:
         return None
-    if not 1 <= len(raw) <= 255 or not all(33 <= ord(c) <= 126 or c == " " for c in raw):
+    # Printable ASCII is exactly U+0020-U+007E, checked in C rather than per character here.
+    if not (1 <= len(raw) <= 255 and raw.isascii() and raw.isprintable()):
         raise Invalid(
             "Idempotency-Key must be 1-255 printable ASCII characters", field="Idempotency-Key"
         )
