@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from app.settings import Settings, SettingsError, from_env
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from app.webhooks.supervisor import SenderProcess
 
 SETTING_FLAGS = {
@@ -44,6 +46,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app import reuse_port
     from models import migrate
 
     settings = settings_from(args)
@@ -66,25 +69,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # SIGTERM's default action would end the process before the cleanup below.
     signal.signal(signal.SIGTERM, _terminated)
     stopped_by: int | None = None
+    options = {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "ws_per_message_deflate": False,
+        # httptools has no cap on a request's head; this one answers 431 past 32 KiB.
+        "http": BoundedHeadProtocol,
+        # A larger client frame is refused by the WebSocket layer with 1009 before it is
+        # buffered whole (uvicorn's default would hold up to 16 MiB per socket).
+        "ws_max_size": MAX_FRAME,
+        # SIGTERM: stop accepting, close WebSockets with 1012, let requests finish, exit.
+        "timeout_graceful_shutdown": 10,
+        "log_level": log_level,
+        "log_config": observability.log_config(log_level),
+        "access_log": False,
+    }
     try:
-        uvicorn.run(
-            "app.main:app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            ws_per_message_deflate=False,
-            # httptools has no cap on a request's head; this one answers 431 past 32 KiB.
-            http=BoundedHeadProtocol,
-            # A larger client frame is refused by the WebSocket layer with 1009 before it is
-            # buffered whole (uvicorn's default would hold up to 16 MiB per socket).
-            ws_max_size=MAX_FRAME,
-            # SIGTERM: stop accepting, close WebSockets with 1012, let requests finish, exit.
-            timeout_graceful_shutdown=10,
-            log_level=log_level,
-            log_config=observability.log_config(log_level),
-            access_log=False,
-        )
+        if settings.workers > 1 and reuse_port.supported():
+            _serve_workers(uvicorn.Config(APP, **options))
+        else:
+            uvicorn.run(APP, **options)
     except _Terminated as stop:
         stopped_by = stop.signum
     finally:
@@ -97,6 +103,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(stopped_by, signal.SIG_DFL)
         signal.raise_signal(stopped_by)
     return 0
+
+
+APP = "app.main:app_from_env"
+
+
+def _serve_workers(config: uvicorn.Config) -> None:
+    """uvicorn's supervisor over workers that each listen on a socket of their own
+    (app/reuse_port.py)."""
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    from app import reuse_port
+
+    try:
+        reuse_port.check_free(config.host, config.port)
+    except OSError as exc:
+        print(f"paycode: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        raise SystemExit(STARTUP_FAILURE) from exc
+    listener = reuse_port.Listener(config.host, config.port)
+    Multiprocess(config, sockets=[listener]).run()  # type: ignore[list-item]
 
 
 class _Terminated(Exception):

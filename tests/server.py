@@ -3,6 +3,7 @@ requests over sockets rather than an in-process client."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -110,6 +111,25 @@ def _stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     return stat.rsplit(")", 1)[1].split()
+
+
+def peer_ports(pid: int, port: int) -> set[int]:
+    """The remote ports of the established IPv4 TCP connections that process ``pid`` holds on
+    its local ``port``, read from /proc as ``ss -tp`` would."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    peers = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+        # State 01 is ESTABLISHED; addresses are hex "IP:PORT".
+        if state == "01" and inode in inodes and int(local.split(":")[1], 16) == port:
+            peers.add(int(remote.split(":")[1], 16))
+    return peers
 
 
 def children(pid: int) -> set[int]:
