@@ -52,12 +52,10 @@ deps:
 
 # Two test processes (pytest-xdist), one per core: most tests wait on servers, sockets and
 # databases, and the suite took 12 minutes in one process on a slow day. TEST_WORKERS=0 runs
-# it in one process. worksteal: a worker that runs out of tests takes some of the other's
-# queue, so the suite's few long tests (the API fuzzing, 80-90 s each on a slow machine)
-# do not leave one core idle at the end.
+# it in one process.
 TEST_WORKERS ?= 2
 test: deps lint
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Faults under load on the cluster (SIGKILL, Redis down, PostgreSQL restart); figures in
 # build/chaos/ and docs/RELIABILITY.md. The tests marked chaos are left out of `make test`.
