@@ -116,6 +116,16 @@ def _stat_fields(pid: int) -> list[str] | None:
 def peer_ports(pid: int, port: int) -> set[int]:
     """The remote ports of the established IPv4 TCP connections that process ``pid`` holds on
     its local ``port``, read from /proc as ``ss -tp`` would."""
+    return _tcp_ports(pid, port, "01")
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on IPv4 ``port``."""
+    return bool(_tcp_ports(pid, port, "0A"))
+
+
+def _tcp_ports(pid: int, port: int, state: str) -> set[int]:
+    # /proc/PID/net/tcp: addresses are hex "IP:PORT"; state 01 is ESTABLISHED, 0A LISTEN.
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):
@@ -125,9 +135,8 @@ def peer_ports(pid: int, port: int) -> set[int]:
     peers = set()
     for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
-        # State 01 is ESTABLISHED; addresses are hex "IP:PORT".
-        if state == "01" and inode in inodes and int(local.split(":")[1], 16) == port:
+        local, remote, found, inode = fields[1], fields[2], fields[3], fields[9]
+        if found == state and inode in inodes and int(local.split(":")[1], 16) == port:
             peers.add(int(remote.split(":")[1], 16))
     return peers
 

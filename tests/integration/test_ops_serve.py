@@ -17,7 +17,7 @@ from app.cluster import AppProcess
 from tests.api import PASSWORD, Api
 from tests.cluster import RedisServer
 from tests.conftest import ADMIN_TOKEN
-from tests.server import children, peer_ports
+from tests.server import children, listens, peer_ports
 from tests.services import PostgresFactory, free_port, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -119,6 +119,12 @@ def test_connections_opened_together_are_spread_over_the_workers(served: AppProc
     (63 of 64 in the 100-shop benchmark). A hash spreads 64 connections unevenly but never
     this unevenly: fewer than 12 on one of two workers has odds of about one in ten million."""
     assert served.pid is not None
+    # /healthz answers once the first worker is up; a worker still starting has no socket in
+    # the group yet, and every connection would go to the other.
+    deadline = time.monotonic() + 60
+    while sum(listens(pid, served.port) for pid in children(served.pid)) < 2:
+        assert time.monotonic() < deadline, "the second worker never listened"
+        time.sleep(0.1)
     connections = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(64)]
     try:
         request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\n\r\n".encode()
