@@ -18,6 +18,8 @@ def _printable_ascii(key: str) -> bool:
 
 @given(
     st.one_of(
+        # All of Unicode, lone surrogates included; and ASCII alone, where most keys are valid
+        # and the edges (space, "~", control characters, DEL) are drawn often.
         any_text(max_size=300),
         st.text(st.characters(min_codepoint=0, max_codepoint=127), max_size=300),
     )
